@@ -1,0 +1,75 @@
+"""Unit tests of Ollama's model listings built from specs and GGUF metadata."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pytest
+
+from llama_host.types import ModelSpec
+from llama_host_ollama_api import catalog as c
+
+
+@pytest.mark.parametrize(("count", "text"), [
+    (8_030_261_248, "8.0B"), (8_000_000_000, "8B"), (1_500_000_000, "1.5B"), (137_000_000, "137M"),
+    (1_500_000, "1.50M"), (494_032_768, "494.03M"), (12_345, "12K"), (999, "999"), (None, ""), (0, ""),
+])
+def test_parameter_size(count, text):
+    assert c.format_parameter_size(count) == text
+
+
+SHORT = ModelSpec(name="qwen", path="/m/qwen.gguf", metadata={
+    "architecture": "qwen2", "parameter_count": 7_615_616_512, "quantization": "Q4_K_M", "context_length": 32768,
+    "embedding_length": 3584, "block_count": 28, "head_count": 28, "head_count_kv": 4,
+    "chat_template": "{% if tools %}...{% endif %}"})
+RAW = ModelSpec(name="tiny:q8", path="/m/tiny.gguf", params={"ctx_size": 2048}, metadata={
+    "general.architecture": "llama", "general.file_type": 7, "general.parameter_count": 1_000_000,
+    "llama.context_length": 4096, "tokenizer.ggml.tokens": ["a"] * 100, "tokenizer.chat_template": "<think>"})
+
+
+def test_details_from_short_and_raw_keys():
+    assert c.details(SHORT) == {"parent_model": "", "format": "gguf", "family": "qwen2", "families": ["qwen2"],
+                                "parameter_size": "7.6B", "quantization_level": "Q4_K_M"}
+    assert c.details(RAW)["quantization_level"] == "Q8_0"
+    assert c.details(RAW)["parameter_size"] == "1M"
+    assert c.details(ModelSpec(name="x"))["family"] == ""
+
+
+def test_capabilities():
+    assert c.capabilities(SHORT) == ["completion", "tools"]
+    assert c.capabilities(RAW) == ["completion", "thinking"]
+    assert c.capabilities(ModelSpec(name="e", params={"embeddings": True, "pooling": "mean"})) == ["embedding"]
+    assert c.capabilities(ModelSpec(name="b", metadata={"architecture": "nomic-bert"})) == ["embedding"]
+    assert "vision" in c.capabilities(ModelSpec(name="v", mmproj="/m/mmproj.gguf"))
+
+
+def test_model_info_has_context_length_and_hides_vocab():
+    info = c.model_info(SHORT)
+    assert info["general.architecture"] == "qwen2"
+    assert info["qwen2.context_length"] == 32768
+    assert info["qwen2.attention.head_count_kv"] == 4
+    assert info["general.parameter_count"] == 7_615_616_512
+    raw = c.model_info(RAW)
+    assert raw["llama.context_length"] == 4096 and raw["tokenizer.ggml.tokens"] == []
+    assert len(c.model_info(RAW, verbose=True)["tokenizer.ggml.tokens"]) == 100
+    assert c.model_info(ModelSpec(name="x")) == {}
+
+
+def test_tag_entry_show_and_ps_shapes():
+    tag = c.tag_entry(SHORT, size=123, mtime=1_700_000_000.5)
+    assert tag["name"] == tag["model"] == "qwen:latest"
+    assert tag["size"] == 123 and re.fullmatch(r"[0-9a-f]{64}", tag["digest"])
+    assert dt.datetime.fromisoformat(tag["modified_at"]).timestamp() == pytest.approx(1_700_000_000.5)
+    assert c.tag_entry(RAW, size=1, mtime=0)["name"] == "tiny:q8"
+
+    shown = c.show(RAW, size=1, mtime=1.0)
+    assert "model_info" in shown and shown["capabilities"] == ["completion", "thinking"]
+    assert shown["parameters"] == "num_ctx 2048"
+    assert shown["template"] == "<think>"
+
+    ps = c.ps_entry(RAW, memory=5000, expires_at=None, size=1, mtime=1.0)
+    assert ps["size"] == 5000 and ps["size_vram"] == 0 and ps["context_length"] == 2048
+    assert ps["expires_at"].startswith("2318-")
+    gpu = ModelSpec(name="g", params={"n_gpu_layers": 99})
+    assert c.ps_entry(gpu, memory=10, expires_at=1_700_000_000.0, size=1, mtime=1)["size_vram"] == 10
