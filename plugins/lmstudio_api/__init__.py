@@ -1,0 +1,1 @@
+"""LM Studio-compatible surface (placeholder until the hooks are wired)."""
