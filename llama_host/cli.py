@@ -1,0 +1,224 @@
+"""``llama-host``: serve, check, plugins, schema, discover, import-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llama_host import __version__
+from llama_host.errors import ConfigError, PluginError
+
+EXIT_USAGE = 2
+COMMANDS = ("serve", "check", "plugins", "schema", "discover", "import-config")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", type=Path, help="the site file (YAML)")
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log_level")
+    common.add_argument("-v", "--verbose", action="store_true", help="same as --log-level debug")
+    p = argparse.ArgumentParser(prog="llama-host", parents=[common],
+                                description="One host in front of llama-server: OpenAI, Ollama and LM Studio APIs, "
+                                            "models on demand, discovery, metrics and a dashboard.")
+    p.add_argument("--version", action="version", version=f"llama-host {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("serve", parents=[common], help="serve every listener (the default command)",
+                   description="Serve every listener of the site file until Ctrl+C or SIGTERM.")
+    sub.add_parser("check", parents=[common], help="validate the site file and print the effective configuration",
+                   description="Validate the site file; print the effective configuration (secrets redacted), the "
+                               "plugins with their state and the listeners. Exit 2 on any problem.")
+    sub.add_parser("plugins", parents=[common], help="list installed plugins",
+                   description="List installed plugins: name, distribution, version, enabled.")
+    sub.add_parser("schema", parents=[common], help="print the JSON Schema of the site file",
+                   description="Print the JSON Schema of the whole site file (core keys and each plugin's section).")
+    sub.add_parser("discover", parents=[common], help="print the models found by discovery plugins",
+                   description="Run the discovery plugins once and print the table of models found.")
+    imp = sub.add_parser("import-config", parents=[common], help="convert the older project's models_config.json",
+                         description="Convert llama-runner's models_config.json into a YAML models section.")
+    imp.add_argument("legacy", type=Path, help="path of models_config.json")
+    imp.add_argument("-o", "--output", type=Path, help="write here (atomically) instead of stdout")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a in COMMANDS for a in argv) and not any(a in ("-h", "--help", "--version") for a in argv):
+        argv.insert(0, "serve")
+    args = _parser().parse_args(argv)
+    level = "debug" if args.verbose else args.log_level
+    try:
+        return _COMMANDS[args.command or "serve"](args, level)
+    except (ConfigError, PluginError) as exc:
+        _report(exc)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 0
+
+
+def _report(exc: Exception) -> None:
+    if isinstance(exc, ConfigError):
+        where = f" in {exc.source}" if exc.source else ""
+        print(f"llama-host: configuration error{'s' if len(exc.problems) > 1 else ''}{where}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+    else:
+        print(f"llama-host: {exc}", file=sys.stderr)
+
+
+def _need_config(args: argparse.Namespace) -> Path:
+    if args.config is None:
+        raise ConfigError(["no site file given: use --config site.yaml (see config/site.example.yaml)"])
+    return args.config
+
+
+def _host(args: argparse.Namespace):
+    from llama_host.host import Host
+
+    return Host.from_config(_need_config(args))
+
+
+def cmd_serve(args: argparse.Namespace, level: str | None) -> int:
+    from llama_host import logs
+    from llama_host.serve import ListenError, bind_sockets, serve
+
+    host = _host(args)
+    logs.configure(level or host.site.log_level, host.site.log_dir)
+    try:
+        sockets = bind_sockets(host)
+    except ListenError as exc:
+        print(f"llama-host: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        asyncio.run(serve(host, sockets=sockets, on_ready=lambda ports: _announce(host)))
+    except ListenError as exc:
+        logging.getLogger("llama_host").error("%s", exc)
+        return 1
+    finally:
+        host.scheduler.kill_all()
+        logs.shutdown()
+    return 0
+
+
+def _announce(host) -> None:
+    log = logging.getLogger("llama_host")
+    base = f"http://{host.site.host}:{{}}"
+    for port, surfaces in host.listeners().items():
+        log.info("listening on %s: %s", base.format(port), ", ".join(s.name for s in surfaces))
+    names = [s.name for s in host.scheduler.statuses() if not s.unlisted]
+    model = host.site.default_model or (names[0] if names else "MODEL")
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32})
+    log.info("ready — %d model(s): %s", len(names), ", ".join(names) or "none (add models: or a discovery folder)")
+    log.info("try: curl -s %s/v1/chat/completions -H 'Content-Type: application/json' -d '%s'",
+             base.format(host.site.port), body)
+
+
+def cmd_check(args: argparse.Namespace, level: str | None) -> int:
+    host = _host(args)
+    print("# effective configuration (secrets redacted)")
+    print(yaml.safe_dump(host.effective_config(), sort_keys=False).rstrip())
+    print("\n# plugins")
+    _table([("name", "distribution", "version", "state")] + [
+        (p["name"], p["distribution"], p["version"],
+         "error: " + p["error"] if p["error"] else ("enabled" if p["enabled"] else "disabled"))
+        for p in host.plugin_states()])
+    print("\n# runtimes")
+    _table([("name", "plugin")] + [(r.name, r.plugin) for r in host.runtimes.values()])
+    print("\n# listeners")
+    _table([("address", "surfaces")] + [(f"{host.site.host}:{port}", ", ".join(s.name for s in group))
+                                        for port, group in host.listeners().items()])
+    print("\nconfiguration OK")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace, level: str | None) -> int:
+    from llama_host.config import read_yaml
+    from llama_host.plugins import enabled_flags, installed_plugins
+
+    flags = enabled_flags(read_yaml(args.config).get("plugins")) if args.config else {}
+    rows: list[tuple[str, ...]] = [("name", "distribution", "version", "enabled")]
+    for ep in installed_plugins():
+        dist = ep.dist
+        rows.append((ep.name, dist.name if dist else "?", dist.version if dist else "?",
+                     "yes" if flags.get(ep.name, True) else "no"))
+    _table(rows)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace, level: str | None) -> int:
+    from llama_host.config import build_schema, read_yaml
+    from llama_host.plugins import enabled_flags, make_plugin_manager, plugin_schemas
+
+    flags = enabled_flags(read_yaml(args.config).get("plugins")) if args.config else {}
+    pm, infos = make_plugin_manager(flags)
+    print(json.dumps(build_schema(plugin_schemas(pm, infos)), indent=2))
+    return 0
+
+
+def cmd_discover(args: argparse.Namespace, level: str | None) -> int:
+    from llama_host import logs
+
+    host = _host(args)
+    logs.configure(level or "warning")
+
+    async def run() -> list[Any]:
+        async with host.running():
+            return host.scheduler.statuses()
+
+    statuses = asyncio.run(run())
+    rows = [("name", "source", "arch", "params", "quant", "ctx", "size", "path")]
+    for s in statuses:
+        md = s.metadata
+        rows.append((s.name, s.source + (" (missing)" if s.missing else ""), str(md.get("architecture") or "-"),
+                     _count(md.get("parameter_count")), str(md.get("quantization") or "-"),
+                     str(md.get("context_length") or "-"), _bytes(md.get("size")), s.path or "-"))
+    _table(rows)
+    return 0
+
+
+def cmd_import_config(args: argparse.Namespace, level: str | None) -> int:
+    from llama_host.legacy import convert_legacy_models
+    from llama_host.atomic import write_atomic
+
+    try:
+        data = json.loads(args.legacy.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError([f"{args.legacy}: cannot read legacy config: {exc}"]) from None
+    text = yaml.safe_dump({"models": convert_legacy_models(data)}, sort_keys=False)
+    if args.output:
+        write_atomic(args.output, text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _count(n: Any) -> str:
+    if not n:
+        return "-"
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+
+
+def _bytes(n: Any) -> str:
+    if not n:
+        return "-"
+    return f"{n / 2**30:.2f}G" if n >= 2**30 else f"{n / 2**20:.1f}M"
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+_COMMANDS = {"serve": cmd_serve, "check": cmd_check, "plugins": cmd_plugins, "schema": cmd_schema,
+             "discover": cmd_discover, "import-config": cmd_import_config}
+
+if __name__ == "__main__":
+    sys.exit(main())

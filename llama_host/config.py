@@ -1,0 +1,257 @@
+"""The site file: reading, ``${VAR}`` expansion, one composed JSON Schema, and every problem reported with its path."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+import msgspec
+import yaml
+
+from llama_host.errors import ConfigError
+from llama_host.types import ModelSpec
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    max_loaded: int = msgspec.field(default=1)
+    memory_budget: int | str | None = None
+    ttl: float = 300.0
+    startup_timeout: float = 120.0
+    queue_timeout: float = 600.0
+    max_queue: int = 256
+    stop_grace: float = 5.0
+
+
+class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: list[str] = []
+    log_level: LogLevel = "info"
+    log_dir: str = "logs"
+    default_model: str | None = None
+    shutdown_grace: float = 5.0
+    scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
+    plugins: dict[str, dict[str, Any]] = {}
+    models: dict[str, ModelSpec] = {}
+
+
+# Keys of ModelSpec that are filled by the host, not written by users.
+_MODEL_INTERNAL = ("name", "source", "missing")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: int | float | str) -> int:
+    """``"20GiB"`` → bytes; plain numbers are bytes. Raises ``ValueError`` naming the accepted units."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 20GiB")
+    if isinstance(value, int | float):
+        return int(value)
+    m = _SIZE.match(value)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"{value!r} is not a size (use bytes or a unit: KB, MB, GB, KiB, MiB, GiB, TiB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _path(parts: Any) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def expand_env(tree: Any, env: Mapping[str, str], problems: list[str], path: tuple = ()) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; a value that is one whole expression is re-read as
+    YAML so ``port: ${PORT}`` stays an integer."""
+    if isinstance(tree, dict):
+        return {k: expand_env(v, env, problems, (*path, k)) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [expand_env(v, env, problems, (*path, i)) for i, v in enumerate(tree)]
+    if not isinstance(tree, str) or "${" not in tree:
+        return tree
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(f"{_path(path)}: environment variable {name} is not set (use ${{{name}:-default}})")
+        return ""
+
+    whole = _ENV.fullmatch(tree)
+    value = _ENV.sub(sub, tree)
+    if whole:
+        try:
+            parsed = yaml.safe_load(value) if value else value
+        except yaml.YAMLError:
+            return value
+        return parsed if isinstance(parsed, str | int | float | bool) else value
+    return value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse the site file; syntax errors become a ConfigError with file, line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"config file not found: {path}"]) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file {path}: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError([f"{where}: YAML syntax error: {exc.problem or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: YAML error: {exc}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the site file must be a mapping of keys, not {type(data).__name__}"])
+    return data
+
+
+# --- the composed schema --------------------------------------------------------------------------------------------
+
+
+def _hoist(schema: dict[str, Any], prefix: str, defs: dict[str, Any]) -> dict[str, Any]:
+    """Move a schema's ``$defs`` under the root with a prefix, rewriting its ``$ref``s, and return its body."""
+    schema = copy.deepcopy(schema)
+    local = schema.pop("$defs", {})
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: (f"#/$defs/{prefix}{v.rsplit('/', 1)[1]}" if k == "$ref" and isinstance(v, str)
+                        and v.startswith("#/$defs/") else rewrite(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [rewrite(v) for v in node]
+        return node
+
+    for name, body in local.items():
+        defs[prefix + name] = rewrite(body)
+    body = rewrite(schema)
+    while "$ref" in body and len(body) == 1:  # msgspec returns {"$ref": ...} for a Struct: inline the object
+        body = copy.deepcopy(defs[body["$ref"].rsplit("/", 1)[1]])
+    return body
+
+
+def build_schema(plugin_schemas: Mapping[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """JSON Schema of the whole site file: the core keys plus one ``plugins.<name>`` section per installed plugin."""
+    defs: dict[str, Any] = {}
+    root = _hoist(msgspec.json.schema(SiteConfig), "", defs)
+    model = defs["ModelSpec"]
+    for key in _MODEL_INTERNAL:
+        model["properties"].pop(key, None)
+    model["properties"]["memory"] = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}, {"type": "null"}],
+                                     "description": "bytes or a size such as 6GiB; default: an estimate"}
+    sections: dict[str, Any] = {}
+    for name, schema in sorted(plugin_schemas.items()):
+        body = _hoist(schema, f"{name}.", defs) if schema else {"type": "object", "properties": {}}
+        body.setdefault("properties", {})["enabled"] = {"type": "boolean", "description": "false blocks the plugin"}
+        body.setdefault("additionalProperties", False)
+        body.setdefault("type", "object")
+        sections[name] = body
+    root["properties"]["plugins"] = {"type": "object", "properties": sections, "additionalProperties": False}
+    root["additionalProperties"] = False
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "llama-host site file",
+            **root, "$defs": defs}
+
+
+def _describe(error: jsonschema.ValidationError) -> list[str]:
+    where = _path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed]
+        is_plugins = list(error.absolute_path) == ["plugins"]
+        out = []
+        for key in extra:
+            full = f"{where}.{key}" if error.absolute_path else key
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            msg = (f"{full}: no installed plugin is named '{key}'" if is_plugins else f"{full}: unknown key")
+            if hint:
+                msg += f" (did you mean '{hint[0]}'?)"
+            elif is_plugins:
+                msg += f" (installed: {', '.join(allowed) or 'none'})"
+            out.append(msg)
+        return out
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        # Report the most specific branch: the one whose error went deepest, else a type summary.
+        types = [s.get("type") for s in error.validator_value if isinstance(s, dict) and "type" in s]
+        if types:
+            return [f"{where}: {error.instance!r} is not of type {' or '.join(map(str, types))}"]
+    return [f"{where}: {error.message}"]
+
+
+def validate(data: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    validator = jsonschema.Draft202012Validator(schema)
+    problems: list[str] = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
+        problems.extend(_describe(error))
+    # Meaning checks the schema cannot express.
+    sched = data.get("scheduler") or {}
+    if isinstance(sched, dict) and sched.get("memory_budget") is not None:
+        try:
+            parse_size(sched["memory_budget"])
+        except ValueError as exc:
+            problems.append(f"scheduler.memory_budget: {exc}")
+    for name, spec in (data.get("models") or {}).items():
+        if isinstance(spec, dict) and spec.get("memory") is not None:
+            try:
+                parse_size(spec["memory"])
+            except ValueError as exc:
+                problems.append(f"models.{name}.memory: {exc}")
+    return problems
+
+
+def load_site(path: Path | None, plugin_schemas: Mapping[str, dict[str, Any] | None],
+              env: Mapping[str, str] | None = None, data: dict[str, Any] | None = None) -> SiteConfig:
+    """Read, expand and validate the site file (or ``data``); raise ConfigError listing every problem."""
+    source = str(path) if path else None
+    raw = read_yaml(path) if data is None else copy.deepcopy(data)
+    problems: list[str] = []
+    raw = expand_env(raw, os.environ if env is None else env, problems)
+    problems += validate(raw, build_schema(plugin_schemas))
+    if problems:
+        raise ConfigError(problems, source)
+    site = msgspec.convert(raw, SiteConfig)
+    base = path.parent if path else Path.cwd()
+    models = {}
+    for name, spec in site.models.items():
+        fixed = {"name": name}
+        if spec.path:
+            fixed["path"] = str((base / Path(spec.path).expanduser()).resolve())
+        if spec.mmproj:
+            fixed["mmproj"] = str((base / Path(spec.mmproj).expanduser()).resolve())
+        models[name] = msgspec.structs.replace(spec, **fixed)
+    log_dir = str((base / Path(site.log_dir).expanduser()).resolve())
+    return msgspec.structs.replace(site, models=models, log_dir=log_dir)
+
+
+def plugin_settings(site: SiteConfig, name: str, kind: type[msgspec.Struct]) -> Any:
+    section = {k: v for k, v in (site.plugins.get(name) or {}).items() if k != "enabled"}
+    return msgspec.convert(section, kind)
+
+
+SECRET_KEYS = {"api_keys", "api_key"}
+
+
+def redact(tree: Any) -> Any:
+    """A copy of a config tree with secrets replaced by ``"***"``."""
+    if isinstance(tree, dict):
+        return {k: (("***" if not isinstance(v, list) else ["***"] * len(v)) if k in SECRET_KEYS and v else redact(v))
+                for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [redact(v) for v in tree]
+    return tree

@@ -1,0 +1,148 @@
+"""The hook specifications of llama-host: the whole contract between the host and its plugins.
+
+A plugin is a module (or object) registered through the ``llama_host`` entry-point group. It implements any of the
+hooks below with ``@hookimpl`` (``from llama_host import hookimpl``); pluggy lets an implementation take only the
+arguments it needs. Every spec documents its arguments, its return contract and a short example, and
+``tests/test_hookspecs.py`` fails when one does not.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from llama_host.host import Host
+    from llama_host.types import Event, ModelSpec, RegisterRuntime, Surface
+
+PROJECT = "llama_host"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def config_schema() -> dict[str, Any] | None:
+    """Return the JSON Schema of this plugin's section of the site file (``plugins.<name>``).
+
+    :returns: a JSON Schema object, usually ``msgspec.json.schema(Settings)`` of a ``forbid_unknown_fields`` Struct;
+        ``None`` when the plugin takes no settings (then only ``enabled`` is accepted). The host adds the ``enabled``
+        key itself and matches the schema to the plugin by the plugin's registered name.
+
+    Example::
+
+        class Settings(msgspec.Struct, forbid_unknown_fields=True):
+            port: int = 11434
+
+        @hookimpl
+        def config_schema():
+            return msgspec.json.schema(Settings)
+    """
+
+
+@hookspec
+def lifespan(host: Host) -> AbstractAsyncContextManager[None] | None:
+    """Return an async context manager for startup and teardown work, or ``None``.
+
+    :param host: the running host (site config, scheduler, relay, ``emit``).
+    :returns: entered after the scheduler is ready and before listeners bind, exited after listeners stop and
+        before runners are stopped. Background tasks started here must end when it exits.
+
+    Example::
+
+        @hookimpl
+        def lifespan(host):
+            @contextlib.asynccontextmanager
+            async def run():
+                task = asyncio.create_task(sample_forever(host))
+                yield
+                task.cancel()
+            return run()
+    """
+
+
+@hookspec
+def register_surfaces(host: Host) -> list[Surface] | None:
+    """Return the surfaces (route handlers plus the port they belong on) this plugin serves.
+
+    :param host: the host being built; read settings with ``host.settings(name, Settings)``.
+    :returns: a list of :class:`llama_host.types.Surface`. The host builds one Litestar app per port; two surfaces
+        whose routes collide on one port are a startup error naming both.
+
+    Example::
+
+        @hookimpl
+        def register_surfaces(host):
+            s = host.settings("ollama_api", Settings)
+            return [Surface(name="ollama_api", port=s.port, route_handlers=[OllamaController])]
+    """
+
+
+@hookspec
+def register_runtimes(register: RegisterRuntime) -> None:
+    """Register runtimes: ways to run a model (``llama-server``, ``command``, ``remote``, third-party ones).
+
+    :param register: call ``register(name, factory, description="...")`` once per runtime; ``factory(spec, host)``
+        returns a :class:`llama_host.types.Runner`. A name registered twice is an error naming both plugins.
+    :returns: nothing.
+
+    Example::
+
+        @hookimpl
+        def register_runtimes(register):
+            register("echo", lambda spec, host: EchoRunner(spec), description="answers with the prompt")
+    """
+
+
+@hookspec
+def discover_models(host: Host) -> list[ModelSpec] | None:
+    """Return models found by a scanner (``source`` set to the plugin's name).
+
+    :param host: the host; ``host.config_path`` locates files kept next to the site file.
+    :returns: model specs; the host merges them under the configured ``models:`` (a configured name wins). Called at
+        startup and again by ``host.refresh_models()``; must not block (return a cached catalogue, scan in a thread).
+
+    Example::
+
+        @hookimpl
+        def discover_models(host):
+            return [ModelSpec(name="tiny", path="/models/tiny.gguf", source="my_scanner")]
+    """
+
+
+@hookspec(firstresult=True)
+def resolve_model(host: Host, requested: str, surface: str) -> ModelSpec | None:
+    """Map the model name a client sent to a known model; the first non-``None`` answer wins.
+
+    :param host: the host; ``host.scheduler.models`` holds every known spec by name.
+    :param requested: the name as the client sent it (``qwen:latest``, an alias, an LM Studio id).
+    :param surface: the surface asking (``openai_api``, ``ollama_api``, ...).
+    :returns: the spec, or ``None`` to let the next implementation (finally the core's case-insensitive,
+        alias- and ``:latest``-aware default) decide.
+
+    Example::
+
+        @hookimpl
+        def resolve_model(host, requested, surface):
+            if requested == "gpt-4o":
+                return host.scheduler.models.get("qwen2.5-7b-instruct")
+    """
+
+
+@hookspec
+def track_event(host: Host, event: Event) -> None:
+    """Observe an event: request started/finished, model loading/loaded/unloaded/failed, models changed.
+
+    :param host: the host.
+    :param event: one of the Structs of :mod:`llama_host.types` (``event.kind`` names it).
+    :returns: nothing. Called on the event loop in the request path: it must only record (microseconds), never
+        block or await; exceptions are logged and swallowed.
+
+    Example::
+
+        @hookimpl
+        def track_event(event):
+            if event.kind == "request_finished":
+                counts[event.model] += 1
+    """

@@ -1,0 +1,239 @@
+"""The host: site config + plugin manager + scheduler + relay, and one Litestar app per listening port."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import os
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pluggy
+from litestar import Litestar, Router
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
+from litestar.exceptions import NotAuthorizedException
+from litestar.handlers import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+
+from llama_host import __version__
+from llama_host.config import SiteConfig, load_site, plugin_settings, redact
+from llama_host.errors import ConfigError, PluginError
+from llama_host.hookspecs import hookimpl
+from llama_host.plugins import PluginInfo, enabled_flags, make_plugin_manager, plugin_schemas
+from llama_host.proxy import Relay, RequestMeter
+from llama_host.scheduler import Scheduler
+from llama_host.types import Event, ModelSpec, RuntimeInfo, Surface
+
+log = logging.getLogger(__name__)
+
+
+class _CoreResolver:
+    """The core's default model resolution, consulted after every plugin's ``resolve_model``."""
+
+    @hookimpl(trylast=True)
+    def resolve_model(self, host: Host, requested: str) -> ModelSpec | None:
+        return host.scheduler.default_resolve(requested)
+
+
+class Host:
+    def __init__(self, site: SiteConfig, pm: pluggy.PluginManager, plugins: list[PluginInfo],
+                 config_path: Path | None = None, raw_config: dict[str, Any] | None = None) -> None:
+        self.site = site
+        self.pm = pm
+        self.plugins = plugins
+        self.config_path = config_path
+        self._raw_config = raw_config
+        self.started_at = time.time()
+        self._settings: dict[tuple[str, type], Any] = {}
+        pm.register(_CoreResolver(), name="llama_host.core")
+        self.runtimes = self._collect_runtimes()
+        self.scheduler = Scheduler(self, site.scheduler, self.runtimes)
+        self.scheduler.set_models(site.models, [])
+        self._check_models(site.models.values(), "models")
+        self.relay = Relay(self)
+        self.surfaces = self._collect_surfaces()
+
+    # --- construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, path: Path | None = None, *, data: dict[str, Any] | None = None,
+                    only: Iterable[str] | None = None, extra: Iterable[tuple[str, object]] = (),
+                    env: dict[str, str] | None = None) -> Host:
+        """Read the site file (or ``data``), load the plugins it enables and validate everything.
+
+        Raises ConfigError (every problem with its path) or PluginError (the plugins that failed, by name).
+        """
+        from llama_host.config import expand_env, read_yaml
+
+        raw = read_yaml(path) if data is None else data
+        flags = enabled_flags(expand_env(raw, os.environ if env is None else env, []).get("plugins")
+                              if isinstance(raw, dict) else None)
+        pm, infos = make_plugin_manager(flags, only=only, extra=extra)
+        site = load_site(path, plugin_schemas(pm, infos), env=env, data=raw)
+        return cls(site, pm, infos, config_path=path.resolve() if path else None, raw_config=raw)
+
+    def _collect_runtimes(self) -> dict[str, RuntimeInfo]:
+        runtimes: dict[str, RuntimeInfo] = {}
+        problems: list[str] = []
+        for impl in self.pm.hook.register_runtimes.get_hookimpls():
+            def register(name: str, factory, *, description: str = "", _plugin: str = impl.plugin_name) -> None:
+                if name in runtimes:
+                    problems.append(f"runtime '{name}' is registered by both '{runtimes[name].plugin}' and '{_plugin}'")
+                    return
+                runtimes[name] = RuntimeInfo(name, factory, _plugin, description)
+
+            impl.function(register=register)
+        if problems:
+            raise PluginError("; ".join(problems))
+        return runtimes
+
+    def _check_models(self, specs: Iterable[ModelSpec], where: str) -> None:
+        problems = [f"{where}.{s.name}.runtime: unknown runtime '{s.runtime}' (installed: "
+                    f"{', '.join(sorted(self.runtimes)) or 'none'})" for s in specs if s.runtime not in self.runtimes]
+        if problems:
+            raise ConfigError(problems, str(self.config_path) if self.config_path else None)
+
+    def _collect_surfaces(self) -> list[Surface]:
+        from llama_host.api import core_surface
+
+        surfaces = [core_surface(self)]
+        for impl in self.pm.hook.register_surfaces.get_hookimpls():
+            for surface in impl.function(host=self) or ():
+                surfaces.append(surface)
+        self.listeners()  # route collisions fail here, at startup
+        return surfaces
+
+    # --- what plugins use ---------------------------------------------------------------------------------------
+
+    def settings(self, name: str, kind: type[msgspec.Struct]) -> Any:
+        """The typed settings of plugin ``name`` (its ``plugins.<name>`` section, validated by its schema)."""
+        key = (name, kind)
+        if key not in self._settings:
+            self._settings[key] = plugin_settings(self.site, name, kind)
+        return self._settings[key]
+
+    def emit(self, event: Event) -> None:
+        """Pass an event to every ``track_event`` hook; a failing observer is logged, never raised."""
+        for impl in self.pm.hook.track_event.get_hookimpls():
+            try:
+                impl.function(**{k: v for k, v in (("host", self), ("event", event)) if k in impl.argnames})
+            except Exception:
+                log.exception("plugin %s failed in track_event", impl.plugin_name)
+
+    def meter(self, surface: str, endpoint: str, model: str, stream: bool = False) -> RequestMeter:
+        return RequestMeter(self, surface, endpoint, model, stream)
+
+    async def refresh_models(self) -> None:
+        """Ask every ``discover_models`` hook again and merge under the configured models."""
+        discovered: list[ModelSpec] = []
+        for impl in self.pm.hook.discover_models.get_hookimpls():
+            try:
+                for spec in impl.function(host=self) or ():
+                    discovered.append(spec if spec.source != "config" else
+                                      msgspec.structs.replace(spec, source=impl.plugin_name))
+            except Exception:
+                log.exception("plugin %s failed in discover_models", impl.plugin_name)
+        known = [s for s in discovered if s.runtime in self.runtimes]
+        for s in discovered:
+            if s.runtime not in self.runtimes:
+                log.warning("discovered model %s needs unknown runtime %s: skipped", s.name, s.runtime)
+        self.scheduler.set_models(self.site.models, known)
+
+    def plugin_states(self) -> list[dict[str, Any]]:
+        return [p.as_dict() for p in self.plugins]
+
+    def effective_config(self) -> dict[str, Any]:
+        return redact(msgspec.to_builtins(self.site))
+
+    # --- listeners ----------------------------------------------------------------------------------------------
+
+    def listeners(self) -> dict[int, list[Surface]]:
+        """Surfaces by port; ``on_api_ports`` surfaces join every port. Raises PluginError on route collisions."""
+        surfaces = getattr(self, "surfaces", None) or []
+        by_port: dict[int, list[Surface]] = defaultdict(list)
+        for s in surfaces:
+            by_port[s.port].append(s)
+        for s in surfaces:
+            if s.on_api_ports:
+                for port, group in by_port.items():
+                    if s not in group:
+                        group.append(s)
+        problems = []
+        for port, group in by_port.items():
+            seen: dict[tuple[str, str], str] = {}
+            for s in group:
+                for path, method in _routes_of(s):
+                    owner = seen.setdefault((path, method), s.name)
+                    if owner != s.name:
+                        problems.append(f"port {port}: {method} {path} is served by both '{owner}' and '{s.name}'")
+        if problems:
+            raise PluginError("route collision: " + "; ".join(problems))
+        return dict(sorted(by_port.items()))
+
+    def build_apps(self) -> dict[int, Litestar]:
+        apps = {}
+        for port, group in self.listeners().items():
+            primary = next((s for s in group if s.port == port and not s.on_api_ports), group[0])
+            routers = [Router(path="/", route_handlers=list(s.route_handlers), exception_handlers=s.exception_handlers,
+                              guards=[self._guard] if self.site.api_keys and s.requires_auth else None)
+                       for s in group]
+            main = port == self.site.port
+            apps[port] = Litestar(
+                route_handlers=routers, dependencies={"host": Provide(self._provide, sync_to_thread=False)},
+                exception_handlers=primary.exception_handlers, logging_config=None,
+                openapi_config=OpenAPIConfig(title="llama-host", version=__version__, path="/api/docs",
+                                             render_plugins=[ScalarRenderPlugin()]) if main else None,
+                debug=False)
+        return apps
+
+    def _provide(self) -> Host:
+        return self
+
+    def _guard(self, connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+        if handler.opt.get("public"):
+            return
+        auth = connection.headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else connection.headers.get("x-api-key", "")
+        if not any(hmac.compare_digest(token.encode(), k.encode()) for k in self.site.api_keys):
+            raise NotAuthorizedException("invalid or missing API key (send 'Authorization: Bearer <key>')")
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def running(self):
+        """Shared resources for the host's life: the relay, discovery, plugin lifespans; runners stop at the end."""
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.relay)
+            stack.push_async_callback(self.scheduler.shutdown)
+            await self.refresh_models()
+            for impl in self.pm.hook.lifespan.get_hookimpls():
+                cm = impl.function(host=self)
+                if cm is not None:
+                    try:
+                        await stack.enter_async_context(cm)
+                    except Exception as exc:
+                        raise PluginError(f"plugin '{impl.plugin_name}' failed to start: {exc}") from exc
+            yield self
+
+
+_PARAM = re.compile(r"\{[^}]*\}")
+
+
+def _routes_of(surface: Surface) -> list[tuple[str, str]]:
+    router = Router(path="/", route_handlers=list(surface.route_handlers))
+    out = []
+    for route in router.routes:
+        methods = getattr(route, "methods", None) or {"WS"}
+        for method in methods:
+            if method not in ("HEAD", "OPTIONS"):
+                out.append((_PARAM.sub("{}", route.path), method))
+    return out
+

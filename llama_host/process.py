@@ -1,0 +1,244 @@
+"""Runner processes: spawn without a shell, watch readiness, capture logs, stop without leaving orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from llama_host.errors import RunnerStartError
+from llama_host.logs import attach_file
+
+if TYPE_CHECKING:
+    from llama_host.types import ModelSpec
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 8192  # longer log lines are cut so one huge line cannot stall the reader or bloat the buffer
+PORT_TAKEN = ("couldn't bind", "address already in use", "failed to bind", "bind failed")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the host dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent already died between fork and prctl
+            os._exit(1)
+
+
+class LogBuffer:
+    """The recent lines of one runner, plus live subscribers (for SSE log streams)."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self.lines: deque[str] = deque(maxlen=size)
+        self._subscribers: set[asyncio.Queue[str]] = set()
+
+    def append(self, line: str) -> None:
+        self.lines.append(line)
+        for q in self._subscribers:
+            if q.qsize() < 1000:
+                q.put_nowait(line)
+
+    def tail(self, n: int = 20) -> list[str]:
+        return list(self.lines)[-n:]
+
+    @contextlib.contextmanager
+    def subscribe(self):
+        q: asyncio.Queue[str] = asyncio.Queue()
+        self._subscribers.add(q)
+        try:
+            yield q
+        finally:
+            self._subscribers.discard(q)
+
+
+def flag_args(params: Mapping[str, object]) -> list[str]:
+    """``{ctx_size: 16000, jinja: true, no_mmap: false, lora: [a, b]}`` → ``--ctx-size 16000 --jinja --lora a --lora b``."""
+    out: list[str] = []
+    for key, value in params.items():
+        flag = key if key.startswith("-") else "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            out.append(flag)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                out += [flag, str(v)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+class ProcessRunner:
+    """A local server process for one model; ``argv_for(port)`` builds its command line for a given port."""
+
+    local = True
+
+    def __init__(self, model: ModelSpec, argv_for, *, env: Mapping[str, str] | None = None,
+                 health_path: str = "/health", log_dir: str | Path | None = None, headers: Mapping[str, str] | None = None,
+                 port_attempts: int = 3) -> None:
+        self.model = model
+        self._argv_for = argv_for
+        self._env = dict(env or {})
+        self._health_path = health_path
+        self.headers = dict(headers or {})
+        self.logs = LogBuffer()
+        self.pid: int | None = None
+        self.port = 0
+        self.base_url = ""
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task | None = None
+        self._stopping = False
+        self._attempts = port_attempts
+        self._file_log = logging.getLogger(f"llama_host.runner.{model.name}")
+        self._file_log.propagate = False
+        if log_dir:
+            attach_file(self._file_log, Path(log_dir) / "runners" / f"{model.name}.log")
+
+    @property
+    def argv(self) -> list[str]:
+        return list(self._argv_for(self.port))
+
+    async def start(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for attempt in range(self._attempts):
+            self.port = free_port()
+            self.base_url = f"http://127.0.0.1:{self.port}"
+            try:
+                await self._spawn_and_wait(deadline)
+                return
+            except RunnerStartError as exc:
+                taken = any(p in line.lower() for line in exc.log_tail for p in PORT_TAKEN)
+                if not taken or attempt == self._attempts - 1:
+                    raise
+                log.warning("%s: port %d was taken, retrying on another port", self.model.name, self.port)
+
+    async def _spawn_and_wait(self, deadline: float) -> None:
+        argv = self.argv
+        env = {**os.environ, **self._env}
+        self._file_log.info("starting: %s", " ".join(argv))
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        except OSError as exc:
+            raise RunnerStartError(f"model '{self.model.name}': cannot start {argv[0]}: {exc.strerror or exc}") from None
+        self.pid = self._proc.pid
+        self._reader = asyncio.create_task(self._read_output(self._proc.stdout))
+        exited = asyncio.create_task(self._proc.wait())
+        healthy = asyncio.create_task(self._poll_health())
+        try:
+            done, _ = await asyncio.wait({exited, healthy}, timeout=max(0.0, deadline - time.monotonic()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            healthy.cancel()
+            if not exited.done():
+                exited.cancel()
+        if healthy in done and not healthy.cancelled() and healthy.exception() is None:
+            return
+        if exited in done:
+            await self._drain()
+            raise RunnerStartError(f"model '{self.model.name}': runner exited with code {self._proc.returncode} "
+                                   f"before becoming ready", log_tail=self.logs.tail())
+        await self.stop(grace=1.0)
+        raise RunnerStartError(f"model '{self.model.name}': runner not ready after the startup timeout",
+                               log_tail=self.logs.tail())
+
+    async def _poll_health(self) -> None:
+        """Poll often at first (a tiny model is ready in ~30 ms), backing off for slow loads; one kept connection."""
+        delay = 0.005
+        url = self.base_url + self._health_path
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1),
+                                         timeout=aiohttp.ClientTimeout(total=5)) as session:
+            while True:
+                try:
+                    async with session.get(url, headers=self.headers) as r:
+                        await r.read()
+                        if r.status == 200:
+                            return
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.3, 0.25)
+
+    async def _read_output(self, stream: asyncio.StreamReader) -> None:
+        partial = b""
+        while True:
+            chunk = await stream.read(65536)
+            if not chunk:
+                break
+            partial += chunk
+            *lines, partial = partial.split(b"\n")
+            if len(partial) > MAX_LINE:
+                lines.append(partial[:MAX_LINE] + b" [...]")
+                partial = b""
+            for raw in lines:
+                self._line(raw[:MAX_LINE])
+        if partial:
+            self._line(partial[:MAX_LINE])
+
+    def _line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        self.logs.append(line)
+        self._file_log.info("%s", line)
+
+    async def _drain(self) -> None:
+        if self._reader:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._reader), 1.0)
+
+    async def wait(self) -> int | None:
+        if self._proc is None:
+            return None
+        code = await self._proc.wait()
+        await self._drain()
+        return code
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM the process group, SIGKILL after ``grace`` seconds (llama-server may linger ~30 s mid-request)."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        self._stopping = True
+        self._signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except asyncio.TimeoutError:
+            self._file_log.info("did not exit %.1fs after SIGTERM: SIGKILL", grace)
+            self._signal(signal.SIGKILL)
+            await proc.wait()
+        await self._drain()
+        self._file_log.info("stopped (exit code %s)", proc.returncode)
+
+    def _signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    def kill_now(self) -> None:
+        """Synchronous last resort at interpreter exit."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._signal(signal.SIGKILL)
+

@@ -1,0 +1,493 @@
+"""Models on demand: one runner per model, started when a request names it, shared by concurrent requests, unloaded
+when idle, evicted (least recently used, idle, unpinned only) to respect the count and memory limits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from llama_host.config import SchedulerSettings, parse_size
+from llama_host.errors import HostError, ModelNotFound, ModelTooLarge, QueueFull, QueueTimeout, RunnerStartError
+from llama_host.process import LogBuffer
+from llama_host.types import (
+    ModelFailed,
+    ModelLoaded,
+    ModelLoading,
+    ModelSpec,
+    ModelState,
+    ModelStatus,
+    ModelUnloaded,
+    Runner,
+    RuntimeInfo,
+    UnloadReason,
+)
+
+if TYPE_CHECKING:
+    from llama_host.host import Host
+
+log = logging.getLogger(__name__)
+KV_BYTES = 2  # f16 K and V cache entries
+
+
+def estimate_memory(spec: ModelSpec) -> int:
+    """``memory:`` when configured; else file size (+ projector) + the KV cache at the configured context."""
+    if spec.memory is not None:
+        return parse_size(spec.memory)
+    if spec.runtime == "remote":
+        return 0
+    md = spec.metadata
+    size = int(md.get("size") or 0)
+    for path in ([] if size else [spec.path]) + [spec.mmproj]:
+        if path:
+            with contextlib.suppress(OSError):
+                size += os.stat(path).st_size
+    ctx = spec.params.get("ctx_size") or spec.params.get("c") or md.get("context_length") or 0
+    layers, heads, kv_heads, width = (md.get(k) or 0 for k in ("block_count", "head_count", "head_count_kv", "embedding_length"))
+    if ctx and layers and heads and width:
+        size += 2 * int(layers) * int(ctx) * int(kv_heads or heads) * (int(width) // int(heads)) * KV_BYTES
+    return size
+
+
+def idle_seconds(ttl: float | None) -> float | None:
+    """Per-request ttl → seconds until unload: ``None`` = never, ``0`` = right after the request."""
+    if ttl is None or ttl < 0:
+        return None
+    return float(ttl)
+
+
+class Entry:
+    """The scheduler's bookkeeping for one model."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.state: ModelState = "unloaded"
+        self.runner: Runner | None = None
+        self.ready: asyncio.Task | None = None
+        self.stop_task: asyncio.Task | None = None
+        self.watcher: asyncio.Task | None = None
+        self.in_flight = 0
+        self.last_used: float | None = None
+        self.expires_at: float | None = None
+        self.loaded_at: float | None = None
+        self.load_seconds: float | None = None
+        self.ttl_override: float | None = None
+        self.active_params: dict[str, Any] = {}
+        self.error: str | None = None
+        self.log_tail: list[str] = []
+        self.failures = 0
+        self.failed_at = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.logs = LogBuffer()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_task is not None and not self.stop_task.done()
+
+    @property
+    def occupies(self) -> bool:
+        return self.state in ("loading", "loaded") and self.runner is not None and self.runner.local
+
+
+class Lease:
+    """One request's hold on a running model; ``release()`` (or leaving ``async with``) ends it."""
+
+    def __init__(self, scheduler: Scheduler, entry: Entry, queue_wait: float, load_seconds: float,
+                 ttl: float | None) -> None:
+        self._scheduler = scheduler
+        self._entry = entry
+        self.model = entry.spec
+        self.runner: Runner = entry.runner  # type: ignore[assignment]
+        self.queue_wait = queue_wait
+        self.load_seconds = load_seconds
+        self._ttl = ttl
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._scheduler._release(self._entry, self._ttl)
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Scheduler:
+    def __init__(self, host: Host, settings: SchedulerSettings, runtimes: Mapping[str, RuntimeInfo]) -> None:
+        self.host = host
+        self.settings = settings
+        self.runtimes = runtimes
+        self.memory_budget = parse_size(settings.memory_budget) if settings.memory_budget is not None else None
+        self.entries: dict[str, Entry] = {}
+        self._index: dict[str, str] = {}
+        self._changed = asyncio.Event()
+        self._stops: set[asyncio.Task] = set()
+        self._waiting = 0
+        self._closed = False
+
+    # --- the catalogue ------------------------------------------------------------------------------------------
+
+    @property
+    def models(self) -> dict[str, ModelSpec]:
+        return {name: e.spec for name, e in self.entries.items()}
+
+    def set_models(self, configured: Mapping[str, ModelSpec], discovered: list[ModelSpec]) -> None:
+        """Merge configured and discovered models (a configured name wins); running models keep their runner and
+        start with the new spec next time."""
+        merged: dict[str, ModelSpec] = {}
+        for spec in discovered:
+            merged.setdefault(spec.name, spec)
+        merged.update(configured)
+        for name, spec in merged.items():
+            if name in self.entries:
+                self.entries[name].spec = spec
+            else:
+                self.entries[name] = Entry(spec)
+        for name in [n for n, e in self.entries.items() if n not in merged and e.state in ("unloaded", "failed")]:
+            del self.entries[name]
+        index: dict[str, str] = {}
+        for name, e in self.entries.items():
+            for key in (name, *e.spec.aliases):
+                index.setdefault(key.lower(), name)
+        self._index = index
+
+    def resolve(self, requested: str, surface: str = "") -> ModelSpec | None:
+        return self.host.pm.hook.resolve_model(host=self.host, requested=requested, surface=surface)
+
+    def default_resolve(self, requested: str) -> ModelSpec | None:
+        """Exact name, then case-insensitive name or alias, then without an Ollama ``:latest`` tag."""
+        if requested in self.entries:
+            return self.entries[requested].spec
+        key = requested.lower()
+        for candidate in (key, key.removesuffix(":latest")):
+            if candidate in self._index:
+                return self.entries[self._index[candidate]].spec
+        return None
+
+    def get(self, requested: str, surface: str = "") -> ModelSpec:
+        spec = self.resolve(requested, surface)
+        if spec is None:
+            raise ModelNotFound(requested)
+        return spec
+
+    # --- leases -------------------------------------------------------------------------------------------------
+
+    async def acquire(self, name: str, *, ttl: float | None = None,
+                      load_params: Mapping[str, Any] | None = None) -> Lease:
+        entry = self._entry(name)
+        started = time.monotonic()
+        was_loaded = entry.state == "loaded" and not entry.stopping
+        if not was_loaded or (load_params and not self._params_match(entry, load_params)):
+            if self._waiting >= self.settings.max_queue:
+                raise QueueFull(f"too many requests waiting for models ({self._waiting})", retry_after=5)
+            self._waiting += 1
+            try:
+                await asyncio.wait_for(self._ensure_loaded(entry, dict(load_params or {})), self.settings.queue_timeout)
+            except asyncio.TimeoutError:
+                raise QueueTimeout(f"model '{entry.spec.name}' was not ready within {self.settings.queue_timeout:g}s",
+                                   retry_after=10) from None
+            finally:
+                self._waiting -= 1
+        entry.in_flight += 1
+        entry.last_used = time.time()
+        entry.expires_at = None
+        self._cancel_timer(entry)
+        waited = time.monotonic() - started
+        return Lease(self, entry, waited, 0.0 if was_loaded else waited, ttl)
+
+    def lease(self, name: str, *, ttl: float | None = None, load_params: Mapping[str, Any] | None = None):
+        @contextlib.asynccontextmanager
+        async def hold():
+            lease = await self.acquire(name, ttl=ttl, load_params=load_params)
+            try:
+                yield lease
+            finally:
+                lease.release()
+
+        return hold()
+
+    async def load(self, name: str, ttl: float | None = None) -> float:
+        lease = await self.acquire(name, ttl=ttl)
+        lease.release()
+        return lease.load_seconds
+
+    async def unload(self, name: str, reason: UnloadReason = "requested") -> bool:
+        """Unload a model once its in-flight requests have finished; False when it was not loaded."""
+        entry = self._entry(name)
+        if entry.state == "loading" and entry.ready:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(entry.ready)
+        if entry.stopping:
+            await asyncio.shield(entry.stop_task)
+            return True
+        if entry.state != "loaded":
+            return False
+        await asyncio.shield(self._begin_unload(entry, reason))
+        return True
+
+    def _entry(self, name: str) -> Entry:
+        entry = self.entries.get(name)
+        if entry is None:
+            spec = self.default_resolve(name)
+            if spec is None:
+                raise ModelNotFound(name)
+            entry = self.entries[spec.name]
+        return entry
+
+    def _params_match(self, entry: Entry, load_params: Mapping[str, Any]) -> bool:
+        effective = {**entry.spec.params, **entry.active_params}
+        return all(effective.get(k) == v for k, v in load_params.items())
+
+    async def _ensure_loaded(self, entry: Entry, load_params: dict[str, Any]) -> None:
+        while True:
+            if self._closed:
+                raise HostError("the host is shutting down")
+            if entry.stopping:
+                await asyncio.shield(entry.stop_task)
+                continue
+            if entry.state == "loading":
+                await asyncio.shield(entry.ready)
+                continue
+            if entry.state == "loaded":
+                if not load_params or self._params_match(entry, load_params):
+                    return
+                self._begin_unload(entry, "reload")
+                continue
+            if entry.state == "failed" and entry.failures >= 2:
+                wait = min(2 ** (entry.failures - 2), 30) - (time.monotonic() - entry.failed_at)
+                if wait > 0:
+                    raise RunnerStartError(f"model '{entry.spec.name}' failed to start {entry.failures} times in a "
+                                           f"row; next try in {wait:.0f}s. Last error: {entry.error}",
+                                           retry_after=wait, log_tail=entry.log_tail)
+            entry.runner = self._make_runner(entry.spec)
+            if self._plan_room(entry):
+                entry.state = "loading"
+                entry.active_params = load_params
+                entry.ready = asyncio.create_task(self._start(entry))
+                entry.ready.add_done_callback(lambda t: t.cancelled() or t.exception())
+                continue
+            changed = self._changed
+            await changed.wait()
+
+    def _make_runner(self, spec: ModelSpec) -> Runner:
+        info = self.runtimes.get(spec.runtime)
+        if info is None:
+            raise RunnerStartError(f"model '{spec.name}': unknown runtime '{spec.runtime}'")
+        return info.factory(spec, self.host)
+
+    def _plan_room(self, entry: Entry) -> bool:
+        """Decide synchronously whether ``entry`` can start now; unload idle LRU victims when that makes room.
+        False = wait for in-flight requests to end. Raises when the model can never fit."""
+        if not entry.runner.local:
+            return True
+        need = self.estimate(entry.spec)
+        budget, limit = self.memory_budget, self.settings.max_loaded
+        if budget is not None and need > budget:
+            raise ModelTooLarge(f"model '{entry.spec.name}' needs about {_gib(need)}, more than the whole memory "
+                                f"budget of {_gib(budget)}")
+        active = [e for e in self.entries.values() if e is not entry and e.occupies and not e.stopping]
+
+        def fits(group: list[Entry]) -> bool:
+            count_ok = limit <= 0 or len(group) + 1 <= limit
+            return count_ok and (budget is None or sum(self.estimate(e.spec) for e in group) + need <= budget)
+
+        idle = sorted((e for e in active if e.state == "loaded" and e.in_flight == 0 and not e.spec.pinned),
+                      key=lambda e: e.last_used or 0)
+        victims: list[Entry] = []
+        while not fits(active):
+            if idle:
+                victim = idle.pop(0)
+                victims.append(victim)
+                active.remove(victim)
+            elif any(not e.spec.pinned for e in active):
+                return False
+            else:
+                pinned = ", ".join(e.spec.name for e in active)
+                raise ModelTooLarge(f"cannot load model '{entry.spec.name}': pinned models ({pinned}) use all the room")
+        for victim in victims:
+            self._begin_unload(victim, "evicted")
+        return True
+
+    def estimate(self, spec: ModelSpec) -> int:
+        return estimate_memory(spec)
+
+    estimate_memory = estimate
+
+    async def _start(self, entry: Entry) -> None:
+        runner = entry.runner
+        entry.logs = runner.logs
+        if self._stops:
+            await asyncio.gather(*[asyncio.shield(t) for t in list(self._stops)], return_exceptions=True)
+        self.host.emit(ModelLoading(model=entry.spec.name))
+        t0 = time.monotonic()
+        try:
+            await runner.start(self.settings.startup_timeout)
+        except BaseException as exc:
+            error = exc if isinstance(exc, HostError) else RunnerStartError(
+                f"model '{entry.spec.name}': {type(exc).__name__}: {exc}", log_tail=runner.logs.tail())
+            entry.state, entry.error, entry.log_tail = "failed", error.message, error.log_tail
+            entry.failures += 1
+            entry.failed_at = time.monotonic()
+            with contextlib.suppress(Exception):
+                await runner.stop(1.0)
+            self.host.emit(ModelFailed(model=entry.spec.name, error=error.message, log_tail=error.log_tail))
+            log.error("%s", error.detail())
+            self._notify()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise error from None
+        entry.load_seconds = time.monotonic() - t0
+        entry.loaded_at = time.time()
+        entry.last_used = entry.last_used or entry.loaded_at
+        entry.state, entry.error, entry.log_tail, entry.failures = "loaded", None, [], 0
+        entry.watcher = asyncio.create_task(self._watch(entry, runner))
+        log.info("model %s loaded in %.2fs (pid %s, %s)", entry.spec.name, entry.load_seconds, runner.pid,
+                 runner.base_url)
+        self.host.emit(ModelLoaded(model=entry.spec.name, load_seconds=entry.load_seconds, pid=runner.pid))
+        self._schedule_idle(entry)
+        self._notify()
+
+    async def _watch(self, entry: Entry, runner: Runner) -> None:
+        code = await runner.wait()
+        if entry.runner is not runner or entry.stopping or entry.state != "loaded" or self._closed:
+            return
+        tail = runner.logs.tail()
+        entry.state, entry.log_tail = "failed", tail
+        entry.error = f"model '{entry.spec.name}': runner exited unexpectedly (code {code})"
+        entry.failures += 1
+        entry.failed_at = time.monotonic()
+        self._cancel_timer(entry)
+        log.error("%s\n%s", entry.error, "\n".join(tail))
+        self.host.emit(ModelUnloaded(model=entry.spec.name, reason="crashed"))
+        self.host.emit(ModelFailed(model=entry.spec.name, error=entry.error, log_tail=tail))
+        self._notify()
+
+    def _begin_unload(self, entry: Entry, reason: UnloadReason) -> asyncio.Task:
+        if entry.stopping:
+            return entry.stop_task
+        entry.stop_task = asyncio.create_task(self._unload(entry, reason))
+        self._stops.add(entry.stop_task)
+        entry.stop_task.add_done_callback(self._stops.discard)
+        return entry.stop_task
+
+    async def _unload(self, entry: Entry, reason: UnloadReason) -> None:
+        while entry.in_flight > 0:  # never cut an in-flight request
+            await self._changed.wait()
+        self._cancel_timer(entry)
+        runner = entry.runner
+        if runner is not None:
+            await runner.stop(self.settings.stop_grace)
+        if entry.watcher:
+            entry.watcher.cancel()
+        entry.state, entry.expires_at, entry.active_params = "unloaded", None, {}
+        entry.ttl_override = None
+        log.info("model %s unloaded (%s)", entry.spec.name, reason)
+        self.host.emit(ModelUnloaded(model=entry.spec.name, reason=reason))
+        self._notify()
+
+    # --- idle unload --------------------------------------------------------------------------------------------
+
+    def _release(self, entry: Entry, ttl: float | None) -> None:
+        entry.in_flight -= 1
+        entry.last_used = time.time()
+        if ttl is not None:
+            entry.ttl_override = ttl
+        if entry.in_flight == 0:
+            self._schedule_idle(entry)
+        self._notify()
+
+    def _idle_for(self, entry: Entry) -> float | None:
+        if entry.ttl_override is not None:
+            return idle_seconds(entry.ttl_override)
+        if entry.spec.pinned:
+            return None
+        ttl = entry.spec.ttl if entry.spec.ttl is not None else self.settings.ttl
+        return None if ttl <= 0 else float(ttl)
+
+    def _schedule_idle(self, entry: Entry) -> None:
+        self._cancel_timer(entry)
+        if entry.in_flight or entry.state != "loaded" or self._closed:
+            return
+        seconds = self._idle_for(entry)
+        if seconds is None:
+            entry.expires_at = None
+            return
+        entry.expires_at = time.time() + seconds
+        if seconds == 0:
+            entry.ttl_override = None
+            self._begin_unload(entry, "ttl")
+        else:
+            entry.timer = asyncio.get_running_loop().call_later(seconds, self._expire, entry)
+
+    def _expire(self, entry: Entry) -> None:
+        entry.timer = None
+        if entry.state == "loaded" and entry.in_flight == 0 and not entry.stopping:
+            self._begin_unload(entry, "ttl")
+
+    @staticmethod
+    def _cancel_timer(entry: Entry) -> None:
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # --- views and shutdown -------------------------------------------------------------------------------------
+
+    def status(self, name: str) -> ModelStatus:
+        e = self._entry(name)
+        s = e.spec
+        runner = e.runner if e.state in ("loading", "loaded") else None
+        return ModelStatus(
+            name=s.name, state=e.state, runtime=s.runtime, source=s.source, aliases=list(s.aliases),
+            memory=self.estimate(s), in_flight=e.in_flight, pinned=s.pinned, unlisted=s.unlisted, missing=s.missing,
+            ttl=self._idle_for(e), last_used=e.last_used, expires_at=e.expires_at,
+            loaded_at=e.loaded_at if e.state == "loaded" else None, load_seconds=e.load_seconds,
+            pid=runner.pid if runner else None, error=e.error, path=s.path, metadata=dict(s.metadata))
+
+    def statuses(self) -> list[ModelStatus]:
+        return [self.status(name) for name in sorted(self.entries)]
+
+    def logs(self, name: str) -> LogBuffer:
+        return self._entry(name).logs
+
+    async def shutdown(self) -> None:
+        self._closed = True
+        self._notify()
+        tasks = []
+        for entry in self.entries.values():
+            self._cancel_timer(entry)
+            if entry.ready and not entry.ready.done():
+                entry.ready.cancel()
+            if entry.runner is not None and entry.state in ("loading", "loaded"):
+                was_loaded = entry.state == "loaded"
+                tasks.append(self._shutdown_one(entry, was_loaded))
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _shutdown_one(self, entry: Entry, was_loaded: bool) -> None:
+        await entry.runner.stop(self.settings.stop_grace)
+        if entry.watcher:
+            entry.watcher.cancel()
+        entry.state = "unloaded"
+        if was_loaded:
+            self.host.emit(ModelUnloaded(model=entry.spec.name, reason="shutdown"))
+
+    def kill_all(self) -> None:
+        """Synchronous last resort (interpreter exit): SIGKILL every local runner still alive."""
+        for entry in self.entries.values():
+            kill = getattr(entry.runner, "kill_now", None)
+            if kill:
+                kill()
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"

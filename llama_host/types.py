@@ -1,0 +1,202 @@
+"""Typed values exchanged between the host and its plugins.
+
+Everything a hook returns or receives is declared here, so a plugin author reads one module to learn the contract.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import msgspec
+
+if TYPE_CHECKING:
+    from litestar.types import ExceptionHandlersMap
+
+    from llama_host.host import Host
+    from llama_host.process import LogBuffer
+
+ModelState = Literal["unloaded", "loading", "loaded", "failed"]
+UnloadReason = Literal["ttl", "evicted", "requested", "crashed", "shutdown", "reload"]
+
+
+class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One model as the site file (``models.<name>``) or a discovery plugin declares it.
+
+    The runtime decides which of the optional keys it reads: ``path``/``binary``/``params``/``args`` for
+    ``llama-server``, ``cmd``/``health_path`` for ``command``, ``url``/``api_key`` for ``remote``.
+    """
+
+    name: str = ""
+    path: str | None = None
+    runtime: str = "llama-server"
+    binary: str | None = None
+    aliases: list[str] = []
+    ttl: float | None = None
+    pinned: bool = False
+    unlisted: bool = False
+    memory: int | str | None = None
+    params: dict[str, Any] = {}
+    args: list[str] = []
+    env: dict[str, str] = {}
+    cmd: list[str] = []
+    health_path: str = "/health"
+    url: str | None = None
+    api_key: str | None = None
+    mmproj: str | None = None
+    # Filled by discovery plugins: GGUF facts (architecture, parameter_count, quantization, context_length, ...).
+    metadata: dict[str, Any] = {}
+    # Where the spec came from: "config" or the discovering plugin's name.
+    source: str = "config"
+    missing: bool = False
+
+
+@dataclass
+class Surface:
+    """Routes that one plugin serves on one port (an API dialect).
+
+    ``on_api_ports``: also mount these routes on every other port that serves a surface — the OpenAI ``/v1``
+    routes are served on the Ollama and LM Studio ports as those servers do.
+    ``exception_handlers`` shape every error raised under these routes (including 401s from the API-key guard)
+    into the surface's dialect.
+    """
+
+    name: str
+    port: int
+    route_handlers: Sequence[Any]
+    exception_handlers: ExceptionHandlersMap = field(default_factory=dict)
+    on_api_ports: bool = False
+    #: False for routes that never need an API key (e.g. static dashboard assets).
+    requires_auth: bool = True
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """A running (or startable) server for one model, created by a runtime factory.
+
+    ``start`` returns once the runner answers health checks, or raises ``RunnerStartError`` with its log tail.
+    ``wait`` resolves when the runner ends on its own (never for a remote server) and returns its exit code.
+    """
+
+    model: ModelSpec
+    base_url: str
+    headers: Mapping[str, str]
+    local: bool
+    pid: int | None
+    logs: LogBuffer
+
+    async def start(self, timeout: float) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+    async def wait(self) -> int | None: ...
+
+
+RuntimeFactory = Callable[[ModelSpec, "Host"], Runner]
+RegisterRuntime = Callable[..., None]
+"""``register(name, factory, *, description="")``: passed to ``register_runtimes``."""
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    name: str
+    factory: RuntimeFactory
+    plugin: str
+    description: str = ""
+
+
+# --- events -------------------------------------------------------------------------------------------------------
+
+
+class Event(msgspec.Struct, kw_only=True, tag_field="kind"):
+    """Base of everything passed to ``track_event``. ``ts`` is the wall-clock time of the event."""
+
+    ts: float = msgspec.field(default_factory=time.time)
+
+
+class RequestStarted(Event, tag="request_started"):
+    surface: str
+    model: str
+    endpoint: str
+
+
+class RequestFinished(Event, tag="request_finished"):
+    """One proxied request, emitted when its last byte has gone to the client (or it failed)."""
+
+    surface: str
+    model: str
+    endpoint: str
+    status: int
+    duration: float
+    stream: bool = False
+    queue_wait: float = 0.0
+    ttft: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    tokens_per_second: float | None = None
+    prompt_ms: float | None = None
+    predicted_ms: float | None = None
+    stop_reason: str | None = None
+    error: str | None = None
+
+
+class ModelLoading(Event, tag="model_loading"):
+    model: str
+
+
+class ModelLoaded(Event, tag="model_loaded"):
+    model: str
+    load_seconds: float
+    pid: int | None = None
+
+
+class ModelUnloaded(Event, tag="model_unloaded"):
+    model: str
+    reason: UnloadReason
+
+
+class ModelFailed(Event, tag="model_failed"):
+    model: str
+    error: str
+    log_tail: list[str] = []
+
+
+class ModelsChanged(Event, tag="models_changed"):
+    """The set of known models changed (a rescan found new, changed or missing files)."""
+
+    added: list[str] = []
+    changed: list[str] = []
+    missing: list[str] = []
+
+
+AnyEvent = RequestStarted | RequestFinished | ModelLoading | ModelLoaded | ModelUnloaded | ModelFailed | ModelsChanged
+
+
+class ModelStatus(msgspec.Struct, kw_only=True):
+    """The scheduler's view of one model, as served by ``GET /api/v1/models``."""
+
+    name: str
+    state: ModelState
+    runtime: str
+    source: str
+    aliases: list[str]
+    memory: int
+    in_flight: int
+    pinned: bool
+    unlisted: bool
+    missing: bool
+    ttl: float | None
+    last_used: float | None
+    expires_at: float | None
+    loaded_at: float | None
+    load_seconds: float | None
+    pid: int | None
+    error: str | None
+    path: str | None
+    metadata: dict[str, Any]
+
+
+LifespanFactory = Callable[["Host"], Any]
+StartupHook = Callable[[], Awaitable[None]]

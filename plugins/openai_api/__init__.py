@@ -1,0 +1,125 @@
+"""The OpenAI-compatible surface: ``/v1`` routed by the body's ``model`` to that model's runner.
+
+Served on the main port and, as Ollama and LM Studio do, on every other API port.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post, route
+from litestar.response import Stream
+
+from llama_host import Host, Surface, hookimpl
+from llama_host.errors import BadRequest, HostError, ModelNotFound
+from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS
+
+NAME = "openai_api"
+_decode = msgspec.json.Decoder().decode
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    port: int | None = None
+    """Port of the /v1 surface; default: the main port."""
+    max_body_bytes: int = 32 * 2**20
+    """Request bodies larger than this get 413."""
+    on_api_ports: bool = True
+    """Also serve /v1 on the Ollama and LM Studio ports (as those servers do)."""
+
+
+def model_entry(host: Host, name: str) -> dict[str, Any]:
+    s = host.scheduler.status(name)
+    md = s.metadata
+    return {"id": s.name, "object": "model", "created": int(md.get("mtime") or host.started_at),
+            "owned_by": "llama-host", "state": s.state, "runtime": s.runtime, "aliases": s.aliases,
+            "context_length": md.get("context_length") or s.metadata.get("ctx_size"),
+            "architecture": md.get("architecture"), "quantization": md.get("quantization")}
+
+
+class OpenAIController(Controller):
+    path = "/"
+    tags = ["openai"]
+
+    @get("/v1/models", sync_to_thread=False)
+    def list_models(self, host: Host) -> dict[str, Any]:
+        data = [model_entry(host, s.name) for s in host.scheduler.statuses() if not s.unlisted and not s.missing]
+        return {"object": "list", "data": data}
+
+    @get("/v1/models/{model:path}", sync_to_thread=False)
+    def get_model(self, host: Host, model: str) -> dict[str, Any]:
+        spec = host.scheduler.resolve(model.lstrip("/"), NAME)
+        if spec is None:
+            raise ModelNotFound(model.lstrip("/"))
+        return model_entry(host, spec.name)
+
+    @post("/v1/chat/completions")
+    async def chat(self, request: Request, host: Host) -> Response:
+        return await relay(request, host, "/v1/chat/completions", "chat")
+
+    @post("/v1/completions")
+    async def completions(self, request: Request, host: Host) -> Response:
+        return await relay(request, host, "/v1/completions", "completions")
+
+    @post("/v1/embeddings")
+    async def embeddings(self, request: Request, host: Host) -> Response:
+        return await relay(request, host, "/v1/embeddings", "embeddings")
+
+    @post(["/v1/rerank", "/v1/reranking"])
+    async def rerank(self, request: Request, host: Host) -> Response:
+        return await relay(request, host, "/v1/rerank", "rerank")
+
+    @route("/upstream/{model:str}/{rest:path}", http_method=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    async def upstream(self, request: Request, host: Host, model: str, rest: str) -> Response:
+        """Raw passthrough to the model's own server (``/props``, ``/slots``, ``/tokenize``, ...)."""
+        spec = host.scheduler.get(model, NAME)
+        body = await request.body()
+        lease = await host.scheduler.acquire(spec.name)
+        path = rest if rest.startswith("/") else "/" + rest
+        if request.url.query:
+            path += "?" + request.url.query
+        try:
+            up = await host.relay.open(lease, request.method, path, body=body or None,
+                                       headers={"Content-Type": request.headers.get("content-type", "application/json")})
+        except HostError:
+            lease.release()
+            raise
+
+        async def chunks():
+            try:
+                async for chunk in up.iter_chunks():
+                    yield chunk
+            finally:
+                up.close()
+                lease.release()
+
+        return Stream(chunks(), status_code=up.status, media_type=up.headers.get("Content-Type"))
+
+
+async def relay(request: Request, host: Host, path: str, endpoint: str) -> Response:
+    body = await request.body()
+    try:
+        obj = _decode(body)
+    except msgspec.DecodeError:
+        raise BadRequest("the request body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("the request body must be a JSON object")
+    requested = obj.get("model") or host.site.default_model
+    if not requested or not isinstance(requested, str):
+        raise BadRequest("you must provide a model parameter", param="model")
+    spec = host.scheduler.get(requested, NAME)
+    return await host.relay.passthrough(request, surface=NAME, endpoint=endpoint, path=path, body=body,
+                                        model_name=spec.name, stream=obj.get("stream") is True)
+
+
+@hookimpl
+def config_schema() -> dict[str, Any]:
+    return msgspec.json.schema(Settings)
+
+
+@hookimpl
+def register_surfaces(host: Host) -> list[Surface]:
+    settings: Settings = host.settings(NAME, Settings)
+    controller = type("OpenAIController", (OpenAIController,), {"request_max_body_size": settings.max_body_bytes})
+    return [Surface(name=NAME, port=settings.port or host.site.port, route_handlers=[controller],
+                    exception_handlers=OPENAI_EXCEPTION_HANDLERS, on_api_ports=settings.on_api_ports)]

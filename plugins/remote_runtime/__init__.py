@@ -1,0 +1,55 @@
+"""The ``remote`` runtime: a model served by an existing OpenAI-compatible server at ``url`` (another llama-host,
+llama-server, Ollama, vLLM on another machine). No process; health checked; counts against no local budget."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from llama_host import Host, ModelSpec, hookimpl
+from llama_host.errors import RunnerStartError
+from llama_host.process import LogBuffer
+
+
+class RemoteRunner:
+    local = False
+    pid = None
+
+    def __init__(self, spec: ModelSpec, host: Host) -> None:
+        self.model = spec
+        url = (spec.url or "").rstrip("/")
+        self.base_url = url.removesuffix("/v1")
+        self.headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
+        self.logs = LogBuffer(200)
+        self._stopped = asyncio.Event()
+
+    async def start(self, timeout: float) -> None:
+        if not self.base_url:
+            raise RunnerStartError(f"model '{self.model.name}': runtime 'remote' needs 'url'")
+        url = self.base_url + self.model.health_path
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s, \
+                    s.get(url, headers=self.headers) as r:
+                await r.read()
+                ok = r.status == 200
+                self.logs.append(f"health check {url}: HTTP {r.status}")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self.logs.append(f"health check {url}: {exc!r}")
+            ok = False
+        if not ok:
+            raise RunnerStartError(f"model '{self.model.name}': remote server {self.base_url} is not healthy",
+                                   log_tail=self.logs.tail())
+        self._stopped.clear()
+
+    async def stop(self, grace: float) -> None:
+        self._stopped.set()
+
+    async def wait(self) -> int | None:
+        await self._stopped.wait()
+        return None
+
+
+@hookimpl
+def register_runtimes(register) -> None:
+    register("remote", RemoteRunner, description="an OpenAI-compatible server elsewhere, at url")
