@@ -222,7 +222,8 @@ def load_site(path: Path | None, plugin_schemas: Mapping[str, dict[str, Any] | N
     raw = read_yaml(path) if data is None else copy.deepcopy(data)
     problems: list[str] = []
     raw = expand_env(raw, os.environ if env is None else env, problems)
-    problems += validate(raw, build_schema(plugin_schemas))
+    unset = tuple(p.split(":", 1)[0] + ":" for p in problems)  # don't also report the empty value's type
+    problems += [p for p in validate(raw, build_schema(plugin_schemas)) if not p.startswith(unset)]
     if problems:
         raise ConfigError(problems, source)
     site = msgspec.convert(raw, SiteConfig)
