@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from llama_host.errors import BadRequest, ModelNotFound
+from llama_host.errors import BadRequest, ModelNotFound, UpstreamError
 from llama_host_lmstudio_api import dialect, sse
 from llama_host_lmstudio_api.store import ResponseStore
 from llama_host_lmstudio_api.v1chat import ChatFold, messages, openai_body
@@ -126,13 +126,7 @@ def test_response_store_is_bounded():
 def test_stream_error_kinds():
     assert dialect.stream_error(ModelNotFound("x"))["type"] == "model_not_found"
     assert dialect.stream_error(BadRequest("bad", param="input"))["param"] == "input"
-    assert dialect.stream_error(dialect.UpstreamHTTPError(400, {"error": {"message": "too long"}}))["message"] == "too long"
+    upstream = dialect.stream_error(UpstreamError({"error": {"message": "too long", "code": 400}}))
+    assert upstream["type"] == "invalid_request" and upstream["message"] == "too long"
+    assert dialect.stream_error(dialect.NotSupported("no"))["type"] == "not_implemented"
     assert dialect.stream_error(RuntimeError("boom")) == {"type": "unknown", "message": "boom"}
-
-
-@pytest.mark.parametrize(
-    ("payload", "message"),
-    [({"error": {"message": "m"}}, "m"), ({"error": "s"}, "s"), (b'{"error":{"message":"b"}}', "b"), (b"plain", "plain")],
-)
-def test_upstream_message(payload, message):
-    assert dialect.upstream_message(payload) == message
