@@ -1,0 +1,335 @@
+"""The Ollama REST API (``/api/*``) served from llama-server runners through the host's scheduler and relay."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Controller, Request, Response, get, post, route
+from litestar.di import NamedDependency
+from litestar.response import Stream
+
+from llama_host import Host, ModelSpec
+from llama_host.errors import BadRequest, HostError, UpstreamError
+
+from . import catalog
+from . import translate as tr
+from .settings import SURFACE, Settings
+from .wire import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, ShowRequest
+
+log = logging.getLogger("llama_host.ollama_api")
+
+NDJSON = "application/x-ndjson"
+_encode = msgspec.json.Encoder().encode
+T = TypeVar("T")
+
+
+class NotSupported(HostError):
+    """A model-management call llama-host does not do (pull, push, create, copy, delete)."""
+
+    status, code, type = 501, "not_supported", "invalid_request_error"
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(content=_encode(obj), status_code=status, media_type="application/json")
+
+
+async def _decode(request: Request, kind: type[T]) -> T:
+    """The body as ``kind``, with Ollama's messages for a missing body, bad JSON and a missing model."""
+    body = await request.body()
+    if not body.strip():
+        raise BadRequest("missing request body")
+    try:
+        value = msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from None
+    return value
+
+
+def _model_of(host: Host, requested: str) -> ModelSpec:
+    if not requested:
+        raise BadRequest("model is required")
+    return host.scheduler.get(requested, SURFACE)
+
+
+def _ttl(keep_alive: float | str | None) -> float | None:
+    try:
+        return tr.keep_alive_ttl(keep_alive)
+    except tr.BadKeepAlive as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _file_facts(spec: ModelSpec) -> tuple[int, float]:
+    """(size, mtime) of the model file: from discovery metadata, else ``stat`` (call in a thread)."""
+    meta = spec.metadata or {}
+    size, mtime = meta.get("size") or meta.get("file_size"), meta.get("mtime")
+    if isinstance(size, int) and isinstance(mtime, (int, float)):
+        return size, float(mtime)
+    try:
+        st = os.stat(os.path.expanduser(spec.path)) if spec.path else None
+    except OSError:
+        st = None
+    return (st.st_size, st.st_mtime) if st else (int(size or 0), float(mtime or 0.0))
+
+
+async def _files_facts(specs: list[ModelSpec]) -> list[tuple[int, float]]:
+    return await asyncio.to_thread(lambda: [_file_facts(s) for s in specs])
+
+
+class OllamaController(Controller):
+    path = "/"
+    tags = ["ollama"]
+
+    # --- meta ----------------------------------------------------------------------------------------------------
+
+    @route("/", http_method=["GET", "HEAD"], media_type="text/plain", sync_to_thread=False)
+    def api_root(self) -> str:
+        return "Ollama is running"
+
+    @route("/api/version", http_method=["GET", "HEAD"], sync_to_thread=False)
+    def api_version(self, host: NamedDependency[Host]) -> Response:
+        return _json({"version": host.settings(SURFACE, Settings).version})
+
+    @route("/api/tags", http_method=["GET", "HEAD"])
+    async def api_tags(self, host: NamedDependency[Host]) -> Response:
+        specs = [s for s in host.scheduler.models.values() if not s.unlisted and not s.missing]
+        specs.sort(key=lambda s: s.name)
+        facts = await _files_facts(specs)
+        return _json({"models": [catalog.tag_entry(s, size, mtime) for s, (size, mtime) in zip(specs, facts)]})
+
+    @post("/api/show", status_code=200)
+    async def api_show(self, request: Request, host: NamedDependency[Host]) -> Response:
+        req = await _decode(request, ShowRequest)
+        spec = _model_of(host, req.requested)
+        ((size, mtime),) = await _files_facts([spec])
+        return _json(catalog.show(spec, size=size, mtime=mtime, verbose=req.verbose))
+
+    @get("/api/ps")
+    async def api_ps(self, host: NamedDependency[Host]) -> Response:
+        models = host.scheduler.models
+        loaded = [st for st in host.scheduler.statuses() if st.state == "loaded" and st.name in models]
+        specs = [models[st.name] for st in loaded]
+        facts = await _files_facts(specs)
+        now = time.time()
+        out = []
+        for st, spec, (size, mtime) in zip(loaded, specs, facts):
+            expires = st.expires_at
+            if expires is None and st.ttl is not None:  # busy now: it expires ttl after the last request ends
+                expires = now + st.ttl
+            out.append(catalog.ps_entry(spec, memory=st.memory, expires_at=expires, size=size, mtime=mtime))
+        return _json({"models": out})
+
+    # --- generation ----------------------------------------------------------------------------------------------
+
+    @post("/api/generate", status_code=200)
+    async def api_generate(self, request: Request, host: NamedDependency[Host]) -> Response:
+        started = time.monotonic_ns()
+        req = await _decode(request, GenerateRequest)
+        spec = _model_of(host, req.model)
+        ttl = _ttl(req.keep_alive)
+        sampling, load_params = tr.split_options(req.options)
+        if not req.prompt and not req.system and not req.images and not req.suffix:
+            return await _load_or_unload(host, spec, req.model, ttl, load_params, chat=False)
+        try:
+            path, body = tr.generate_request(req, spec.name, sampling, stream=req.stream is not False)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return await _complete(host, spec, req.model, "generate", path, body, ttl, load_params, started,
+                               stream_type=tr.GenerateStream, reply=tr.generate_reply)
+
+    @post("/api/chat", status_code=200)
+    async def api_chat(self, request: Request, host: NamedDependency[Host]) -> Response:
+        started = time.monotonic_ns()
+        req = await _decode(request, ChatRequest)
+        spec = _model_of(host, req.model)
+        ttl = _ttl(req.keep_alive)
+        sampling, load_params = tr.split_options(req.options)
+        if not req.messages:
+            return await _load_or_unload(host, spec, req.model, ttl, load_params, chat=True)
+        try:
+            body = tr.chat_body(req, spec.name, sampling, stream=req.stream is not False)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return await _complete(host, spec, req.model, "chat", "/v1/chat/completions", body, ttl, load_params,
+                               started, stream_type=tr.ChatStream, reply=tr.chat_reply)
+
+    # --- embeddings ----------------------------------------------------------------------------------------------
+
+    @post("/api/embed", status_code=200)
+    async def api_embed(self, request: Request, host: NamedDependency[Host]) -> Response:
+        started = time.monotonic_ns()
+        req = await _decode(request, EmbedRequest)
+        spec = _model_of(host, req.model)
+        ttl = _ttl(req.keep_alive)
+        _, load_params = tr.split_options(req.options)
+        inputs = tr.embed_inputs(req.input)
+        reply, load_ns = await _embeddings(host, spec, "embed", inputs, ttl, load_params)
+        usage = reply.get("usage") or {}
+        return _json({
+            "model": req.model, "embeddings": tr.embeddings_from(reply, req.dimensions),
+            "total_duration": time.monotonic_ns() - started, "load_duration": load_ns,
+            "prompt_eval_count": int(usage.get("prompt_tokens") or 0),
+        })
+
+    @post("/api/embeddings", status_code=200)
+    async def api_embeddings(self, request: Request, host: NamedDependency[Host]) -> Response:
+        req = await _decode(request, EmbeddingsRequest)
+        spec = _model_of(host, req.model)
+        ttl = _ttl(req.keep_alive)
+        _, load_params = tr.split_options(req.options)
+        reply, _ = await _embeddings(host, spec, "embeddings", [req.prompt] if req.prompt else [], ttl, load_params)
+        vectors = tr.embeddings_from(reply)
+        return _json({"embedding": vectors[0] if vectors else []})
+
+    # --- model management llama-host does not do -----------------------------------------------------------------
+
+    @post("/api/pull", status_code=200)
+    async def api_pull(self, request: Request, host: NamedDependency[Host]) -> Response:
+        req = await _decode(request, ShowRequest)
+        if req.requested and host.scheduler.resolve(req.requested, SURFACE) is not None:
+            # Already here: tools that "make sure the model is pulled" carry on.
+            return Response(content=tr.ndjson({"status": "success"}), media_type=NDJSON)
+        raise NotSupported(_manage_hint(host, f"cannot pull '{req.requested}': llama-host does not download models"))
+
+    @post("/api/push", status_code=200)
+    async def api_push(self, host: NamedDependency[Host]) -> Response:
+        raise NotSupported(_manage_hint(host, "llama-host does not push models"))
+
+    @post("/api/create", status_code=200)
+    async def api_create(self, host: NamedDependency[Host]) -> Response:
+        raise NotSupported(_manage_hint(host, "llama-host does not create models from Modelfiles"))
+
+    @route("/api/blobs/{digest:str}", http_method=["HEAD", "POST"], status_code=200)
+    async def api_blobs(self, host: NamedDependency[Host], digest: str) -> Response:
+        raise NotSupported(_manage_hint(host, "llama-host does not store model blobs"))
+
+    @post("/api/copy", status_code=200)
+    async def api_copy(self, host: NamedDependency[Host]) -> Response:
+        raise NotSupported(_manage_hint(
+            host, "llama-host does not copy models; to serve a model under another name add it to 'aliases' "
+                  "of its entry under 'models:' in the site file"))
+
+    @route("/api/delete", http_method=["DELETE", "POST"], status_code=200)
+    async def api_delete(self, host: NamedDependency[Host]) -> Response:
+        raise NotSupported(_manage_hint(
+            host, "llama-host does not delete models; remove the GGUF file or its entry under 'models:' in the "
+                  "site file"))
+
+
+def _manage_hint(host: Host, what: str) -> str:
+    where = f" ({host.config_path})" if host.config_path else ""
+    return (f"{what}. To add a model, place its GGUF file in a discovery folder (plugins.discovery_gguf.dirs) "
+            f"or add it under 'models:' in the site file{where}.")
+
+
+async def _load_or_unload(host: Host, spec: ModelSpec, echo: str, ttl: float | None, load_params: dict[str, Any],
+                          *, chat: bool) -> Response:
+    """Ollama's empty request: load the model (``keep_alive`` applies), or unload it with ``keep_alive: 0``."""
+    if ttl == 0:
+        await host.scheduler.unload(spec.name)
+        return _json(tr.load_reply(echo, chat=chat, unloaded=True))
+    async with host.scheduler.lease(spec.name, ttl=ttl, load_params=load_params or None):
+        pass
+    return _json(tr.load_reply(echo, chat=chat, unloaded=False))
+
+
+async def _embeddings(host: Host, spec: ModelSpec, endpoint: str, inputs: list[str], ttl: float | None,
+                      load_params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The runner's ``/v1/embeddings`` reply for ``inputs`` (none: just load the model) and the load wait in ns."""
+    meter = host.meter(SURFACE, endpoint, spec.name)
+    try:
+        async with host.scheduler.lease(spec.name, ttl=ttl, load_params=load_params or None) as lease:
+            meter.queue_wait = lease.queue_wait
+            load_ns = int(lease.queue_wait * 1e9)
+            if not inputs:
+                meter.finish(200)
+                return {"data": []}, load_ns
+            async with await host.relay.open(lease, "POST", "/v1/embeddings",
+                                             json={"model": spec.name, "input": inputs,
+                                                   "encoding_format": "float"}) as up:
+                reply = await up.json()
+                if up.status >= 400:
+                    raise UpstreamError(reply, up.status)
+    except HostError as exc:
+        meter.finish(exc.status, exc.message)
+        raise
+    meter.first_token()
+    meter.observe(reply)
+    meter.finish(200)
+    return reply, load_ns
+
+
+async def _complete(host: Host, spec: ModelSpec, echo: str, endpoint: str, path: str, body: dict[str, Any],
+                    ttl: float | None, load_params: dict[str, Any], started: int, *,
+                    stream_type: type[tr.ChatStream] | type[tr.GenerateStream],
+                    reply: Callable[..., dict[str, Any]]) -> Response:
+    """Run one generation on the model's runner; a streamed reply is translated chunk by chunk as it arrives."""
+    stream = bool(body.get("stream"))
+    meter = host.meter(SURFACE, endpoint, spec.name, stream)
+    try:
+        lease = await host.scheduler.acquire(spec.name, ttl=ttl, load_params=load_params or None)
+    except HostError as exc:
+        meter.finish(exc.status, exc.message)
+        raise
+    meter.queue_wait = lease.queue_wait
+    load_ns = int(lease.queue_wait * 1e9)
+    try:
+        up = await host.relay.open(lease, "POST", path, json=body)
+    except HostError as exc:
+        lease.release()
+        meter.finish(exc.status, exc.message)
+        raise
+    if not stream or up.status >= 400 or not up.is_sse:
+        try:
+            data = await up.json()
+            if up.status >= 400:
+                raise UpstreamError(data, up.status)
+        except HostError as exc:
+            meter.finish(exc.status, exc.message)
+            raise
+        finally:
+            up.close()
+            lease.release()
+        meter.first_token()
+        meter.observe(data)
+        meter.finish(200)
+        out = reply(data, echo, started_ns=started, load_ns=load_ns)
+        if stream:  # the runner answered in one piece: still one NDJSON line for a streaming client
+            return Response(content=tr.ndjson(out), media_type=NDJSON)
+        return _json(out)
+    return Stream(_relay(up, lease, meter, stream_type(echo, started, load_ns)), media_type=NDJSON,
+                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _relay(up: Any, lease: Any, meter: Any, translator: tr.ChatStream | tr.GenerateStream) -> AsyncIterator[bytes]:
+    status, error = 200, None
+    try:
+        async for event in up.iter_sse():
+            out = translator.feed(event)
+            if out:
+                if meter.ttft is None:
+                    meter.first_token()
+                yield out
+        meter.observe({"usage": translator.usage, "timings": translator.timings,
+                       "choices": [{"finish_reason": translator.finish_reason}]})
+        yield translator.finish()
+    except HostError as exc:
+        status, error = exc.status, exc.message
+        yield tr.error_line(exc.detail())
+    except msgspec.DecodeError as exc:
+        status, error = 502, f"bad reply from the runner: {exc}"
+        yield tr.error_line(error)
+    except BaseException:  # the client went away: closing the upstream below stops generation
+        status, error = 499, "client disconnected"
+        raise
+    finally:
+        up.close()
+        lease.release()
+        meter.finish(status, error)
