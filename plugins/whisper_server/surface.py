@@ -1,0 +1,213 @@
+"""``POST /v1/audio/transcriptions`` and ``/v1/audio/translations``: OpenAI's audio API over whisper-server.
+
+The upload streams through: the client's multipart body is parsed as it arrives and re-written for the runner on
+the fly (fields checked, ``language``/``translate`` set), so only a chunk at a time is held. When the client names
+its ``model`` only after the file, the file waits on disk until the model is known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import aiohttp
+import msgspec
+from litestar import Controller, Request, Response, post
+from litestar.exceptions import HTTPException, InternalServerException
+
+from llama_host.errors import BadRequest, HostError, PayloadTooLarge, RunnerCrashed, UpstreamError
+
+from llama_host_whisper_server.form import FilePart, IncomingForm, OutgoingForm, Spool, boundary_of
+from llama_host_whisper_server.options import (CONTENT_TYPES, AudioOptions, decode_failure_reason, openai_reply,
+                                               parse_options)
+from llama_host_whisper_server.runtime import INFERENCE_PATH, RUNTIME
+
+if TYPE_CHECKING:
+    from llama_host import Host
+    from llama_host.scheduler import Lease
+
+log = logging.getLogger(__name__)
+
+NAME = "whisper_server"
+LOG_GRACE = 1.0  # seconds to wait for the runner's log line explaining a 400 (it is written just before the reply)
+
+
+class InvalidAudio(BadRequest):
+    code = "invalid_audio"
+
+
+class ClientGone(HostError):
+    status, code, type = 499, "client_disconnected", "invalid_request_error"
+
+
+class AudioService:
+    """Per host: the upload limit and one HTTP session to the runners.
+
+    Uploads use fresh connections (no keep-alive pool): whisper-server drops idle connections after 5 s, and a
+    streamed body cannot be replayed on a new connection the way the shared relay retries a stale one.
+    """
+
+    def __init__(self, max_upload: int) -> None:
+        self.max_upload = max_upload
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True, limit=0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10), auto_decompress=False,
+                skip_auto_headers=("User-Agent",))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def handle(self, request: Request, host: Host, *, translate: bool, endpoint: str) -> Response:
+        form = IncomingForm(self._client_chunks(request), boundary_of(request.headers.get("content-type")))
+        file = await form.next_file()
+        if file is None:
+            raise BadRequest("no 'file' field in the request: send the audio as the multipart field 'file'",
+                             param="file")
+        parse_options(form.fields)  # fail early on what came before the file
+        spool: Spool | None = None
+        try:
+            if form.first("model") is None:  # the model comes after the file (curl -F order): keep the file on disk
+                spool = await Spool.fill(form.file_chunks())
+                await form.rest()
+            requested = form.first("model") or host.site.default_model
+            if not requested:
+                raise BadRequest("you must provide a model parameter", param="model")
+            spec = host.scheduler.get(requested, NAME)
+            if spec.runtime != RUNTIME:
+                raise BadRequest(f"model '{spec.name}' does not transcribe audio (runtime '{spec.runtime}'); "
+                                 f"use a model with runtime: {RUNTIME}", param="model")
+            meter = host.meter(NAME, endpoint, spec.name)
+            status, error = 500, None
+            try:
+                async with host.scheduler.lease(spec.name) as lease:
+                    meter.queue_wait = lease.queue_wait
+                    response = await self._forward(lease, form, file, spool, translate)
+                meter.first_token()
+                status = response.status_code
+                return response
+            except HostError as exc:
+                status, error = exc.status, exc.message
+                raise
+            finally:
+                meter.finish(status, error)
+        finally:
+            if spool is not None:
+                await spool.close()
+
+    async def _client_chunks(self, request: Request) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in request.stream():
+                yield chunk
+        except InternalServerException:
+            raise ClientGone("the client went away during the upload") from None
+        except HTTPException as exc:
+            if exc.status_code != 413:
+                raise
+            raise PayloadTooLarge(f"the upload is larger than the limit of {_size(self.max_upload)} "
+                                  f"(plugins.whisper_server.max_upload_size)") from None
+
+    async def _forward(self, lease: Lease, form: IncomingForm, file: FilePart, spool: Spool | None,
+                       translate: bool) -> Response:
+        out = OutgoingForm()
+        failure: list[BaseException] = []
+        final: list[AudioOptions] = []
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                yield out.file_head(file)
+                async for chunk in (spool.chunks() if spool is not None else form.file_chunks()):
+                    yield chunk
+                yield out.file_tail()
+                if spool is None:
+                    await form.rest()
+                options = parse_options(form.fields)
+                final.append(options)
+                yield out.fields(options.runner_fields(translate=translate)) + out.end()
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+
+        runner = lease.runner
+        with runner.logs.subscribe() as log_lines:
+            try:
+                async with self.session.post(runner.base_url + INFERENCE_PATH, data=body(),
+                                             headers={**runner.headers, "Content-Type": out.content_type}) as r:
+                    status, data = r.status, await r.read()
+            except (aiohttp.ClientError, OSError) as exc:
+                if failure:
+                    raise failure[0] from None
+                raise RunnerCrashed(f"model '{lease.model.name}': runner unreachable ({exc})") from None
+            if failure:
+                raise failure[0]
+            if status == 400:
+                reason = await _runner_reason(log_lines) or data.decode("utf-8", "replace").strip()
+                raise InvalidAudio(f"could not read the audio file: {reason}", param="file")
+        if status >= 400:
+            raise UpstreamError(_json_or_text(data), status)
+        options = final[0]
+        return Response(content=openai_reply(options, data), status_code=200,
+                                 media_type=CONTENT_TYPES[options.response_format])
+
+
+async def _runner_reason(lines: asyncio.Queue[str]) -> str | None:
+    """whisper-server answers every 400 with 'Invalid request'; its reason is on stderr, just before the reply."""
+    seen: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LOG_GRACE
+    while True:
+        while not lines.empty():
+            seen.append(lines.get_nowait())
+        reason = decode_failure_reason(seen)
+        if reason is not None and "failed to read audio data" in reason:
+            return reason
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return reason
+        with contextlib.suppress(asyncio.TimeoutError):
+            seen.append(await asyncio.wait_for(lines.get(), remaining))
+
+
+def _json_or_text(data: bytes) -> object:
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return data.decode("utf-8", "replace").strip() or "the runner failed"
+
+
+def _size(n: int) -> str:
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            return f"{n / factor:g} {unit}"
+    return f"{n} bytes"
+
+
+class AudioController(Controller):
+    """Built per host by ``controller_for`` (the upload limit comes from the settings)."""
+
+    path = "/v1/audio"
+    tags = ["openai", "audio"]
+    service: AudioService
+
+    @post("/transcriptions")
+    async def transcriptions(self, request: Request, host: Host) -> Response:
+        return await self.service.handle(request, host, translate=False, endpoint="transcriptions")
+
+    @post("/translations")
+    async def translations(self, request: Request, host: Host) -> Response:
+        return await self.service.handle(request, host, translate=True, endpoint="translations")
+
+
+def controller_for(service: AudioService) -> type[AudioController]:
+    return type("AudioController", (AudioController,),
+                {"service": service, "request_max_body_size": service.max_upload})
