@@ -183,11 +183,13 @@ class Host:
         for port, group in self.listeners().items():
             primary = next((s for s in group if s.port == port and not s.on_api_ports), group[0])
             routers = [Router(path="/", route_handlers=list(s.route_handlers), exception_handlers=s.exception_handlers,
-                              guards=[self._guard] if self.site.api_keys and s.requires_auth else None)
+                              guards=[api_key_guard(self.site.api_keys)] if self.site.api_keys and s.requires_auth else None,
+                              signature_namespace={"Host": Host})
                        for s in group]
             main = port == self.site.port
             apps[port] = Litestar(
                 route_handlers=routers, dependencies={"host": Provide(self._provide, sync_to_thread=False)},
+                signature_namespace={"Host": Host},
                 exception_handlers=primary.exception_handlers, logging_config=None,
                 openapi_config=OpenAPIConfig(title="llama-host", version=__version__, path="/api/docs",
                                              render_plugins=[ScalarRenderPlugin()]) if main else None,
@@ -196,14 +198,6 @@ class Host:
 
     def _provide(self) -> Host:
         return self
-
-    def _guard(self, connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-        if handler.opt.get("public"):
-            return
-        auth = connection.headers.get("authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else connection.headers.get("x-api-key", "")
-        if not any(hmac.compare_digest(token.encode(), k.encode()) for k in self.site.api_keys):
-            raise NotAuthorizedException("invalid or missing API key (send 'Authorization: Bearer <key>')")
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -222,6 +216,22 @@ class Host:
                     except Exception as exc:
                         raise PluginError(f"plugin '{impl.plugin_name}' failed to start: {exc}") from exc
             yield self
+
+
+def api_key_guard(keys: list[str]):
+    """A Litestar guard accepting ``Authorization: Bearer <key>`` (or ``x-api-key``); handlers with
+    ``opt={"public": True}`` are exempt. A plain function (not a bound method): Litestar deep-copies routers."""
+    encoded = [k.encode() for k in keys]
+
+    def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+        if handler.opt.get("public"):
+            return
+        auth = connection.headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else connection.headers.get("x-api-key", "")
+        if not any(hmac.compare_digest(token.encode(), k) for k in encoded):
+            raise NotAuthorizedException("invalid or missing API key (send 'Authorization: Bearer <key>')")
+
+    return guard
 
 
 _PARAM = re.compile(r"\{[^}]*\}")
