@@ -18,6 +18,7 @@ import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.exceptions import HTTPException, InternalServerException
 
+from llama_host import HostDep
 from llama_host.errors import BadRequest, HostError, PayloadTooLarge, RunnerCrashed, UpstreamError
 
 from llama_host_whisper_server.form import FilePart, IncomingForm, OutgoingForm, Spool, boundary_of
@@ -200,11 +201,11 @@ class AudioController(Controller):
     service: AudioService
 
     @post("/transcriptions")
-    async def transcriptions(self, request: Request, host: Host) -> Response:
+    async def transcriptions(self, request: Request, host: HostDep) -> Response:
         return await self.service.handle(request, host, translate=False, endpoint="transcriptions")
 
     @post("/translations")
-    async def translations(self, request: Request, host: Host) -> Response:
+    async def translations(self, request: Request, host: HostDep) -> Response:
         return await self.service.handle(request, host, translate=True, endpoint="translations")
 
 
