@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from llama_host import Host
@@ -47,6 +48,8 @@ from .wire import (
 )
 
 SURFACE = "lmstudio_api"
+HostDep = NamedDependency[Host]
+AnyRequest = Request[Any, Any, Any]
 T = TypeVar("T")
 _decode = msgspec.json.Decoder().decode
 
@@ -74,10 +77,13 @@ class SurfaceState:
         return None
 
 
+LMSDep = NamedDependency[SurfaceState]
+
+
 # --- helpers ------------------------------------------------------------------------------------------------------
 
 
-async def read_body(request: Request[Any, Any, Any], kind: type[T]) -> tuple[dict[str, Any], T]:
+async def read_body(request: AnyRequest, kind: type[T]) -> tuple[dict[str, Any], T]:
     """The JSON object of the request, and its typed view (unknown keys are kept in the dict, ignored by ``kind``)."""
     raw = await request.body()
     try:
@@ -145,7 +151,10 @@ async def open_or_fail(host: Host, lease: Lease, meter: RequestMeter, path: str,
             payload: Any = _decode(raw)
         except msgspec.DecodeError:
             payload = {"message": raw.decode("utf-8", "replace")[:500] or f"runner answered {up.status}"}
-        raise UpstreamError(payload, up.status)
+        error = UpstreamError(payload, up.status)
+        if 400 <= error.status < 500:  # the request was at fault (e.g. a prompt longer than the context)
+            error.type, error.code = "invalid_request_error", "invalid_request"
+        raise error
     return up
 
 
@@ -170,7 +179,7 @@ class LMStudioV0Controller(Controller):
     tags = ["lmstudio"]
 
     @get("/models", sync_to_thread=False)
-    def models(self, host: Host, lms: SurfaceState) -> V0ModelList:
+    def models(self, host: HostDep, lms: LMSDep) -> V0ModelList:
         data = [
             describe.v0_model(host.scheduler.models[s.name], s, default_publisher=lms.settings.default_publisher)
             for s in host.scheduler.statuses()
@@ -179,23 +188,24 @@ class LMStudioV0Controller(Controller):
         return V0ModelList(data=data)
 
     @get("/models/{model:path}", sync_to_thread=False)
-    def model(self, host: Host, lms: SurfaceState, model: str) -> V0Model:
+    def model(self, host: HostDep, lms: LMSDep, model: FromPath[str]) -> V0Model:
         spec = host.scheduler.get(model.lstrip("/"), SURFACE)
         return describe.v0_model(spec, host.scheduler.status(spec.name), default_publisher=lms.settings.default_publisher)
 
     @post("/chat/completions", status_code=200)
-    async def chat_completions(self, request: Request[Any, Any, Any], host: Host, lms: SurfaceState) -> Response[Any]:
-        return await self._infer(request, host, lms, V0ChatRequest, "chat/completions", "/v1/chat/completions")
+    async def chat_completions(self, request: AnyRequest, host: HostDep, lms: LMSDep) -> Response[Any]:
+        return await self._infer(request, host, lms, V0ChatRequest, "chat/completions",
+                                 "/v1/chat/completions")
 
     @post("/completions", status_code=200)
-    async def completions(self, request: Request[Any, Any, Any], host: Host, lms: SurfaceState) -> Response[Any]:
+    async def completions(self, request: AnyRequest, host: HostDep, lms: LMSDep) -> Response[Any]:
         return await self._infer(request, host, lms, V0CompletionRequest, "completions", "/v1/completions")
 
     @post("/embeddings", status_code=200)
-    async def embeddings(self, request: Request[Any, Any, Any], host: Host, lms: SurfaceState) -> Response[Any]:
+    async def embeddings(self, request: AnyRequest, host: HostDep, lms: LMSDep) -> Response[Any]:
         return await self._infer(request, host, lms, V0EmbeddingRequest, "embeddings", "/v1/embeddings")
 
-    async def _infer(self, request: Request[Any, Any, Any], host: Host, lms: SurfaceState,
+    async def _infer(self, request: AnyRequest, host: Host, lms: SurfaceState,
                      kind: type[V0InferenceRequest], endpoint: str, path: str) -> Response[Any]:
         body, req = await read_body(request, kind)
         spec = resolve(host, req.model)
@@ -265,7 +275,7 @@ class LMStudioV1Controller(Controller):
     tags = ["lmstudio"]
 
     @get("/models")
-    async def models(self, host: Host, lms: SurfaceState) -> V1ModelList:
+    async def models(self, host: HostDep, lms: LMSDep) -> V1ModelList:
         statuses = [s for s in host.scheduler.statuses() if not s.unlisted and not s.missing]
         specs = [host.scheduler.models[s.name] for s in statuses]
         sizes = await asyncio.to_thread(lambda: [model_size(spec) for spec in specs])
@@ -277,7 +287,7 @@ class LMStudioV1Controller(Controller):
         return V1ModelList(models=out)
 
     @post("/models/load", status_code=200)
-    async def load(self, request: Request[Any, Any, Any], host: Host, lms: SurfaceState) -> V1LoadResponse:
+    async def load(self, request: AnyRequest, host: HostDep, lms: LMSDep) -> V1LoadResponse:
         _, req = await read_body(request, V1LoadRequest)
         spec = resolve(host, req.model)
         context = req.context_length or (req.config.context_length if req.config else None)
@@ -295,7 +305,7 @@ class LMStudioV1Controller(Controller):
         return reply
 
     @post("/models/unload", status_code=200)
-    async def unload(self, request: Request[Any, Any, Any], host: Host) -> V1UnloadResponse:
+    async def unload(self, request: AnyRequest, host: HostDep) -> V1UnloadResponse:
         _, req = await read_body(request, V1UnloadRequest)
         spec = host.scheduler.get(req.instance_id, SURFACE)
         if not await host.scheduler.unload(spec.name):
@@ -303,7 +313,7 @@ class LMStudioV1Controller(Controller):
         return V1UnloadResponse(instance_id=req.instance_id)
 
     @post("/chat", status_code=200)
-    async def chat(self, request: Request[Any, Any, Any], host: Host, lms: SurfaceState) -> V1ChatResult | Stream:
+    async def chat(self, request: AnyRequest, host: HostDep, lms: LMSDep) -> Response[Any]:
         _, req = await read_body(request, V1ChatRequest)
         if req.integrations or req.mcp_servers:
             raise NotSupported("MCP integrations are not supported by this server", param="integrations")
@@ -317,7 +327,7 @@ class LMStudioV1Controller(Controller):
         chat = V1Chat(host, lms, spec, req, messages(req, history))
         if req.stream:
             return Stream(chat.events(), headers=SSE_HEADERS, media_type="text/event-stream")
-        return await chat.run()
+        return Response(await chat.run(), status_code=200, media_type="application/json")
 
 
 class V1Chat:
