@@ -115,6 +115,11 @@ class Event(msgspec.Struct, kw_only=True, tag_field="kind"):
 
     ts: float = msgspec.field(default_factory=time.time)
 
+    @property
+    def kind(self) -> str:
+        """The event's tag (``request_finished``, ``model_loaded``, ...), as encoded in the ``kind`` field."""
+        return self.__struct_config__.tag  # type: ignore[return-value]
+
 
 class RequestStarted(Event, tag="request_started"):
     surface: str
