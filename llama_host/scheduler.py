@@ -53,6 +53,11 @@ def estimate_memory(spec: ModelSpec) -> int:
     return size
 
 
+def backoff_seconds(failures: int) -> float:
+    """How long a model that failed to start ``failures`` times in a row waits before the next start (>= 2)."""
+    return float(min(2 ** (failures - 2), 30))
+
+
 def idle_seconds(ttl: float | None) -> float | None:
     """Per-request ttl → seconds until unload: ``None`` = never, ``0`` = right after the request."""
     if ttl is None or ttl < 0:
@@ -261,7 +266,7 @@ class Scheduler:
                 self._begin_unload(entry, "reload")
                 continue
             if entry.state == "failed" and entry.failures >= 2:
-                wait = min(2 ** (entry.failures - 2), 30) - (time.monotonic() - entry.failed_at)
+                wait = backoff_seconds(entry.failures) - (time.monotonic() - entry.failed_at)
                 if wait > 0:
                     raise RunnerStartError(f"model '{entry.spec.name}' failed to start {entry.failures} times in a "
                                            f"row; next try in {wait:.0f}s. Last error: {entry.error}",
@@ -335,6 +340,10 @@ class Scheduler:
             entry.state, entry.error, entry.log_tail = "failed", error.message, error.log_tail
             entry.failures += 1
             entry.failed_at = time.monotonic()
+            if entry.failures >= 2 and isinstance(error, RunnerStartError):  # say when the next start may happen
+                wait = backoff_seconds(entry.failures)
+                error = RunnerStartError(f"{error.message} (failed {entry.failures} times in a row; next try in "
+                                         f"{wait:.0f}s)", retry_after=wait, log_tail=error.log_tail)
             with contextlib.suppress(Exception):
                 await runner.stop(1.0)
             self.host.emit(ModelFailed(model=entry.spec.name, error=error.message, log_tail=error.log_tail))
