@@ -107,8 +107,16 @@ def parse_options(fields: Mapping[str, list[str]]) -> AudioOptions:
                         temperature=temperature, granularities=tuple(dict.fromkeys(granularities)), extra=extra)
 
 
+def transcript_text(text: str) -> str:
+    """whisper-server puts each segment on its own line (" Hello\n world.\n"); OpenAI gives one text ("Hello world.").
+    Segments carry their own leading space where the language uses spaces, so the lines are joined as they are."""
+    return "".join(text.splitlines()).strip()
+
+
 def openai_reply(options: AudioOptions, body: bytes) -> bytes:
-    """whisper-server's reply in OpenAI's shape (only the JSON formats change; text, srt and vtt pass as they are)."""
+    """whisper-server's reply in OpenAI's shape: one trimmed text; srt and vtt pass as they are."""
+    if options.response_format == "text":
+        return (transcript_text(body.decode("utf-8", "replace")) + "\n").encode()
     if options.response_format not in ("json", "verbose_json"):
         return body
     try:
@@ -117,7 +125,7 @@ def openai_reply(options: AudioOptions, body: bytes) -> bytes:
         return body
     if not isinstance(reply, dict):
         return body
-    text = str(reply.get("text") or "").strip()
+    text = transcript_text(str(reply.get("text") or ""))
     if options.response_format == "json":
         return msgspec.json.encode({"text": text})
     return msgspec.json.encode(_verbose(reply, text, options))

@@ -121,7 +121,7 @@ class AudioService:
     async def _forward(self, lease: Lease, form: IncomingForm, file: FilePart, spool: Spool | None,
                        translate: bool) -> Response:
         out = OutgoingForm()
-        failure: list[BaseException] = []
+        failure: list[Exception] = []
         final: list[AudioOptions] = []
 
         async def body() -> AsyncIterator[bytes]:
@@ -135,7 +135,7 @@ class AudioService:
                 options = parse_options(form.fields)
                 final.append(options)
                 yield out.fields(options.runner_fields(translate=translate)) + out.end()
-            except BaseException as exc:
+            except Exception as exc:  # the client's side failed (413, malformed body, a bad field after the file)
                 failure.append(exc)
                 raise
 
@@ -156,9 +156,11 @@ class AudioService:
                 raise InvalidAudio(f"could not read the audio file: {reason}", param="file")
         if status >= 400:
             raise UpstreamError(_json_or_text(data), status)
+        if not final:
+            raise RunnerCrashed(f"model '{lease.model.name}': the runner answered before the upload ended")
         options = final[0]
         return Response(content=openai_reply(options, data), status_code=200,
-                                 media_type=CONTENT_TYPES[options.response_format])
+                        media_type=CONTENT_TYPES[options.response_format])
 
 
 async def _runner_reason(lines: asyncio.Queue[str]) -> str | None:

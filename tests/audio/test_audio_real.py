@@ -63,6 +63,8 @@ def test_plain_formats(client, tone_wav, fmt, content_type):
     text = raw.parse()
     assert isinstance(text, str)
     assert "hello" in text
+    if fmt == "text":
+        assert text == "hello\n"
     if fmt == "srt":
         assert text.startswith("1\n00:00:00,000 --> 00:00:01,000\n")
     if fmt == "vtt":

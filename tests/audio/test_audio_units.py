@@ -240,7 +240,7 @@ def test_reply_json_is_trimmed():
 def test_reply_verbose_json():
     reply = msgspec.json.decode(openai_reply(AudioOptions(response_format="verbose_json"),
                                              msgspec.json.encode(WHISPER_VERBOSE)))
-    assert reply["text"] == "hello\n world"
+    assert reply["text"] == "hello world"
     assert "words" not in reply and "detected_language" not in reply
     assert reply["segments"][0] == {"id": 0, "seek": 0, "start": 0.0, "end": 1.0, "text": " hello", "tokens": [256],
                                     "temperature": 0.0, "avg_logprob": -0.1, "compression_ratio": 0.0,
@@ -255,9 +255,15 @@ def test_reply_verbose_json_words():
     assert "segments" not in reply
 
 
-@pytest.mark.parametrize("fmt", ["text", "srt", "vtt"])
-def test_reply_plain_formats_pass_through(fmt):
+@pytest.mark.parametrize("fmt", ["srt", "vtt"])
+def test_reply_subtitles_pass_through(fmt):
     assert openai_reply(AudioOptions(response_format=fmt), b" hello\n") == b" hello\n"
+
+
+def test_reply_text_is_one_line():
+    assert openai_reply(AudioOptions(response_format="text"), b" Hello\n world.\n") == b"Hello world.\n"
+    assert openai_reply(AudioOptions(response_format="text"), "\u4f60\u597d\n\u4e16\u754c\n".encode()) == (
+        "\u4f60\u597d\u4e16\u754c\n".encode())
 
 
 def test_decode_failure_reason():
