@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import os
-import struct
-import wave
 from pathlib import Path
 
 import pytest
 
 from llama_host.binaries import find_binary
+
+from audio_helpers import write_tone
 
 
 @pytest.fixture(scope="session")
@@ -34,28 +33,6 @@ def tiny_whisper_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_whisper_model(tmp_path_factory.mktemp("whisper") / "tiny-whisper.bin")
 
 
-def write_tone(path: Path, seconds: float = 2.0, *, rate: int = 16000, freq: float = 440.0) -> Path:
-    """A mono 16-bit sine tone, made with the standard library."""
-    frames = b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * freq * i / rate)))
-                      for i in range(int(seconds * rate)))
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(frames)
-    return path
-
-
 @pytest.fixture(scope="session")
 def tone_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tone(tmp_path_factory.mktemp("audio") / "tone.wav")
-
-
-def whisper_site(model: Path, binary: str, **overrides) -> dict:
-    site = {
-        "scheduler": {"max_loaded": 2, "ttl": 300, "startup_timeout": 60},
-        "plugins": {"whisper_server": {"binary": binary}},
-        "models": {"whisper-tiny": {"runtime": "whisper-server", "path": str(model), "aliases": ["whisper-1"]}},
-    }
-    site.update(overrides)
-    return site

@@ -12,7 +12,7 @@ import pytest
 
 from llama_host.testing import serve_host
 
-from conftest import whisper_site, write_tone
+from audio_helpers import whisper_site, write_tone
 
 pytestmark = pytest.mark.real
 
