@@ -135,6 +135,18 @@ class StubHost:
                  "rss": int(m["memory"] * 0.9), "vms": m["memory"] * 2, "threads": 18, "open_files": 3, "fds": 40,
                  "gpu_memory": None} for m in self.models.values() if m["state"] == "loaded" and m["pid"]]
 
+    def summary(self) -> dict[str, Any]:
+        now = time.time()
+        done = self.activity
+        return {"ts": now, "started_at": self.started,
+                "totals": {"requests": len(done), "errors": sum(a["status"] >= 400 for a in done),
+                           "in_flight": sum(m["in_flight"] for m in self.models.values()),
+                           "prompt_tokens": sum(a["prompt_tokens"] or 0 for a in done),
+                           "completion_tokens": sum(a["completion_tokens"] or 0 for a in done),
+                           "total_tokens": 0},
+                "models": {}, "runners": self.runner_samples(now), "system": self.system_sample(now),
+                "stream": {"clients": len(self.queues), "dropped": 0}}
+
     # --- the app --------------------------------------------------------------------------------------------------
 
     def app(self) -> Litestar:
@@ -232,16 +244,7 @@ class StubHost:
 
         @get("/api/v1/metrics", guards=[guard])
         async def metrics() -> dict[str, Any]:
-            now = time.time()
-            done = [a for a in stub.activity]
-            return {"ts": now, "started_at": stub.started,
-                    "totals": {"requests": len(done), "errors": sum(a["status"] >= 400 for a in done),
-                               "in_flight": sum(m["in_flight"] for m in stub.models.values()),
-                               "prompt_tokens": sum(a["prompt_tokens"] or 0 for a in done),
-                               "completion_tokens": sum(a["completion_tokens"] or 0 for a in done),
-                               "total_tokens": 0},
-                    "models": {}, "runners": stub.runner_samples(now), "system": stub.system_sample(now),
-                    "stream": {"clients": len(stub.queues), "dropped": 0}}
+            return stub.summary()
 
         @get("/api/v1/activity", guards=[guard])
         async def activity(limit: FromQuery[int] = 100) -> dict[str, Any]:
@@ -253,7 +256,7 @@ class StubHost:
                 q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
                 stub.queues.add(q)
                 try:
-                    yield b": connected\n\n"
+                    yield f"event: snapshot\ndata: {json.dumps(stub.summary())}\n\n".encode()
                     last_sample = 0.0
                     while not stub.closing:
                         try:

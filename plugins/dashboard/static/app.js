@@ -13,7 +13,7 @@ const panels = {
   models: { show: () => refreshModels().catch(() => {}) },
   logs: logsPanel,
   monitoring: monitoringPanel,
-  discovery: {},
+  discovery: discoveryPanel,
   config: configPanel,
   playground: playgroundPanel,
 };
@@ -118,7 +118,7 @@ function renderHostMeta() {
   const s = store.status;
   if (!s) return;
   const uptime = s.uptime + (Date.now() - statusAt) / 1000;
-  $("host-meta").textContent = `v${s.version} · up ${fmt.seconds(uptime).replace(/ \d+ s$/, "")}`;
+  $("host-meta").textContent = `v${s.version} · up ${fmt.uptime(uptime)}`;
 }
 
 async function loadStatus() {
@@ -137,8 +137,9 @@ function onHostEvent({ event, data }) {
   try { ev = JSON.parse(data); } catch { return; }
   if (!ev || typeof ev !== "object") return;
   ev.kind ??= event !== "message" ? event : ev.type;
-  if (ev.kind === "system" || ev.kind === "runner" || ev.kind === "request_finished") monitoringPanel.handleEvent(ev);
-  if (ev.kind === "system" || ev.kind === "runner") return;
+  const sample = ev.kind === "system" || ev.kind === "runner" || ev.kind === "snapshot";
+  if (sample || ev.kind === "request_finished") monitoringPanel.handleEvent(ev);
+  if (sample) return;
   modelEvent(ev);
   if (ev.kind !== "request_started") refreshModelsSoon();
 }
@@ -165,7 +166,6 @@ async function main() {
   initTabs();
   initModels();
   for (const panel of Object.values(panels)) panel.init?.();
-  discoveryPanel.init();
   showPanel(location.hash.slice(1) || "models");
   try {
     await loadStatus();
@@ -179,7 +179,7 @@ async function main() {
   startEvents();
   // Figures the events do not carry (last used, expiry) drift: refresh now and then.
   setInterval(() => refreshModels().catch(() => {}), 15000);
-  setInterval(renderHostMeta, 30000);
+  setInterval(renderHostMeta, 10000);
   if (location.hash.slice(1) !== currentPanel) showPanel(location.hash.slice(1));
 }
 

@@ -6,11 +6,19 @@ const HEIGHT = 170;
 const MARGIN = { top: 12, right: 14, bottom: 24, left: 52 };
 export const SERIES_CLASSES = 8;
 
-function niceStep(range, ticks) {
-  const raw = range / ticks;
+/** A round tick step (1, 2 or 5 times a power of ten, in `unit`s) giving at most `ticks` steps up to `top`. */
+function niceStep(top, ticks, unit = 1) {
+  const raw = top / unit / ticks;
   const mag = 10 ** Math.floor(Math.log10(raw));
   const norm = raw / mag;
-  return (norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 2.5 ? 2.5 : norm <= 5 ? 5 : 10) * mag;
+  return (norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 5 ? 5 : 10) * mag * unit;
+}
+
+/** For byte axes: the power of 1024 the values are best read in, so that steps fall on whole MiB or GiB. */
+function byteUnit(top) {
+  let unit = 1;
+  while (top / unit >= 1024) unit *= 1024;
+  return unit;
 }
 
 const TIME_STEPS = [10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600];
@@ -18,15 +26,20 @@ const TIME_STEPS = [10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600]
 export class LineChart {
   /**
    * @param {HTMLElement} host element the chart fills
-   * @param {{title: string, format: (v:number)=>string, window?: number, min?: number, max?: number}} options
-   *   `min`: the smallest top of the y axis (so that a flat zero line does not fill the chart), `max`: a fixed top.
+   * @param {{title: string, format: (v:number)=>string, window?: number, min?: number, max?: number,
+   *   bytes?: boolean, adaptive?: boolean}} options
+   *   `min`: the smallest top of the y axis (so that a flat zero line does not fill the chart), `max`: a fixed top;
+   *   `bytes`: ticks on whole KiB/MiB/GiB; `adaptive`: the time axis shrinks to the data it has (at least 2 min).
    */
-  constructor(host, { title, format, window = 900, min = 1, max = null }) {
+  constructor(host, { title, format, window = 900, min = 1, max = null, bytes = false, adaptive = false }) {
     this.title = title;
     this.format = format;
+    this.maxWindow = window;
     this.window = window;
     this.min = min;
     this.max = max;
+    this.bytes = bytes;
+    this.adaptive = adaptive;
     this.series = [];
     this.figure = h("figure", { class: "chart" });
     this.heading = h("figcaption", { class: "chart-title" }, h("span", { text: title }), h("span", { class: "chart-latest" }));
@@ -52,12 +65,16 @@ export class LineChart {
   render() {
     const width = this.width || this.plot.clientWidth || 480;
     const now = Date.now() / 1000;
+    if (this.adaptive) {
+      const first = Math.min(...this.series.map((s) => s.points[0]?.[0] ?? now));
+      this.window = Math.min(this.maxWindow, Math.max(120, Math.ceil((now - first + 15) / 60) * 60));
+    }
     const t0 = now - this.window;
     const innerW = width - MARGIN.left - MARGIN.right;
     const innerH = HEIGHT - MARGIN.top - MARGIN.bottom;
     const visible = this.series.map((s) => ({ ...s, points: s.points.filter(([t, v]) => t >= t0 - 60 && Number.isFinite(v)) }));
     let top = this.max ?? Math.max(this.min, ...visible.flatMap((s) => s.points.map(([, v]) => v)));
-    const step = niceStep(top, 4);
+    const step = niceStep(top, 4, this.bytes ? byteUnit(top) : 1);
     top = this.max ?? Math.ceil(top / step) * step;
     const x = (t) => MARGIN.left + ((t - t0) / this.window) * innerW;
     const y = (v) => MARGIN.top + innerH - (Math.min(v, top) / top) * innerH;

@@ -62,7 +62,7 @@ export const configPanel = {
       h("span", { class: "port", text: `:${l.port}` }),
       h("span", { class: "surfaces" }, (l.surfaces || []).map((s) => h("span", { class: "tag", text: typeof s === "string" ? s : s.name }))))));
     const running = plugins.filter((p) => p.enabled && p.loaded && !p.error).length;
-    $("config-summary").textContent = `llama-host ${status.version || ""} · up ${fmt.seconds(status.uptime)} · ${running} of ${plugins.length} plugins running`;
+    $("config-summary").textContent = `llama-host ${status.version || ""} · up ${fmt.uptime(status.uptime)} · ${running} of ${plugins.length} plugins running`;
   },
 };
 
@@ -79,13 +79,53 @@ function list(title, items, kind) {
     items.length ? h("ul", {}, items.map((i) => h("li", { class: "mono", text: itemName(i) }))) : h("p", { class: "muted", text: "none" }));
 }
 
-function errorsOf(errors) {
-  if (!errors) return [];
-  if (Array.isArray(errors)) return errors.map((e) => (typeof e === "string" ? e : e.message ? `${e.path || ""} ${e.message}`.trim() : JSON.stringify(e)));
-  return Object.entries(errors).map(([k, v]) => `${k}: ${v}`);
+function problems(list) {
+  if (!list) return [];
+  if (Array.isArray(list)) return list.map((e) => (typeof e === "string" ? e : e.message ? `${e.path ? `${e.path}: ` : ""}${e.message}` : JSON.stringify(e)));
+  return Object.entries(list).map(([k, v]) => `${k}: ${v}`);
+}
+
+function problemList(title, items, cls, role) {
+  if (!items.length) return null;
+  return h("section", { class: `card ${cls}`, role }, h("h2", {}, title, " ", h("span", { class: "count", text: String(items.length) })),
+    h("ul", {}, items.map((e) => h("li", { class: "mono", text: e }))));
+}
+
+/** A rescan report (also the last scan kept by the plugin): what was added, changed, missing, and what failed. */
+function renderReport(res, heading) {
+  const facts = [`${res.added?.length || 0} added`, `${res.changed?.length || 0} changed`, `${res.missing?.length || 0} missing`];
+  if (res.models != null) facts.push(`${res.models} model${res.models === 1 ? "" : "s"} known`);
+  if (res.files != null) facts.push(`${res.files} file${res.files === 1 ? "" : "s"} seen, ${res.read ?? 0} read`);
+  replaceChildren($("discovery-result"),
+    h("p", { class: "summary", text: `${heading}: ${facts.join(" · ")}.` }),
+    h("div", { class: "result-grid" },
+      list("Added", res.added || [], "added"),
+      list("Changed", res.changed || [], "changed"),
+      list("Missing", res.missing || [], "missing")),
+    problemList("Errors", problems(res.errors), "result-errors", "alert"),
+    problemList("Skipped files", problems(res.skipped), "result-skipped"));
+}
+
+function renderFolders(status) {
+  const dirs = status.dirs || [];
+  const every = status.rescan_seconds ? `rescanned every ${fmt.seconds(status.rescan_seconds)}` : "rescanned on request only";
+  replaceChildren($("discovery-intro"), `Folders: `, dirs.length ? dirs.map((d, i) => [i ? ", " : "", h("code", { text: d })]) : "none", ` · ${every}.`);
 }
 
 export const discoveryPanel = {
+  async show() {
+    let status;
+    try {
+      status = await getJSON("/api/v1/discovery");
+    } catch {
+      return; // an older or third-party discovery plugin: the rescan button still works
+    }
+    renderFolders(status);
+    if (status.last_scan && !$("discovery-result").childElementCount) {
+      const at = status.last_scan.finished_at;
+      renderReport(status.last_scan, `Last scan${at ? ` at ${fmt.clock(at)}` : ""}${status.last_scan.duration != null ? ` (${fmt.seconds(status.last_scan.duration)})` : ""}`);
+    }
+  },
   init() {
     $("rescan").addEventListener("click", async () => {
       const button = $("rescan");
@@ -95,17 +135,8 @@ export const discoveryPanel = {
       try {
         const started = performance.now();
         const res = await postJSON("/api/v1/discovery/rescan");
-        const took = (performance.now() - started) / 1000;
-        const errors = errorsOf(res.errors);
-        replaceChildren($("discovery-result"),
-          h("p", { class: "summary", text: `Rescanned at ${fmt.clock(Date.now() / 1000)} in ${fmt.seconds(took)}: `
-            + `${res.added?.length || 0} added, ${res.changed?.length || 0} changed, ${res.missing?.length || 0} missing.` }),
-          h("div", { class: "result-grid" },
-            list("Added", res.added || [], "added"),
-            list("Changed", res.changed || [], "changed"),
-            list("Missing", res.missing || [], "missing")),
-          errors.length ? h("section", { class: "card result-errors", role: "alert" }, h("h2", { text: "Errors" }),
-            h("ul", {}, errors.map((e) => h("li", { class: "mono", text: e })))) : null);
+        const took = res.duration ?? (performance.now() - started) / 1000;
+        renderReport(res, `Rescanned at ${fmt.clock(Date.now() / 1000)} in ${fmt.seconds(took)}`);
         refreshModels().catch(() => {});
       } catch (err) {
         const absent = err instanceof HttpError && (err.status === 404 || err.status === 405);

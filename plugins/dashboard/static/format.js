@@ -55,6 +55,15 @@ export function seconds(s) {
   return m ? `${hh} h ${m} min` : `${hh} h`;
 }
 
+/** A coarse duration for uptimes: "40 s", "12 min", "3 h 5 min", "2 d 4 h". */
+export function uptime(s) {
+  if (!Number.isFinite(s)) return dash;
+  if (s < 60) return `${Math.floor(s)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
 /** A countdown: "4:05", "1:02:03". */
 export function countdown(s) {
   if (!Number.isFinite(s)) return dash;

@@ -11,9 +11,11 @@ let flushScheduled = false;
 let lineCount = 0;
 let pollTimer = null;
 
+// llama-server marks its lines with a level letter after the timestamp ("0.00.026.085 W srv ..."); older builds
+// and other runtimes only say it in words.
 function level(line) {
-  if (/\b(error|fatal|failed|panic)\b/i.test(line)) return "log-error";
-  if (/\bwarn(ing)?\b/i.test(line)) return "log-warn";
+  if (/^\S+ E /.test(line) || /\b(error|fatal|panic)\b/i.test(line)) return "log-error";
+  if (/^\S+ W /.test(line) || /\bwarn(ing)?\b/i.test(line)) return "log-warn";
   return null;
 }
 

@@ -5,10 +5,11 @@ import { getJSON, HttpError } from "./api.js";
 import { LineChart } from "./charts.js";
 import { $, h, replaceChildren } from "./dom.js";
 import * as fmt from "./format.js";
-import { store } from "./store.js";
+import { on, store } from "./store.js";
 
 const WINDOW = 15 * 60; // seconds shown by the charts
-const BIN = 10; // seconds per bin of the request-rate charts
+const STEP = 10; // seconds between two points of the request-rate charts
+const SPAN = 60; // each point averages the rate over the minute before it
 const ACTIVITY_ROWS = 100;
 const KEEP = WINDOW + 120;
 
@@ -69,25 +70,33 @@ function addRunner(sample) {
 
 function requestSeries() {
   const now = Date.now() / 1000;
-  const first = Math.floor((now - WINDOW) / BIN) * BIN;
-  const bins = Math.ceil((now - first) / BIN);
-  const count = new Array(bins).fill(0);
-  const tokens = new Array(bins).fill(0);
-  const ttft = new Map(); // model -> points
-  for (const e of activity.values()) {
-    if (e.ts < first) continue;
-    const i = Math.min(bins - 1, Math.floor((e.ts - first) / BIN));
-    count[i] += 1;
-    tokens[i] += e.completion_tokens || 0;
-    if (e.ttft != null) {
-      if (!ttft.has(e.model)) ttft.set(e.model, []);
-      ttft.get(e.model).push([e.ts, e.ttft]);
-    }
+  const last = Math.floor(now / STEP) * STEP;
+  const first = last - WINDOW;
+  const finished = [...activity.values()].filter((e) => e.ts > first - SPAN).sort((a, b) => a.ts - b.ts);
+  const requests = [];
+  const tokens = [];
+  // A sliding minute: sparse requests read as a steady rate rather than as spikes.
+  let lo = 0;
+  let hi = 0;
+  let count = 0;
+  let generated = 0;
+  const times = [];
+  for (let t = first; t <= last; t += STEP) times.push(t);
+  if (now > last) times.push(now); // the minute up to now, so that a request just finished shows at once
+  for (const t of times) {
+    while (hi < finished.length && finished[hi].ts <= t) { count += 1; generated += finished[hi].completion_tokens || 0; hi++; }
+    while (lo < hi && finished[lo].ts <= t - SPAN) { count -= 1; generated -= finished[lo].completion_tokens || 0; lo++; }
+    requests.push([t, count / SPAN]);
+    tokens.push([t, generated / SPAN]);
   }
-  // The bin in progress is left out: a partial bin would read as a drop.
-  const points = (arr) => arr.slice(0, -1).map((v, i) => [first + (i + 1) * BIN, v / BIN]);
-  const ttftSeries = [...ttft.entries()].sort().map(([name, pts]) => ({ name, points: pts.sort((a, b) => a[0] - b[0]) }));
-  return { requests: points(count), tokens: points(tokens), ttft: ttftSeries };
+  const ttft = new Map(); // model -> points
+  for (const e of finished) {
+    if (e.ttft == null || e.ts < first) continue;
+    if (!ttft.has(e.model)) ttft.set(e.model, []);
+    ttft.get(e.model).push([e.ts, e.ttft]);
+  }
+  const ttftSeries = [...ttft.entries()].sort().map(([name, points]) => ({ name, points }));
+  return { requests, tokens, ttft: ttftSeries };
 }
 
 function machineSeries() {
@@ -120,7 +129,7 @@ function renderStats(req) {
   const ttfts = recent.map((e) => e.ttft).filter((v) => v != null).sort((a, b) => a - b);
   const speeds = recent.map(tokensPerSecond).filter((v) => v != null);
   const loaded = store.models.filter((m) => m.state === "loaded").length;
-  const lastRate = req.requests.slice(-6).reduce((a, [, v]) => a + v, 0) / Math.max(1, Math.min(6, req.requests.length));
+  const lastRate = req.requests.at(-1)?.[1] ?? 0;
   replaceChildren($("stat-grid"),
     stat("Requests", fmt.integer(t.requests ?? recent.length), `${t.errors ?? 0} failed · ${rate(lastRate)}/s last minute`),
     stat("In flight", fmt.integer(t.in_flight ?? store.models.reduce((a, m) => a + (m.in_flight || 0), 0)), `${loaded} model${loaded === 1 ? "" : "s"} loaded`),
@@ -154,16 +163,17 @@ function ensureCharts() {
   if (charts) return charts;
   const grid = $("chart-grid");
   const slot = () => grid.appendChild(h("div", { class: "card chart-card" }));
+  const machine = { window: WINDOW, adaptive: true };
   charts = {
-    requests: new LineChart(slot(), { title: "Requests / s", format: rate, window: WINDOW, min: 0.1 }),
-    tokens: new LineChart(slot(), { title: "Generated tokens / s", format: rate, window: WINDOW, min: 1 }),
+    requests: new LineChart(slot(), { title: "Requests / s (1 min average)", format: rate, window: WINDOW, min: 0.1 }),
+    tokens: new LineChart(slot(), { title: "Generated tokens / s (1 min average)", format: rate, window: WINDOW, min: 1 }),
     ttft: new LineChart(slot(), { title: "Time to first token", format: fmt.seconds, window: WINDOW, min: 0.1 }),
-    cpu: new LineChart(slot(), { title: "CPU (% of machine)", format: pct, window: WINDOW, min: 10, max: null }),
-    mem: new LineChart(slot(), { title: "Memory", format: fmt.bytes, window: WINDOW, min: 1024 ** 3 }),
+    cpu: new LineChart(slot(), { ...machine, title: "CPU (% of the machine)", format: pct, min: 10 }),
+    mem: new LineChart(slot(), { ...machine, title: "Memory", format: fmt.bytes, min: 1024 ** 3, bytes: true }),
   };
   charts.gpuSlot = slot();
   charts.gpuSlot.hidden = true;
-  charts.gpu = new LineChart(charts.gpuSlot, { title: "GPU memory", format: fmt.bytes, window: WINDOW, min: 1024 ** 3 });
+  charts.gpu = new LineChart(charts.gpuSlot, { ...machine, title: "GPU memory", format: fmt.bytes, min: 1024 ** 3, bytes: true });
   return charts;
 }
 
@@ -215,6 +225,7 @@ async function poll() {
 export const monitoringPanel = {
   /** Probe the metrics plugin: resolves to false when it is absent. */
   async init() {
+    on("models", renderSoon);
     try {
       await Promise.all([loadSummary(), loadActivity()]);
       return true;
@@ -225,7 +236,12 @@ export const monitoringPanel = {
   },
   /** An event from /api/v1/events. */
   handleEvent(ev) {
-    if (ev.kind === "system") addSystem(ev);
+    if (ev.kind === "snapshot") {
+      // The first event of each connection: the summary, as GET /api/v1/metrics would answer.
+      summary = ev;
+      if (ev.system) addSystem(ev.system);
+      for (const r of ev.runners || []) addRunner(r);
+    } else if (ev.kind === "system") addSystem(ev);
     else if (ev.kind === "runner") addRunner(ev);
     else if (ev.kind === "request_finished") addActivity(ev);
     else return;
