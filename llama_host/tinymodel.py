@@ -117,6 +117,7 @@ def write_tiny_model(
     n_vocab_words: int = 300,
     seed: int = 0,
     extra_kv: Mapping[str, Any] | None = None,
+    split_max_tensors: int = 0,
 ) -> Path:
     """Write a tiny random llama model to ``path`` and return the path.
 
@@ -128,6 +129,8 @@ def write_tiny_model(
     :param extra_kv: more metadata keys; a value's GGUF type follows its Python type (int → uint32, or uint64 /
         int32 / int64 when needed; float → float32; list → array), or is given as ``(value, GGUFValueType[, sub])``.
         A key that the model already has is replaced.
+    :param split_max_tensors: write a split model (``NAME-00001-of-0000N.gguf`` ... next to ``path``, at most this
+        many tensors per file, as llama.cpp's ``gguf-split`` does); the path of the first part is returned.
     """
     gguf = _import_gguf()
     import numpy as np
@@ -152,7 +155,7 @@ def write_tiny_model(
     n_banned = len(specials) + len(byte_tokens)
 
     arch = "llama"
-    writer = gguf.GGUFWriter(path, arch)
+    writer = gguf.GGUFWriter(path, arch, split_max_tensors=split_max_tensors)
     overridden = set(extra)
 
     def add(key: str, fn: Any, *args: Any) -> None:
@@ -218,11 +221,12 @@ def write_tiny_model(
     output[:n_banned, 0] = -100.0
     writer.add_tensor("output.weight", output)
 
+    first = writer.format_shard_names(path)[0]
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
+    return first
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,3 +98,14 @@ def test_missing_gguf_package_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "gguf", None)
     with pytest.raises(RuntimeError, match="pip install gguf"):
         write_tiny_model(tmp_path / "x.gguf")
+
+
+def test_split_model(tmp_path):
+    first = write_tiny_model(tmp_path / "big.gguf", split_max_tensors=8)
+    parts = sorted(tmp_path.glob("big-*-of-*.gguf"))
+    assert first == tmp_path / "big-00001-of-00003.gguf" == parts[0]
+    assert len(parts) == 3 and not (tmp_path / "big.gguf").exists()
+    _, fields = _fields(parts[1])
+    assert fields["split.no"].contents() == 1
+    assert fields["split.count"].contents() == 3
+    assert sum(len(gguf.GGUFReader(p).tensors) for p in parts) == 21
