@@ -65,9 +65,11 @@ def check_fields(obj: dict[str, Any], fields: dict[str, Any], where: str) -> Non
         assert name in obj, f"{where}: missing documented field {name!r} in {obj}"
         value = obj[name]
         if isinstance(expected, set):
-            assert value in expected, f"{where}.{name} = {value!r}, expected one of {sorted(expected)}"
-        else:
-            assert isinstance(value, expected) and not isinstance(value, bool) or expected is bool, (
+            assert value in expected, f"{where}.{name} = {value!r}, expected one of {expected}"
+        elif expected is bool:
+            assert isinstance(value, bool), f"{where}.{name} = {value!r} is not a boolean"
+        else:  # a JSON number is never a boolean
+            assert isinstance(value, expected) and not isinstance(value, bool), (
                 f"{where}.{name} = {value!r} is not {expected}")
 
 
@@ -107,6 +109,8 @@ def running(models: tuple[Path, Path], llama_server_bin: str, recorder: Recorder
         "models": {
             "tiny": {"path": str(chat), "params": {"ctx_size": 1024}, "aliases": ["tiny-alias"]},
             "tiny-embed": {"path": str(embed), "params": {"ctx_size": 512, "embeddings": True, "pooling": "mean"}},
+            # a short context, to run out of it quickly
+            "tiny-short": {"path": str(chat), "params": {"ctx_size": 256}, "unlisted": True},
         },
     }
     with serve_host(config, plugins=PLUGINS, extra=[("recorder", recorder)]) as running:
@@ -239,13 +243,15 @@ def test_v0_chat_stream_puts_stats_on_the_last_chunk(sdk: openai.OpenAI, client:
     assert payloads[-1]["stats"]["stop_reason"] == "maxPredictedTokensReached"
 
 
-def test_v0_chat_unlimited_tokens_runs_to_the_context_end(sdk: openai.OpenAI) -> None:
+def test_v0_chat_unlimited_tokens_runs_to_the_context_end(running: Any, sdk: openai.OpenAI) -> None:
     # max_tokens -1 is LM Studio's "no limit"; the tiny model never ends on its own, so the context ends it
-    reply = sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=-1)
+    reply = sdk.chat.completions.create(model="tiny-short", messages=[{"role": "user", "content": "hi"}],
+                                        max_tokens=-1)
     body = reply.model_dump()
-    assert reply.usage.total_tokens == 1024
+    assert reply.usage.total_tokens == body["model_info"]["context_length"] == 256
     assert body["stats"]["stop_reason"] == "contextLengthReached"
     assert reply.choices[0].finish_reason == "length"
+    unload(running, "tiny-short")
 
 
 def test_v0_completions(client: httpx.Client, sdk: openai.OpenAI) -> None:
@@ -467,3 +473,31 @@ def test_openai_routes_share_the_port(client: httpx.Client) -> None:
     # LM Studio serves OpenAI's /v1 next to its REST API; here they come from the OpenAI surface
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert "tiny" in ids
+
+
+def test_client_disconnect_ends_the_request(running: Any, client: httpx.Client, recorder: Recorder) -> None:
+    for path, body in (
+        ("/api/v0/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+                                      "max_tokens": -1, "stream": True}),
+        ("/api/v1/chat", {"model": "tiny", "input": "hi", "stream": True}),
+    ):
+        seen = len(recorder.finished)
+        with client.stream("POST", path, json=body) as response:
+            for line in response.iter_lines():
+                if "content" in line:
+                    break  # leave mid-generation
+        event = recorder.last(path, seen)
+        assert (event.status, event.error) == (499, "client disconnected")
+        wait_for(lambda: running.host.scheduler.status("tiny").in_flight == 0, "the lease released")
+
+
+def test_api_keys_guard_the_surface(models: tuple[Path, Path], llama_server_bin: str) -> None:
+    config = {"api_keys": ["sekrit"], "plugins": {"llama_server": {"binary": llama_server_bin}},
+              "models": {"tiny": {"path": str(models[0])}}}
+    with serve_host(config, plugins=PLUGINS) as running:
+        url = running.url("lmstudio_api")
+        denied = httpx.get(url + "/api/v0/models")
+        assert denied.status_code == 401
+        check_fields(denied.json()["error"], {"message": str, "type": {"authentication_error"}}, "401")
+        allowed = httpx.get(url + "/api/v1/models", headers={"Authorization": "Bearer sekrit"})
+        assert allowed.status_code == 200 and allowed.json()["models"][0]["key"] == "tiny"
