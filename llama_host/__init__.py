@@ -5,12 +5,12 @@ from llama_host.types import ModelSpec, Surface
 
 __version__ = "0.1.0"
 
-__all__ = ["Host", "ModelSpec", "Surface", "__version__", "hookimpl", "hookspec"]
+__all__ = ["Host", "HostDep", "ModelSpec", "Surface", "__version__", "hookimpl", "hookspec"]
 
 
 def __getattr__(name: str):  # Host imports litestar; keep `import llama_host` light for the CLI's fast paths
-    if name == "Host":
-        from llama_host.host import Host
+    if name in ("Host", "HostDep"):
+        from llama_host import host
 
-        return Host
+        return getattr(host, name)
     raise AttributeError(name)

@@ -9,10 +9,11 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, get, post
+from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from llama_host import __version__
-from llama_host.host import Host
+from llama_host.host import Host, HostDep
 from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS
 from llama_host.proxy import SSE_HEADERS
 from llama_host.types import ModelStatus, Surface
@@ -23,11 +24,11 @@ class ManagementController(Controller):
     tags = ["management"]
 
     @get("/health", opt={"public": True}, sync_to_thread=False)
-    def health(self, host: Host) -> dict[str, Any]:
+    def health(self, host: HostDep) -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "uptime": round(time.time() - host.started_at, 3)}
 
     @get("/status", sync_to_thread=False)
-    def status(self, host: Host) -> dict[str, Any]:
+    def status(self, host: HostDep) -> dict[str, Any]:
         return {
             "version": __version__,
             "uptime": round(time.time() - host.started_at, 3),
@@ -38,40 +39,40 @@ class ManagementController(Controller):
         }
 
     @get("/config", sync_to_thread=False)
-    def config(self, host: Host) -> dict[str, Any]:
+    def config(self, host: HostDep) -> dict[str, Any]:
         return host.effective_config()
 
     @get("/models", sync_to_thread=False)
-    def models(self, host: Host) -> dict[str, list[ModelStatus]]:
+    def models(self, host: HostDep) -> dict[str, list[ModelStatus]]:
         return {"models": host.scheduler.statuses()}
 
     @get("/models/{name:str}", sync_to_thread=False)
-    def model(self, host: Host, name: str) -> ModelStatus:
+    def model(self, host: HostDep, name: FromPath[str]) -> ModelStatus:
         return host.scheduler.status(host.scheduler.get(name, "core").name)
 
     @post("/models/{name:str}/load", status_code=200)
-    async def load(self, host: Host, name: str) -> dict[str, Any]:
+    async def load(self, host: HostDep, name: FromPath[str]) -> dict[str, Any]:
         spec = host.scheduler.get(name, "core")
         seconds = await host.scheduler.load(spec.name)
         return {"model": spec.name, "state": host.scheduler.status(spec.name).state, "load_seconds": seconds}
 
     @post("/models/{name:str}/unload", status_code=200)
-    async def unload(self, host: Host, name: str) -> dict[str, Any]:
+    async def unload(self, host: HostDep, name: FromPath[str]) -> dict[str, Any]:
         spec = host.scheduler.get(name, "core")
         return {"model": spec.name, "unloaded": await host.scheduler.unload(spec.name)}
 
     @get("/models/{name:str}/logs", sync_to_thread=False)
-    def logs(self, host: Host, name: str, lines: int = 200) -> dict[str, Any]:
+    def logs(self, host: HostDep, name: FromPath[str], lines: FromQuery[int] = 200) -> dict[str, Any]:
         spec = host.scheduler.get(name, "core")
         return {"model": spec.name, "lines": host.scheduler.logs(spec.name).tail(lines)}
 
     @get("/models/{name:str}/logs/stream", sync_to_thread=False)
-    def log_stream(self, host: Host, name: str, lines: int = 200) -> Stream:
+    def log_stream(self, host: HostDep, name: FromPath[str], lines: FromQuery[int] = 200) -> Stream:
         spec = host.scheduler.get(name, "core")
         return Stream(_log_events(host, spec.name, lines), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _log_events(host: Host, name: str, history: int) -> AsyncIterator[bytes]:
+async def _log_events(host: HostDep, name: str, history: int) -> AsyncIterator[bytes]:
     """History first, then live lines; follows the model across restarts (each start has a new buffer)."""
     encode = msgspec.json.encode
     buffer = host.scheduler.logs(name)
@@ -89,6 +90,6 @@ async def _log_events(host: Host, name: str, history: int) -> AsyncIterator[byte
         buffer = host.scheduler.logs(name)
 
 
-def core_surface(host: Host) -> Surface:
+def core_surface(host: HostDep) -> Surface:
     return Surface(name="core", port=host.site.port, route_handlers=[ManagementController],
                    exception_handlers=OPENAI_EXCEPTION_HANDLERS)

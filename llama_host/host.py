@@ -17,7 +17,7 @@ import msgspec
 import pluggy
 from litestar import Litestar, Router
 from litestar.connection import ASGIConnection
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
@@ -216,6 +216,10 @@ class Host:
                     except Exception as exc:
                         raise PluginError(f"plugin '{impl.plugin_name}' failed to start: {exc}") from exc
             yield self
+
+
+HostDep = NamedDependency[Host]
+"""Annotate a handler parameter ``host: HostDep`` to receive the running host."""
 
 
 def api_key_guard(keys: list[str]):

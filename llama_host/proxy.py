@@ -277,7 +277,7 @@ class Relay:
         except HostError as exc:
             error, status = exc.message, exc.status
             yield error_event(exc)
-        except BaseException:  # the client went away: closing the upstream below stops generation
+        except BaseException as exc:  # the client went away: closing the upstream below stops generation
             error, status = "client disconnected", 499
             raise
         finally:

@@ -9,9 +9,10 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, route
+from litestar.params import FromPath
 from litestar.response import Stream
 
-from llama_host import Host, Surface, hookimpl
+from llama_host import Host, HostDep, Surface, hookimpl
 from llama_host.errors import BadRequest, HostError, ModelNotFound
 from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS
 
@@ -28,7 +29,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Also serve /v1 on the Ollama and LM Studio ports (as those servers do)."""
 
 
-def model_entry(host: Host, name: str) -> dict[str, Any]:
+def model_entry(host: HostDep, name: str) -> dict[str, Any]:
     s = host.scheduler.status(name)
     md = s.metadata
     return {"id": s.name, "object": "model", "created": int(md.get("mtime") or host.started_at),
@@ -42,35 +43,35 @@ class OpenAIController(Controller):
     tags = ["openai"]
 
     @get("/v1/models", sync_to_thread=False)
-    def list_models(self, host: Host) -> dict[str, Any]:
+    def list_models(self, host: HostDep) -> dict[str, Any]:
         data = [model_entry(host, s.name) for s in host.scheduler.statuses() if not s.unlisted and not s.missing]
         return {"object": "list", "data": data}
 
     @get("/v1/models/{model:path}", sync_to_thread=False)
-    def get_model(self, host: Host, model: str) -> dict[str, Any]:
+    def get_model(self, host: HostDep, model: FromPath[str]) -> dict[str, Any]:
         spec = host.scheduler.resolve(model.lstrip("/"), NAME)
         if spec is None:
             raise ModelNotFound(model.lstrip("/"))
         return model_entry(host, spec.name)
 
     @post("/v1/chat/completions")
-    async def chat(self, request: Request, host: Host) -> Response:
+    async def chat(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/chat/completions", "chat")
 
     @post("/v1/completions")
-    async def completions(self, request: Request, host: Host) -> Response:
+    async def completions(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/completions", "completions")
 
     @post("/v1/embeddings")
-    async def embeddings(self, request: Request, host: Host) -> Response:
+    async def embeddings(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/embeddings", "embeddings")
 
     @post(["/v1/rerank", "/v1/reranking"])
-    async def rerank(self, request: Request, host: Host) -> Response:
+    async def rerank(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/rerank", "rerank")
 
     @route("/upstream/{model:str}/{rest:path}", http_method=["GET", "POST", "PUT", "DELETE", "PATCH"])
-    async def upstream(self, request: Request, host: Host, model: str, rest: str) -> Response:
+    async def upstream(self, request: Request, host: HostDep, model: FromPath[str], rest: FromPath[str]) -> Response:
         """Raw passthrough to the model's own server (``/props``, ``/slots``, ``/tokenize``, ...)."""
         spec = host.scheduler.get(model, NAME)
         body = await request.body()
@@ -96,7 +97,7 @@ class OpenAIController(Controller):
         return Stream(chunks(), status_code=up.status, media_type=up.headers.get("Content-Type"))
 
 
-async def relay(request: Request, host: Host, path: str, endpoint: str) -> Response:
+async def relay(request: Request, host: HostDep, path: str, endpoint: str) -> Response:
     body = await request.body()
     try:
         obj = _decode(body)
@@ -118,7 +119,7 @@ def config_schema() -> dict[str, Any]:
 
 
 @hookimpl
-def register_surfaces(host: Host) -> list[Surface]:
+def register_surfaces(host: HostDep) -> list[Surface]:
     settings: Settings = host.settings(NAME, Settings)
     controller = type("OpenAIController", (OpenAIController,), {"request_max_body_size": settings.max_body_bytes})
     return [Surface(name=NAME, port=settings.port or host.site.port, route_handlers=[controller],
