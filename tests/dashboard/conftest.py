@@ -66,12 +66,12 @@ def page(browser: object) -> Iterator[object]:
 
 @pytest.fixture
 def shot(page: object):
-    """``shot(name)`` saves a full-page screenshot as test-artifacts/dashboard/<name>.png (a CI artefact)."""
+    """``shot(name)`` saves a full-page screenshot of the page (or of ``of=``) as test-artifacts/dashboard/<name>.png."""
 
-    def take(name: str) -> Path:
+    def take(name: str, of: object = None) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}.png"
-        page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
+        (of or page).screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
         return path
 
     return take

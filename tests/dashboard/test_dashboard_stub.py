@@ -76,6 +76,14 @@ def test_state_changes_made_elsewhere_appear_without_reload(page, url) -> None:
     expect(page.locator("#event-feed")).to_contain_text("nomic-embed loaded")
 
 
+def test_logs_button_of_a_model_opens_its_log(page, url) -> None:
+    page.goto(url + "/ui/")
+    page.get_by_role("button", name="Logs of broken-model").click()
+    expect(page.locator("#panel-logs")).to_be_visible()
+    expect(page.get_by_label("Runner", exact=True)).to_have_value("broken-model")
+    expect(page.locator("#logs-status")).to_contain_text("Streaming broken-model")
+
+
 def test_logs_show_history_then_live_lines(page, url, shot) -> None:
     page.goto(url + "/ui/#logs")
     expect(page.get_by_label("Runner", exact=True)).to_have_value("qwen2.5-7b-instruct")  # loaded models come first
@@ -183,3 +191,19 @@ def test_sections_of_absent_plugins_are_hidden(page) -> None:
         expect(page.get_by_role("tab", name="Discovery")).to_be_hidden()
         expect(page.locator("#panel-models")).to_be_visible()
         expect(page.locator("#conn-text")).to_have_text("Polling")
+
+
+def test_dark_theme(browser, url, shot) -> None:
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, color_scheme="dark")
+    try:
+        page = context.new_page()
+        page.goto(url + "/ui/")
+        expect(page.locator("#models-body tr")).to_have_count(6)
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(13, 17, 23)"
+        shot("models-dark", of=page)
+        page.goto(url + "/ui/#monitoring")
+        expect(page.locator("#activity-body tr")).to_have_count(40)
+        shot("monitoring-dark", of=page)
+    finally:
+        context.close()

@@ -110,11 +110,16 @@ function fillSelect() {
   const previous = select.value;
   const models = [...store.models].sort((a, b) => (b.state === "loaded") - (a.state === "loaded") || a.name.localeCompare(b.name));
   select.replaceChildren(...models.map((m) => h("option", { value: m.name }, m.state === "unloaded" ? m.name : `${m.name} (${m.state})`)));
-  if (models.some((m) => m.name === previous)) select.value = previous;
+  const choice = wanted || previous;
+  if (models.some((m) => m.name === choice)) {
+    select.value = choice;
+    wanted = "";
+  }
   return select.value;
 }
 
 let visible = false;
+let wanted = ""; // a runner asked for from the Models panel
 
 export const logsPanel = {
   init() {
@@ -126,6 +131,7 @@ export const logsPanel = {
     on("model-event", (ev) => {
       if (visible && ev.model === current && (ev.kind === "model_loading" || ev.kind === "model_loaded") && streamState !== "live") open(current);
     });
+    on("open-logs", (name) => { wanted = name; });
     $("logs-model").addEventListener("change", (ev) => open(ev.target.value));
     $("logs-clear").addEventListener("click", clearView);
     $("logs-wrap").addEventListener("change", (ev) => $("log-view").classList.toggle("wrap", ev.target.checked));
@@ -144,9 +150,5 @@ export const logsPanel = {
     visible = false;
     stop();
     current = "";
-  },
-  /** Open the log of one model (from a link elsewhere). */
-  select(name) {
-    $("logs-model").value = name;
   },
 };

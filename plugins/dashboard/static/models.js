@@ -59,7 +59,9 @@ function ttlText(m) {
 function ttlCell(m) {
   let sub = null;
   if (m.state === "loaded" && m.in_flight) sub = h("div", { class: "sub", text: "in use" });
-  else if (m.state === "loaded" && m.expires_at) sub = h("div", { class: "sub", "data-expires": m.expires_at }, expiresText(m.expires_at));
+  else if (m.state === "loaded" && m.expires_at) {
+    sub = h("div", { class: "sub", "data-expires": m.expires_at, title: `at ${fmt.dateTime(m.expires_at)}` }, expiresText(m.expires_at));
+  }
   return h("td", {}, h("div", { text: ttlText(m) }), sub);
 }
 
@@ -79,13 +81,17 @@ function actionsCell(m) {
     h("button", {
       type: "button", class: "btn btn-small", "data-action": "unload", "data-model": m.name,
       "aria-label": `Unload ${m.name}`, disabled: !unloadable, "aria-busy": action === "unload" ? "true" : null,
-    }, action === "unload" ? "Unloading…" : "Unload"));
+    }, action === "unload" ? "Unloading…" : "Unload"),
+    h("button", {
+      type: "button", class: "btn btn-small btn-ghost", "data-action": "logs", "data-model": m.name,
+      "aria-label": `Logs of ${m.name}`, title: "Show the runner's log",
+    }, "Logs"));
 }
 
 function row(m) {
   const now = Date.now() / 1000;
   const runtimeSub = m.pid ? `pid ${m.pid}` : m.source && m.source !== "config" ? `from ${m.source}` : null;
-  const stateCell = h("td", {}, stateBadge(m),
+  const stateCell = h("td", { class: "state-cell" }, stateBadge(m),
     m.state === "loaded" && m.load_seconds ? h("div", { class: "sub" }, `loaded in ${fmt.seconds(m.load_seconds)}`) : null,
     m.error ? h("details", { class: "error-details" }, h("summary", { text: "error" }), h("pre", { text: m.error })) : null);
   return h("tr", { "data-model": m.name, "data-state": m.state },
@@ -204,7 +210,11 @@ export function initModels() {
   $("models-refresh").addEventListener("click", () => refreshModels().catch((err) => toast(`Refresh failed: ${err.message}`, "error")));
   $("models-body").addEventListener("click", (ev) => {
     const button = ev.target.closest("button[data-action]");
-    if (button && !button.disabled) act(button.dataset.action, button.dataset.model);
+    if (!button || button.disabled) return;
+    if (button.dataset.action === "logs") {
+      emit("open-logs", button.dataset.model);
+      location.hash = "logs";
+    } else act(button.dataset.action, button.dataset.model);
   });
   setInterval(tick, 1000);
 }
