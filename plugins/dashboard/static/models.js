@@ -204,8 +204,20 @@ export function handleEvent(ev) {
   emit("model-event", ev);
 }
 
+let renderQueued = false;
+
+/** One table render per frame, however many updates arrive. */
+function renderSoon() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    render();
+  });
+}
+
 export function initModels() {
-  on("models", render);
+  on("models", renderSoon);
   $("model-filter").addEventListener("input", render);
   $("models-refresh").addEventListener("click", () => refreshModels().catch((err) => toast(`Refresh failed: ${err.message}`, "error")));
   $("models-body").addEventListener("click", (ev) => {

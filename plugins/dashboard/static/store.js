@@ -52,10 +52,13 @@ export async function refreshModels() {
 
 let timer = null;
 
-/** Refresh soon, folding a burst of events into one call. */
+/** Refresh soon, folding a burst of events into one call (at most one call per `delay`, even under a steady flow). */
 export function refreshModelsSoon(delay = 250) {
-  clearTimeout(timer);
-  timer = setTimeout(() => refreshModels().catch(() => {}), delay);
+  if (timer) return;
+  timer = setTimeout(() => {
+    timer = null;
+    refreshModels().catch(() => {});
+  }, delay);
 }
 
 /** Apply what an event tells about one model before the next refresh confirms it. */
