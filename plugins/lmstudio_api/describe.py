@@ -67,6 +67,22 @@ def model_kind(spec: ModelSpec, meta: Mapping[str, Any]) -> ModelKind:
     return "llm"
 
 
+_LMSTUDIO_HOMES = (".lmstudio", "lm-studio", "LM Studio")
+
+
+def publisher(spec: ModelSpec, meta: Mapping[str, Any], default: str) -> str:
+    """The metadata's publisher, else the folder of LM Studio's layout (``~/.lmstudio/models/<publisher>/<repo>/``)."""
+    value = _first(meta, "publisher")
+    if value is not None:
+        return str(value)
+    if spec.path:
+        parts = PurePath(spec.path).parts
+        for i in range(len(parts) - 4, 0, -1):
+            if parts[i] == "models" and parts[i - 1] in _LMSTUDIO_HOMES:
+                return parts[i + 1]
+    return default
+
+
 def architecture(meta: Mapping[str, Any]) -> str | None:
     value = _first(meta, "architecture", "arch", "general.architecture")
     return str(value) if value is not None else None
@@ -157,7 +173,7 @@ def v0_model(spec: ModelSpec, status: ModelStatus | None, *, default_publisher: 
     return V0Model(
         id=spec.name,
         type=model_kind(spec, meta),
-        publisher=str(_first(meta, "publisher", "organization", "general.organization", "author") or default_publisher),
+        publisher=publisher(spec, meta, default_publisher),
         arch=architecture(meta),
         quantization=quantization(spec, meta),
         state="loaded" if is_loaded(status) else "not-loaded",
@@ -185,7 +201,7 @@ def v1_model(
     size = _first(meta, "size_bytes", "file_size", "size")
     model = V1Model(
         type="embedding" if kind == "embeddings" else "llm",
-        publisher=str(_first(meta, "publisher", "organization", "general.organization", "author") or default_publisher),
+        publisher=publisher(spec, meta, default_publisher),
         key=spec.name,
         display_name=str(_first(meta, "display_name", "name", "general.name") or spec.name),
         quantization=V1Quantization(name=quant, bits_per_weight=bits_per_weight(quant)) if quant else None,

@@ -129,3 +129,17 @@ def test_v1_vlm_is_an_llm_with_vision():
     assert model.type == "llm"
     assert model.capabilities.vision is True
     assert model.quantization is None
+
+
+@pytest.mark.parametrize(
+    ("path", "meta", "expected"),
+    [
+        ("/home/u/.lmstudio/models/lmstudio-community/Qwen-GGUF/qwen-q4_k_m.gguf", {}, "lmstudio-community"),
+        ("/home/u/.cache/lm-studio/models/bartowski/X-GGUF/sub/x.gguf", {}, "bartowski"),
+        ("/home/u/.lmstudio/models/x.gguf", {}, "local"),
+        ("/srv/models/acme/repo/x.gguf", {}, "local"),
+        ("/srv/models/acme/repo/x.gguf", {"publisher": "acme"}, "acme"),
+    ],
+)
+def test_publisher(path, meta, expected):
+    assert describe.publisher(ModelSpec(name="m", path=path), meta, "local") == expected
