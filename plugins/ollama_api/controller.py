@@ -11,15 +11,16 @@ from typing import Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, route
-from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.response import Stream
 
-from llama_host import Host, ModelSpec
+from llama_host import Host, HostDep, ModelSpec
 from llama_host.errors import BadRequest, HostError, UpstreamError
 
 from . import catalog
 from . import translate as tr
 from .settings import SURFACE, Settings
+from .sse import sse_batches
 from .wire import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, ShowRequest
 
 log = logging.getLogger("llama_host.ollama_api")
@@ -94,25 +95,25 @@ class OllamaController(Controller):
         return "Ollama is running"
 
     @route("/api/version", http_method=["GET", "HEAD"], sync_to_thread=False)
-    def api_version(self, host: NamedDependency[Host]) -> Response:
+    def api_version(self, host: HostDep) -> Response:
         return _json({"version": host.settings(SURFACE, Settings).version})
 
     @route("/api/tags", http_method=["GET", "HEAD"])
-    async def api_tags(self, host: NamedDependency[Host]) -> Response:
+    async def api_tags(self, host: HostDep) -> Response:
         specs = [s for s in host.scheduler.models.values() if not s.unlisted and not s.missing]
         specs.sort(key=lambda s: s.name)
         facts = await _files_facts(specs)
         return _json({"models": [catalog.tag_entry(s, size, mtime) for s, (size, mtime) in zip(specs, facts)]})
 
     @post("/api/show", status_code=200)
-    async def api_show(self, request: Request, host: NamedDependency[Host]) -> Response:
+    async def api_show(self, request: Request, host: HostDep) -> Response:
         req = await _decode(request, ShowRequest)
         spec = _model_of(host, req.requested)
         ((size, mtime),) = await _files_facts([spec])
         return _json(catalog.show(spec, size=size, mtime=mtime, verbose=req.verbose))
 
     @get("/api/ps")
-    async def api_ps(self, host: NamedDependency[Host]) -> Response:
+    async def api_ps(self, host: HostDep) -> Response:
         models = host.scheduler.models
         loaded = [st for st in host.scheduler.statuses() if st.state == "loaded" and st.name in models]
         specs = [models[st.name] for st in loaded]
@@ -129,7 +130,7 @@ class OllamaController(Controller):
     # --- generation ----------------------------------------------------------------------------------------------
 
     @post("/api/generate", status_code=200)
-    async def api_generate(self, request: Request, host: NamedDependency[Host]) -> Response:
+    async def api_generate(self, request: Request, host: HostDep) -> Response:
         started = time.monotonic_ns()
         req = await _decode(request, GenerateRequest)
         spec = _model_of(host, req.model)
@@ -145,7 +146,7 @@ class OllamaController(Controller):
                                stream_type=tr.GenerateStream, reply=tr.generate_reply)
 
     @post("/api/chat", status_code=200)
-    async def api_chat(self, request: Request, host: NamedDependency[Host]) -> Response:
+    async def api_chat(self, request: Request, host: HostDep) -> Response:
         started = time.monotonic_ns()
         req = await _decode(request, ChatRequest)
         spec = _model_of(host, req.model)
@@ -163,7 +164,7 @@ class OllamaController(Controller):
     # --- embeddings ----------------------------------------------------------------------------------------------
 
     @post("/api/embed", status_code=200)
-    async def api_embed(self, request: Request, host: NamedDependency[Host]) -> Response:
+    async def api_embed(self, request: Request, host: HostDep) -> Response:
         started = time.monotonic_ns()
         req = await _decode(request, EmbedRequest)
         spec = _model_of(host, req.model)
@@ -179,7 +180,7 @@ class OllamaController(Controller):
         })
 
     @post("/api/embeddings", status_code=200)
-    async def api_embeddings(self, request: Request, host: NamedDependency[Host]) -> Response:
+    async def api_embeddings(self, request: Request, host: HostDep) -> Response:
         req = await _decode(request, EmbeddingsRequest)
         spec = _model_of(host, req.model)
         ttl = _ttl(req.keep_alive)
@@ -191,7 +192,7 @@ class OllamaController(Controller):
     # --- model management llama-host does not do -----------------------------------------------------------------
 
     @post("/api/pull", status_code=200)
-    async def api_pull(self, request: Request, host: NamedDependency[Host]) -> Response:
+    async def api_pull(self, request: Request, host: HostDep) -> Response:
         req = await _decode(request, ShowRequest)
         if req.requested and host.scheduler.resolve(req.requested, SURFACE) is not None:
             # Already here: tools that "make sure the model is pulled" carry on.
@@ -199,25 +200,25 @@ class OllamaController(Controller):
         raise NotSupported(_manage_hint(host, f"cannot pull '{req.requested}': llama-host does not download models"))
 
     @post("/api/push", status_code=200)
-    async def api_push(self, host: NamedDependency[Host]) -> Response:
+    async def api_push(self, host: HostDep) -> Response:
         raise NotSupported(_manage_hint(host, "llama-host does not push models"))
 
     @post("/api/create", status_code=200)
-    async def api_create(self, host: NamedDependency[Host]) -> Response:
+    async def api_create(self, host: HostDep) -> Response:
         raise NotSupported(_manage_hint(host, "llama-host does not create models from Modelfiles"))
 
     @route("/api/blobs/{digest:str}", http_method=["HEAD", "POST"], status_code=200)
-    async def api_blobs(self, host: NamedDependency[Host], digest: str) -> Response:
+    async def api_blobs(self, host: HostDep, digest: FromPath[str]) -> Response:
         raise NotSupported(_manage_hint(host, "llama-host does not store model blobs"))
 
     @post("/api/copy", status_code=200)
-    async def api_copy(self, host: NamedDependency[Host]) -> Response:
+    async def api_copy(self, host: HostDep) -> Response:
         raise NotSupported(_manage_hint(
             host, "llama-host does not copy models; to serve a model under another name add it to 'aliases' "
                   "of its entry under 'models:' in the site file"))
 
     @route("/api/delete", http_method=["DELETE", "POST"], status_code=200)
-    async def api_delete(self, host: NamedDependency[Host]) -> Response:
+    async def api_delete(self, host: HostDep) -> Response:
         raise NotSupported(_manage_hint(
             host, "llama-host does not delete models; remove the GGUF file or its entry under 'models:' in the "
                   "site file"))
@@ -311,8 +312,10 @@ async def _complete(host: Host, spec: ModelSpec, echo: str, endpoint: str, path:
 async def _relay(up: Any, lease: Any, meter: Any, translator: tr.ChatStream | tr.GenerateStream) -> AsyncIterator[bytes]:
     status, error = 200, None
     try:
-        async for event in up.iter_sse():
-            out = translator.feed(event)
+        feed = translator.feed
+        async for events in sse_batches(up):
+            stamp = tr.created_at()
+            out = b"".join([feed(event, stamp) for event in events])
             if out:
                 if meter.ttft is None:
                     meter.first_token()

@@ -377,6 +377,8 @@ class _Stream:
         self.model = model
         self.started_ns = started_ns
         self.load_ns = load_ns
+        # Lines are assembled from pre-encoded pieces: this runs once per token.
+        self._head = b'{"model":' + _encode(model) + b',"created_at":"'
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.timings: dict[str, Any] | None = None
@@ -422,17 +424,22 @@ class ChatStream(_Stream):
     ``started_ns`` is a ``time.monotonic_ns()`` reading taken when the request arrived.
     """
 
-    def feed(self, event: dict[str, Any]) -> bytes:
-        """One upstream event → the bytes to send now (``b""`` when there is nothing to send yet)."""
-        self._note(event)
+    def feed(self, event: dict[str, Any], stamp: str | None = None) -> bytes:
+        """One upstream event → the bytes to send now (``b""`` when there is nothing to send yet).
+
+        ``stamp``: the ``created_at`` to write (one reading for the events that arrived together).
+        """
         choices = event.get("choices")
         if not choices:
+            self._note(event)
             return b""
         choice = choices[0]
-        fr = choice.get("finish_reason")
-        if fr:
-            self.finish_reason = fr
-        delta = choice.get("delta") or {}
+        delta = choice.get("delta")
+        if choice.get("finish_reason") or "usage" in event or "timings" in event:
+            self._note(event)
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        if not delta:
+            return b""
         fragments = delta.get("tool_calls")
         if fragments:
             self._gather_tool_calls(fragments)
@@ -442,10 +449,12 @@ class ChatStream(_Stream):
         if not content and not thinking:
             return b""
         self.produced = True
-        message: dict[str, Any] = {"role": "assistant", "content": content or ""}
+        stamp = stamp or created_at()
         if thinking:
-            message["thinking"] = thinking
-        return ndjson({"model": self.model, "created_at": created_at(), "message": message, "done": False})
+            return self._head + stamp.encode() + b'","message":{"role":"assistant","content":' + _encode(
+                content or "") + b',"thinking":' + _encode(thinking) + b'},"done":false}\n'
+        return self._head + stamp.encode() + b'","message":{"role":"assistant","content":' + _encode(
+            content) + b'},"done":false}\n'
 
     def finish(self) -> bytes:
         """The pending tool-call chunk (if any) and the final ``done`` chunk."""
@@ -462,7 +471,7 @@ class ChatStream(_Stream):
 class GenerateStream(_Stream):
     """OpenAI chat or text-completion chunks (or native ``/infill`` chunks) → Ollama ``/api/generate`` lines."""
 
-    def feed(self, event: dict[str, Any]) -> bytes:
+    def feed(self, event: dict[str, Any], stamp: str | None = None) -> bytes:
         self._note(event)
         choices = event.get("choices")
         thinking = None
@@ -488,11 +497,10 @@ class GenerateStream(_Stream):
         if not text and not thinking:
             return b""
         self.produced = True
-        chunk: dict[str, Any] = {"model": self.model, "created_at": created_at(), "response": text or ""}
+        head = self._head + (stamp or created_at()).encode() + b'","response":' + _encode(text or "")
         if thinking:
-            chunk["thinking"] = thinking
-        chunk["done"] = False
-        return ndjson(chunk)
+            head += b',"thinking":' + _encode(thinking)
+        return head + b',"done":false}\n'
 
     def finish(self) -> bytes:
         final = {"model": self.model, "created_at": created_at(), "response": ""}
