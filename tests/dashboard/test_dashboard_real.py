@@ -14,7 +14,7 @@ from llama_host.testing import RunningHost, serve_host, tiny_site
 
 pytestmark = [pytest.mark.browser, pytest.mark.real]
 
-PLUGINS = ["openai_api", "llama_server", "metrics", "dashboard"]
+PLUGINS = ["openai_api", "llama_server", "metrics", "discovery_gguf", "dashboard"]
 LOAD_TIMEOUT = 90_000  # ms: a cold llama-server start on a busy CI machine
 
 
