@@ -136,6 +136,7 @@ def write_tiny_model(
     import numpy as np
 
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     extra = dict(extra_kv or {})
 

@@ -85,3 +85,54 @@ def reference() -> Any:
     import types
 
     return types.SimpleNamespace(metadata=lambda p: read_reference(p)[0], tensors=lambda p: read_reference(p)[1])
+
+
+def _write(path: Path, arch: str, kv: dict[str, Any], tensors: dict[str, Any]) -> Path:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(path, arch)
+    for key, value in kv.items():
+        if isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        elif isinstance(value, str):
+            w.add_string(key, value)
+        else:
+            w.add_key_value(key, value, gguf.GGUFValueType.ARRAY)
+    for name, shape in tensors.items():
+        w.add_tensor(name, np.zeros(shape, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_projector(path: Path, *, projection_dim: int | None = 64, audio: bool = False) -> Path:
+    """A small multimodal projector (``clip`` architecture) as llama.cpp's converters write them."""
+    kv: dict[str, Any] = {"general.type": "mmproj", "clip.has_vision_encoder": not audio,
+                          "clip.has_audio_encoder": audio}
+    if projection_dim is not None:
+        kv["clip.audio.projection_dim" if audio else "clip.vision.projection_dim"] = projection_dim
+    return _write(path, "clip", kv, {"mm.0.weight": (8, 8)})
+
+
+def write_image_model(path: Path) -> Path:
+    """A diffusion model converted to GGUF (no tokenizer): not something llama-server runs."""
+    return _write(path, "flux", {}, {"double_blocks.0.img_attn.proj.weight": (8, 8)})
+
+
+def write_adapter(path: Path) -> Path:
+    return _write(path, "llama", {"general.type": "adapter", "adapter.type": "lora"},
+                  {"blk.0.attn_q.weight.lora_a": (4, 8)})
+
+
+@pytest.fixture
+def gguf_files() -> Any:
+    """``gguf_files.projector(path, ...)``, ``.image_model(path)``, ``.adapter(path)``, ``.model(path, **kw)``."""
+    import types
+
+    return types.SimpleNamespace(projector=write_projector, image_model=write_image_model, adapter=write_adapter,
+                                 model=write_tiny_model)
