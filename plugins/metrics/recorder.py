@@ -325,12 +325,14 @@ class Recorder:
 
     def _model_failed(self, event: ModelFailed) -> None:
         stats = self._stats(event.model)
+        # A runner that crashes after loading is announced as unloaded ("crashed") and then failed: not a failed load.
+        if stats.state != "unloaded":
+            stats.failed_loads += 1
+            self.failed_loads.labels(event.model).inc()
         stats.state = "failed"
         stats.pid = None
         stats.loaded_at = None
-        stats.failed_loads += 1
         stats.last_error = event.error
-        self.failed_loads.labels(event.model).inc()
         self.runners.pop(event.model, None)
 
     # --- samples ----------------------------------------------------------------------------------------------

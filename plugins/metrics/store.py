@@ -75,7 +75,9 @@ class ActivityStore:
         return out
 
     def query(self, limit: int, *, model: str | None = None, before: int | None = None) -> list[dict[str, Any]]:
-        """Rows older than ``before`` (an activity id), newest first, as activity entries."""
+        """Rows older than ``before`` (an activity id), newest first, as activity entries (after what is queued so
+        far is written: a row may have left the in-memory log before the writer got to it)."""
+        self.flush()
         sql, args = "SELECT id, data FROM activity WHERE id < ?", [before if before is not None else 2**62]
         if model is not None:
             sql += " AND model = ?"
@@ -106,11 +108,13 @@ class ActivityStore:
             self._thread.join()
             self._thread = None
 
-    def flush(self) -> None:
-        """Block until everything queued so far is written (tests)."""
+    def flush(self, timeout: float = 10.0) -> None:
+        """Block until everything queued so far is written (or ``timeout``; at once when the writer is stopped)."""
+        if self._thread is None or not self._thread.is_alive():
+            return
         done = threading.Event()
         self._queue.put(done)
-        done.wait()
+        done.wait(timeout)
 
     def _write_forever(self) -> None:
         encoder = msgspec.json.Encoder()

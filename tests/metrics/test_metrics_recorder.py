@@ -131,12 +131,23 @@ def test_model_lifecycle():
     assert stats["unloads"] == {"ttl": 1, "evicted": 2}
     assert rec.loaded_pids() == {}
 
+    # A crash after loading: unloaded ("crashed"), then failed; it is not a failed load.
+    rec.record(ModelLoaded(model="m", load_seconds=0.5, pid=4444))
+    rec.record(ModelUnloaded(model="m", reason="crashed"))
+    rec.record(ModelFailed(model="m", error="runner exited unexpectedly"))
+    stats = rec.summary()["models"]["m"]
+    assert stats["failed_loads"] == 1
+    assert stats["unloads"]["crashed"] == 1
+    assert stats["state"] == "failed"
+    assert stats["last_error"] == "runner exited unexpectedly"
+
     s = samples(rec)
-    assert s[("llama_host_model_loads_total", (("model", "m"),))] == 2
-    assert s[("llama_host_model_load_seconds_count", (("model", "m"),))] == 2
+    assert s[("llama_host_model_loads_total", (("model", "m"),))] == 3
+    assert s[("llama_host_model_load_seconds_count", (("model", "m"),))] == 3
     assert s[("llama_host_model_load_failures_total", (("model", "m"),))] == 1
     assert s[("llama_host_model_unloads_total", (("model", "m"), ("reason", "evicted")))] == 2
     assert s[("llama_host_model_unloads_total", (("model", "m"), ("reason", "ttl")))] == 1
+    assert s[("llama_host_model_unloads_total", (("model", "m"), ("reason", "crashed")))] == 1
     assert s[("llama_host_model_loaded", (("model", "m"),))] == 0
 
 

@@ -1,0 +1,59 @@
+"""Metrics for llama-host: per request, per model, per runner process and for the machine.
+
+Fed only by ``track_event``; served on the main port as Prometheus text (``/metrics``), a JSON summary
+(``/api/v1/metrics``), the recent activity (``/api/v1/activity``) and a live event stream (``/api/v1/events``).
+See README.md in this folder for the JSON shapes.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from llama_host import Surface, hookimpl
+
+from .plugin import NAME, MetricsPlugin
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    from llama_host import Host
+
+__all__ = ["MetricsPlugin", "Settings", "plugin_for"]
+
+# This module is registered in every host's plugin manager (tests run several hosts): state is kept per host.
+_instances: weakref.WeakKeyDictionary[Host, MetricsPlugin] = weakref.WeakKeyDictionary()
+
+
+def plugin_for(host: Host) -> MetricsPlugin:
+    """The metrics instance of ``host`` (created on first use)."""
+    plugin = _instances.get(host)
+    if plugin is None:
+        plugin = _instances[host] = MetricsPlugin(host)
+    return plugin
+
+
+@hookimpl
+def config_schema() -> dict[str, Any]:
+    return msgspec.json.schema(Settings)
+
+
+@hookimpl
+def register_surfaces(host: Host) -> list[Surface]:
+    from .routes import ROUTES
+
+    plugin_for(host)
+    return [Surface(name=NAME, port=host.site.port, route_handlers=ROUTES)]
+
+
+@hookimpl
+def lifespan(host: Host) -> AbstractAsyncContextManager[None]:
+    return plugin_for(host).running()
+
+
+@hookimpl
+def track_event(host: Host, event: Any) -> None:
+    plugin_for(host).track(event)

@@ -1,0 +1,106 @@
+"""HTTP routes on the main port: Prometheus text, the JSON summary, the activity log and the live event stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get
+from litestar.di import NamedDependency
+from litestar.params import Parameter
+from litestar.response import Stream
+from prometheus_client.exposition import choose_encoder
+
+from llama_host import Host
+
+from .plugin import MetricsPlugin
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+#: Events written to a stream client in one write at most (those already queued go out together).
+SSE_BATCH = 256
+_encode = msgspec.json.Encoder().encode
+
+
+def sse(kind: str, payload: Any) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + _encode(payload) + b"\n\n"
+
+
+def _plugin(host: Host) -> MetricsPlugin:
+    from . import plugin_for  # the per-host registry lives in the package
+
+    return plugin_for(host)
+
+
+@get("/metrics", sync_to_thread=False)
+def prometheus_metrics(host: NamedDependency[Host], request: Request) -> Response[bytes]:
+    """Prometheus exposition (text format; OpenMetrics when the scraper asks for it)."""
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encoder(_plugin(host).recorder.registry), media_type=content_type)
+
+
+class MetricsController(Controller):
+    path = "/api/v1"
+    tags = ["metrics"]
+
+    @get("/metrics", sync_to_thread=False)
+    def summary(self, host: NamedDependency[Host]) -> dict[str, Any]:
+        """Per model, per runner and machine figures (see plugins/metrics/README.md)."""
+        return _plugin(host).recorder.summary()
+
+    @get("/activity")
+    async def activity(
+        self,
+        host: NamedDependency[Host],
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        model: str | None = None,
+        before: Annotated[int | None, Parameter(ge=1)] = None,
+    ) -> dict[str, Any]:
+        """The newest finished requests first; ``before`` (an id) pages back, into SQLite when it is configured."""
+        plugin = _plugin(host)
+        rec = plugin.recorder
+        rows = rec.recent(limit, model=model, before=before)
+        if plugin.store is not None and len(rows) < limit:
+            # Older than what memory holds: only SQLite has them.
+            floor = rec.activity[0][0] if rec.activity else (before or rec.seq + 1)
+            cutoff = min(floor, before) if before is not None else floor
+            rows += await asyncio.to_thread(plugin.store.query, limit - len(rows), model=model, before=cutoff)
+        return {"activity": rows}
+
+    @get("/events", sync_to_thread=False)
+    def events(self, host: NamedDependency[Host]) -> Stream:
+        """Live events (SSE): a ``snapshot`` first, then every host event and the periodic samples."""
+        plugin = _plugin(host)
+        return Stream(_event_stream(plugin), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _event_stream(plugin: MetricsPlugin) -> AsyncIterator[bytes]:
+    rec = plugin.recorder
+    hub = rec.hub
+    queue = hub.subscribe()
+    ping = plugin.settings.stream_ping_seconds
+    try:
+        yield sse("snapshot", rec.summary())
+        while True:
+            try:
+                async with asyncio.timeout(ping):
+                    item = await queue.get()
+            except TimeoutError:
+                yield b": ping\n\n"
+                continue
+            parts = []
+            while item is not hub.CLOSED:
+                parts.append(sse(*item))
+                if queue.empty() or len(parts) >= SSE_BATCH:
+                    break
+                item = queue.get_nowait()
+            if parts:
+                yield b"".join(parts)
+            if item is hub.CLOSED:
+                return
+    finally:
+        hub.unsubscribe(queue)
+
+
+ROUTES = [prometheus_metrics, MetricsController]
