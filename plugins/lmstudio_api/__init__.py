@@ -1,6 +1,8 @@
 """LM Studio-compatible surface: LM Studio's REST API (``/api/v0``, native ``/api/v1``) on its port (1234).
 
 The OpenAI ``/v1`` routes on the same port come from the OpenAI surface, which the host mounts on every API port.
+Modules: ``routes_v0`` / ``routes_v1`` (the controllers), ``wire`` (the Structs), ``describe`` (model views),
+``stats`` and ``v0`` (stats and the v0 reply extras), ``v1chat`` (``/api/v1/chat`` mapping and events).
 """
 
 from __future__ import annotations
@@ -8,12 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from litestar import Controller
+from litestar.di import Provide
 
 from llama_host import Host, Surface, hookimpl
 from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS
 
-from .controller import SURFACE, SurfaceState, controllers
+from .exchange import SURFACE
+from .routes_v0 import LMStudioV0Controller
+from .routes_v1 import LMStudioV1Controller
 from .settings import Settings
+from .state import SurfaceState
 from .store import ResponseStore
 
 __all__ = ["Settings", "config_schema", "register_surfaces"]
@@ -30,3 +37,16 @@ def register_surfaces(host: Host) -> list[Surface]:
     state = SurfaceState(settings=settings, store=ResponseStore(settings.stored_responses))
     return [Surface(name=SURFACE, port=settings.port, route_handlers=controllers(state),
                     exception_handlers=OPENAI_EXCEPTION_HANDLERS)]
+
+
+def controllers(state: SurfaceState) -> list[type[Controller]]:
+    """The controllers bound to one host's surface state (handlers receive it as ``lms``)."""
+
+    def provide() -> SurfaceState:
+        return state
+
+    deps = {"lms": Provide(provide, sync_to_thread=False)}
+    return [
+        type("LMStudioV0Controller", (LMStudioV0Controller,), {"dependencies": deps}),
+        type("LMStudioV1Controller", (LMStudioV1Controller,), {"dependencies": deps}),
+    ]

@@ -196,7 +196,10 @@ def v1_model(
     instances = []
     if is_loaded(status):
         instances.append(
-            V1LoadedInstance(id=spec.name, config=V1InstanceConfig(context_length=loaded_context(spec, meta, runner_n_ctx)))
+            V1LoadedInstance(
+                id=spec.name,
+                config=V1InstanceConfig(context_length=loaded_context(spec, meta, runner_n_ctx)),
+            )
         )
     size = _first(meta, "size_bytes", "file_size", "size")
     model = V1Model(

@@ -5,7 +5,8 @@ llama-server reports, on its non-streamed reply and on its last streamed chunk::
     "timings": {"prompt_n", "prompt_ms", "prompt_per_second", "predicted_n", "predicted_ms",
                 "predicted_per_second", "cache_n"}
 
-LM Studio's v0 ``stats``: ``tokens_per_second`` ← ``predicted_per_second``, ``generation_time`` (s) ← ``predicted_ms``,
+LM Studio's v0 ``stats``: ``tokens_per_second`` ← ``predicted_per_second``,
+``generation_time`` (s) ← ``predicted_ms``,
 ``time_to_first_token`` (s) ← time spent waiting for the model (load, queue) plus ``prompt_ms``.
 """
 

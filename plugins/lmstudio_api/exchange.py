@@ -1,0 +1,60 @@
+"""Reading a client's request and opening the runner's, shared by the v0 and v1 routes."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request
+
+from llama_host import Host
+from llama_host.errors import BadRequest, UpstreamError
+from llama_host.proxy import Upstream
+from llama_host.scheduler import Lease
+from llama_host.types import ModelSpec
+
+SURFACE = "lmstudio_api"
+AnyRequest = Request[Any, Any, Any]
+T = TypeVar("T")
+_decode = msgspec.json.Decoder().decode
+
+
+async def read_body(request: AnyRequest, kind: type[T]) -> tuple[dict[str, Any], T]:
+    """The JSON object of the request, and its typed view (unknown keys are kept in the dict, ignored by ``kind``)."""
+    raw = await request.body()
+    try:
+        body = _decode(raw) if raw else {}
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    try:
+        return body, msgspec.convert(body, kind)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def resolve(host: Host, requested: str | None) -> ModelSpec:
+    name = requested or host.site.default_model
+    if not name:
+        raise BadRequest("'model' is required", param="model")
+    return host.scheduler.get(name, SURFACE)
+
+
+async def open_or_fail(host: Host, lease: Lease, path: str, body: dict[str, Any]) -> Upstream:
+    """Send ``body``; an error status from the runner is raised (with its status) before anything is streamed."""
+    up = await host.relay.open(lease, "POST", path, json=body)
+    if up.status >= 400:
+        try:
+            raw = await up.read()
+        finally:
+            up.close()
+        try:
+            payload: Any = _decode(raw)
+        except msgspec.DecodeError:
+            payload = {"message": raw.decode("utf-8", "replace")[:500] or f"runner answered {up.status}"}
+        error = UpstreamError(payload, up.status)
+        if 400 <= error.status < 500:  # the request was at fault (e.g. a prompt longer than the context)
+            error.type, error.code = "invalid_request_error", "invalid_request"
+        raise error
+    return up
