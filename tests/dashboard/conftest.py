@@ -13,6 +13,8 @@ CHROMIUM = os.environ.get("LLAMA_HOST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
+#: How long an expectation waits for the page to get there (a busy CI machine is slow, never wrong).
+EXPECT_TIMEOUT_MS = 15_000
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +24,9 @@ def browser() -> Iterator[object]:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
