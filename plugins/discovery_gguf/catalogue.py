@@ -181,7 +181,7 @@ class Catalogue:
             if name is None:
                 name = unique_name(model.name, model.path, taken)
                 taken.add(name.lower())
-                entry: dict[str, Any] = {"path": model.path, "params": copy.deepcopy(self.default_params)}
+                entry: dict[str, Any] = {"path": model.path, "params": self._new_params(meta)}
                 self.entries[name] = entry
                 self._refresh(entry, model, meta)
                 entry["first_seen"] = now
@@ -213,6 +213,15 @@ class Catalogue:
                 entry["missing_since"] = now
                 changes.missing.append(name)
         return changes
+
+    def _new_params(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """The configured defaults, plus the flag llama-server needs to serve an embedding or reranking model."""
+        params = copy.deepcopy(self.default_params)
+        if meta.get("reranker"):
+            params.setdefault("reranking", True)
+        elif meta.get("embedding"):
+            params.setdefault("embeddings", True)
+        return params
 
     @staticmethod
     def _refresh(entry: dict[str, Any], model: FoundModel, meta: dict[str, Any]) -> None:
