@@ -1,8 +1,9 @@
 """Ollama's model listings (``/api/tags``, ``/api/show``, ``/api/ps``) from model specs and GGUF metadata. Pure.
 
 GGUF facts come from ``ModelSpec.metadata`` (filled by a discovery plugin, or by the core from the file). Both the
-discovery plugin's short names (``architecture``, ``parameter_count``, ``quantization``, ``context_length``) and
-raw GGUF keys (``general.architecture``, ``llama.context_length``) are understood.
+discovery plugin's short names (``architecture``, ``parameter_count``, ``quantization``, ``context_length``, ``tools``,
+``embedding``, ...) with its ``gguf`` map of raw key/values, and raw GGUF keys at the top level
+(``general.architecture``, ``llama.context_length``) are understood.
 """
 
 from __future__ import annotations
@@ -120,9 +121,18 @@ def is_embedding(spec: ModelSpec) -> bool:
     return architecture(spec) in EMBEDDING_ARCHS
 
 
+def raw_gguf(spec: ModelSpec) -> dict[str, Any]:
+    """Raw GGUF key/values: the discovery plugin's ``gguf`` map (arrays given as their length), or dotted keys."""
+    meta = spec.metadata or {}
+    raw = meta.get("gguf")
+    if isinstance(raw, dict):
+        return raw
+    return {k: v for k, v in meta.items() if "." in k}
+
+
 def chat_template(spec: ModelSpec) -> str:
     meta = spec.metadata or {}
-    value = _pick(meta, "chat_template", "tokenizer.chat_template")
+    value = _pick(meta, "chat_template") or raw_gguf(spec).get("tokenizer.chat_template")
     return value if isinstance(value, str) else ""
 
 
@@ -141,6 +151,8 @@ def capabilities(spec: ModelSpec) -> list[str]:
         caps.append("thinking")
     if spec.mmproj or _truthy(meta.get("vision")) or meta.get("mmproj"):
         caps.append("vision")
+    if _truthy(meta.get("audio")):
+        caps.append("audio")
     return caps
 
 
@@ -182,10 +194,12 @@ def model_info(spec: ModelSpec, verbose: bool = False) -> dict[str, Any]:
     """GGUF key/values in Ollama's ``model_info`` shape (token arrays as ``[]`` unless ``verbose``)."""
     meta = spec.metadata or {}
     info: dict[str, Any] = {}
-    for key, value in meta.items():
-        if "." not in key or key == "tokenizer.chat_template":
+    for key, value in raw_gguf(spec).items():
+        if key.startswith("tokenizer.chat_template"):
             continue
-        if not verbose and (key in _VOCAB_KEYS or (isinstance(value, list) and len(value) > 64)):
+        if key in _VOCAB_KEYS and (not verbose or not isinstance(value, list)):
+            value = []  # Ollama sends token arrays only when verbose (and discovery keeps only their length)
+        elif not verbose and isinstance(value, list) and len(value) > 64:
             value = []
         info[key] = value
     arch = architecture(spec)

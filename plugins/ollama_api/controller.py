@@ -138,6 +138,7 @@ class OllamaController(Controller):
         sampling, load_params = tr.split_options(req.options)
         if not req.prompt and not req.system and not req.images and not req.suffix:
             return await _load_or_unload(host, spec, req.model, ttl, load_params, chat=False)
+        _can_generate(spec, req.model, "generate")
         try:
             path, body = tr.generate_request(req, spec.name, sampling, stream=req.stream is not False)
         except ValueError as exc:
@@ -154,6 +155,7 @@ class OllamaController(Controller):
         sampling, load_params = tr.split_options(req.options)
         if not req.messages:
             return await _load_or_unload(host, spec, req.model, ttl, load_params, chat=True)
+        _can_generate(spec, req.model, "chat")
         try:
             body = tr.chat_body(req, spec.name, sampling, stream=req.stream is not False)
         except ValueError as exc:
@@ -224,6 +226,11 @@ class OllamaController(Controller):
                   "site file"))
 
 
+def _can_generate(spec: ModelSpec, requested: str, what: str) -> None:
+    if catalog.is_embedding(spec):
+        raise BadRequest(f'"{requested}" does not support {what}: it is an embedding model')
+
+
 def _manage_hint(host: Host, what: str) -> str:
     where = f" ({host.config_path})" if host.config_path else ""
     return (f"{what}. To add a model, place its GGUF file in a discovery folder (plugins.discovery_gguf.dirs) "
@@ -256,6 +263,10 @@ async def _embeddings(host: Host, spec: ModelSpec, endpoint: str, inputs: list[s
                                              json={"model": spec.name, "input": inputs,
                                                    "encoding_format": "float"}) as up:
                 reply = await up.json()
+                if up.status == 501:  # llama-server answers embeddings only when started for them
+                    raise BadRequest(
+                        f"model '{spec.name}' is not served for embeddings: give it 'params: {{embeddings: true, "
+                        f"pooling: mean}}' in the site file ({UpstreamError(reply).message})")
                 if up.status >= 400:
                     raise UpstreamError(reply, up.status)
     except HostError as exc:

@@ -73,3 +73,21 @@ def test_tag_entry_show_and_ps_shapes():
     assert ps["expires_at"].startswith("2318-")
     gpu = ModelSpec(name="g", params={"n_gpu_layers": 99})
     assert c.ps_entry(gpu, memory=10, expires_at=1_700_000_000.0, size=1, mtime=1)["size_vram"] == 10
+
+
+DISCOVERED = ModelSpec(name="qwen3", path="/m/qwen3.gguf", source="discovery_gguf", metadata={
+    "format": "gguf", "architecture": "qwen3", "parameter_count": 4_022_468_096, "quantization": "Q4_K_M",
+    "file_type": 15, "context_length": 40960, "embedding": False, "tools": True, "vision": False, "audio": False,
+    "size": 2_497_280_256, "mtime": 1_700_000_000.0,
+    "gguf": {"general.architecture": "qwen3", "qwen3.context_length": 40960, "tokenizer.ggml.tokens": 151936,
+             "tokenizer.chat_template": "{%- if enable_thinking %}<think>{% endif %}{{ tools }}"}})
+
+
+def test_discovery_metadata_shape():
+    assert c.details(DISCOVERED)["parameter_size"] == "4.0B"
+    assert c.details(DISCOVERED)["quantization_level"] == "Q4_K_M"
+    assert c.capabilities(DISCOVERED) == ["completion", "tools", "thinking"]
+    info = c.model_info(DISCOVERED)
+    assert info["qwen3.context_length"] == 40960 and info["tokenizer.ggml.tokens"] == []
+    assert "tokenizer.chat_template" not in info
+    assert c.show(DISCOVERED, size=1, mtime=1.0)["template"].startswith("{%- if enable_thinking")

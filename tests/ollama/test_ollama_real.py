@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,18 +19,20 @@ from llama_host.tinymodel import write_tiny_model
 
 pytestmark = pytest.mark.real
 
-PLUGINS = ["ollama_api", "openai_api", "llama_server"]
+PLUGINS = ["ollama_api", "openai_api", "llama_server", "discovery_gguf"]
 # The host's loop answers within milliseconds; this only bounds a wait for an unload that happens after the reply.
 SETTLE_S = 30
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("ollama-models")
+    # The chat model is found by the discovery plugin (with its GGUF metadata); the embedding model is configured.
+    discovered = tmp_path_factory.mktemp("discovered")
+    configured = tmp_path_factory.mktemp("configured")
     # Without a leading-space prefix the chat template's generation prompt tokenizes as written, which the
     # grammar of format/json_schema requests requires (SentencePiece would add "▁" and the grammar rejects it).
-    chat = write_tiny_model(folder / "tiny.gguf", extra_kv={"tokenizer.ggml.add_space_prefix": False})
-    embed = write_tiny_model(folder / "tiny-embed.gguf", name="tiny-embed", embedding=True)
+    chat = write_tiny_model(discovered / "tiny.gguf", extra_kv={"tokenizer.ggml.add_space_prefix": False})
+    embed = write_tiny_model(configured / "tiny-embed.gguf", name="tiny-embed", embedding=True)
     return chat, embed
 
 
@@ -38,9 +41,9 @@ def running(models: tuple[Path, Path], llama_server_bin: str) -> Iterator[Any]:
     chat, embed = models
     config = {
         "scheduler": {"max_loaded": 3, "ttl": 300, "startup_timeout": 60},
-        "plugins": {"llama_server": {"binary": llama_server_bin}},
+        "plugins": {"llama_server": {"binary": llama_server_bin},
+                    "discovery_gguf": {"dirs": [str(chat.parent)], "params": {"ctx_size": 1024}}},
         "models": {
-            "tiny": {"path": str(chat), "params": {"ctx_size": 1024}},
             "tiny-embed": {"path": str(embed), "params": {"ctx_size": 512, "embeddings": True, "pooling": "mean"}},
         },
     }
@@ -110,16 +113,19 @@ def test_list_and_show(client):
     assert client.show("tiny-embed:latest").capabilities == ["embedding"]
 
 
-def test_show_reads_gguf_metadata_when_the_host_has_it(client, running):
+def test_show_and_list_read_gguf_metadata(client, running):
     """family, parameter size, quantization and ``<arch>.context_length`` come from the spec's GGUF metadata."""
-    spec = running.host.scheduler.models["tiny"]
-    if not spec.metadata:
-        pytest.skip("no GGUF metadata for configured models in this host (the discovery plugin provides it)")
+    assert running.host.scheduler.models["tiny"].source == "discovery_gguf"
     shown = client.show("tiny")
     assert shown.details.family == "llama"
     assert shown.details.quantization_level == "F32"
+    assert re.fullmatch(r"\d+(\.\d+)?[KMB]", shown.details.parameter_size)  # ~154K parameters
     assert shown.modelinfo["llama.context_length"] == 2048
+    assert shown.modelinfo["general.architecture"] == "llama"
     assert "tools" in shown.capabilities
+    assert "<|im_start|>" in shown.template
+    listed = {m.model: m for m in client.list().models}
+    assert listed["tiny:latest"].details.family == "llama"
 
 
 # --- generate and chat -----------------------------------------------------------------------------------------------
@@ -261,6 +267,15 @@ def test_embed_and_embeddings(client):
     legacy = client.embeddings("tiny-embed", "first text")
     assert len(legacy.embedding) == 64
     assert client.embeddings("tiny-embed", "").embedding == []
+
+
+def test_embedding_and_chat_models_keep_to_their_jobs(client):
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat("tiny-embed", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.status_code == 400 and "does not support chat" in err.value.error
+    with pytest.raises(ollama.ResponseError) as err:
+        client.embed("tiny", "hi")
+    assert err.value.status_code == 400 and "embeddings: true" in err.value.error
 
 
 # --- load, unload, keep_alive, ps ------------------------------------------------------------------------------------
