@@ -277,8 +277,9 @@ class Relay:
         except HostError as exc:
             error, status = exc.message, exc.status
             yield error_event(exc)
-        except BaseException as exc:  # the client went away: closing the upstream below stops generation
-            error, status = "client disconnected", 499
+        except BaseException:  # the client went away: closing the upstream below stops generation
+            if not tail.rstrip().endswith(b"data: [DONE]"):  # SDKs close right after [DONE]: that reply was whole
+                error, status = "client disconnected", 499
             raise
         finally:
             up.close()
