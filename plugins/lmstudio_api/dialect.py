@@ -20,6 +20,15 @@ class NotSupported(HostError):
     status, code, type = 501, "not_implemented", "invalid_request_error"
 
 
+class NotLoaded(HostError):
+    """``/api/v1/models/unload`` of a model that has no loaded instance."""
+
+    status, code, type = 404, "model_not_loaded", "invalid_request_error"
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(f"no loaded instance '{instance_id}'", param="instance_id")
+
+
 def stream_error(exc: BaseException) -> dict[str, Any]:
     """The ``error`` object of a v1 ``error`` event."""
     if isinstance(exc, HostError):

@@ -12,14 +12,14 @@ from litestar import Controller, Response, get, post
 from litestar.response import Stream
 
 from llama_host import Host
-from llama_host.errors import BadRequest, HostError, ModelNotFound
+from llama_host.errors import BadRequest, HostError
 from llama_host.host import HostDep
 from llama_host.proxy import SSE_HEADERS
 from llama_host.scheduler import Lease
 from llama_host.types import ModelSpec
 
 from . import describe, sse
-from .dialect import NotSupported, stream_error
+from .dialect import NotLoaded, NotSupported, stream_error
 from .exchange import SURFACE, AnyRequest, open_or_fail, read_body, resolve
 from .state import LMSDep, SurfaceState, runner_facts
 from .v1chat import ChatFold, messages, openai_body
@@ -74,7 +74,7 @@ class LMStudioV1Controller(Controller):
         _, req = await read_body(request, V1UnloadRequest)
         spec = host.scheduler.get(req.instance_id, SURFACE)
         if not await host.scheduler.unload(spec.name):
-            raise ModelNotFound(req.instance_id)
+            raise NotLoaded(req.instance_id)
         return V1UnloadResponse(instance_id=req.instance_id)
 
     @post("/chat", status_code=200)
