@@ -147,7 +147,11 @@ function onHostEvent({ event, data }) {
 function startEvents() {
   followSSE("/api/v1/events", {
     onEvent: onHostEvent,
-    onOpen: () => refreshModels().catch(() => {}), // catch up on what happened while disconnected
+    onOpen: () => {
+      // Catch up on what happened while disconnected (or on everything, when the host was down at first).
+      if (!store.status) loadStatus().catch(() => {});
+      refreshModels().catch(() => {});
+    },
     onState: (state) => {
       monitoringPanel.setLive(state === "live");
       if (state === "live") setConnection("live", "Live");
@@ -155,7 +159,9 @@ function startEvents() {
       else if (state === "absent") {
         // No metrics plugin: poll the model list instead of listening.
         setConnection("polling", "Polling");
-        pollTimer ??= setInterval(() => refreshModels().catch(() => setConnection("down", "Host unreachable")), 3000);
+        pollTimer ??= setInterval(() => refreshModels()
+          .then(() => setConnection("polling", "Polling"))
+          .catch(() => setConnection("down", "Host unreachable")), 3000);
       }
     },
   });
