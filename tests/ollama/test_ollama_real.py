@@ -148,6 +148,8 @@ def test_generate_stream(client):
     assert parts[-1].response == "" and parts[-1].done_reason == "length"
     assert parts[-1].eval_count == 6
     assert "".join(p.response for p in parts).strip()
+    raw = list(client.generate("tiny", "<s>free text", raw=True, stream=True, options={"num_predict": 4}))
+    assert raw[-1].done and raw[-1].eval_count == 4 and "".join(p.response for p in raw)
 
 
 def test_generate_raw_and_system(client):
