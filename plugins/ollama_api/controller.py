@@ -90,11 +90,12 @@ class OllamaController(Controller):
 
     # --- meta ----------------------------------------------------------------------------------------------------
 
-    @route("/", http_method=["GET", "HEAD"], media_type="text/plain", sync_to_thread=False)
+    # The liveness answers stay public under API keys: clients and proxies probe them before sending a key.
+    @route("/", http_method=["GET", "HEAD"], media_type="text/plain", sync_to_thread=False, opt={"public": True})
     def api_root(self) -> str:
         return "Ollama is running"
 
-    @route("/api/version", http_method=["GET", "HEAD"], sync_to_thread=False)
+    @route("/api/version", http_method=["GET", "HEAD"], sync_to_thread=False, opt={"public": True})
     def api_version(self, host: HostDep) -> Response:
         return _json({"version": host.settings(SURFACE, Settings).version})
 

@@ -106,3 +106,16 @@ def test_client_disconnect_cancels_the_upstream_and_releases_the_model(running, 
     while running.host.scheduler.status("endless").in_flight:
         assert time.monotonic() < deadline, "the lease was not released"
         time.sleep(0.02)
+
+
+def test_api_keys(fake_upstream):
+    models = {"toolcalls": {"runtime": "remote", "url": f"{fake_upstream.url}/toolcalls"}}
+    with serve_host({"api_keys": ["sekret"], "models": models}, plugins=["ollama_api", "remote_runtime"]) as running:
+        base = running.url("ollama_api")
+        assert httpx.get(base + "/").text == "Ollama is running"  # liveness stays public
+        assert httpx.get(base + "/api/version").status_code == 200
+        with ollama.Client(host=base) as anonymous, pytest.raises(ollama.ResponseError) as err:
+            anonymous.list()
+        assert err.value.status_code == 401 and "API key" in err.value.error
+        with ollama.Client(host=base, headers={"Authorization": "Bearer sekret"}) as client:
+            assert [m.model for m in client.list().models] == ["toolcalls:latest"]
