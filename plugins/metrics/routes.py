@@ -8,12 +8,11 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get
-from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 from prometheus_client.exposition import choose_encoder
 
-from llama_host import Host
+from llama_host import Host, HostDep
 
 from .plugin import MetricsPlugin
 
@@ -34,7 +33,7 @@ def _plugin(host: Host) -> MetricsPlugin:
 
 
 @get("/metrics", sync_to_thread=False)
-def prometheus_metrics(host: NamedDependency[Host], request: Request) -> Response[bytes]:
+def prometheus_metrics(host: HostDep, request: Request) -> Response[bytes]:
     """Prometheus exposition (text format; OpenMetrics when the scraper asks for it)."""
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encoder(_plugin(host).recorder.registry), media_type=content_type)
@@ -45,17 +44,17 @@ class MetricsController(Controller):
     tags = ["metrics"]
 
     @get("/metrics", sync_to_thread=False)
-    def summary(self, host: NamedDependency[Host]) -> dict[str, Any]:
+    def summary(self, host: HostDep) -> dict[str, Any]:
         """Per model, per runner and machine figures (see plugins/metrics/README.md)."""
         return _plugin(host).recorder.summary()
 
     @get("/activity")
     async def activity(
         self,
-        host: NamedDependency[Host],
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-        model: str | None = None,
-        before: Annotated[int | None, Parameter(ge=1)] = None,
+        host: HostDep,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        model: FromQuery[str | None] = None,
+        before: Annotated[int | None, QueryParameter(ge=1)] = None,
     ) -> dict[str, Any]:
         """The newest finished requests first; ``before`` (an id) pages back, into SQLite when it is configured."""
         plugin = _plugin(host)
@@ -69,7 +68,7 @@ class MetricsController(Controller):
         return {"activity": rows}
 
     @get("/events", sync_to_thread=False)
-    def events(self, host: NamedDependency[Host]) -> Stream:
+    def events(self, host: HostDep) -> Stream:
         """Live events (SSE): a ``snapshot`` first, then every host event and the periodic samples."""
         plugin = _plugin(host)
         return Stream(_event_stream(plugin), media_type="text/event-stream", headers=SSE_HEADERS)
