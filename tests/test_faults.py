@@ -1,0 +1,479 @@
+"""Fault injection: the real host (openai_api + llama_server plugins) in front of the fake llama-server.
+
+Each fault is a mode of ``tests/fake_llama_server.py`` chosen by a model's ``env:``; the client is the official OpenAI
+SDK (``max_retries=0`` so every error reaches the test). No test asserts on durations: waits are bounded (client
+timeouts, process waits) so a hang fails instead of passing slowly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata as md
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import psutil
+import pytest
+import yaml
+
+import fake_llama_server as fake
+from llama_host import hookimpl
+from llama_host.process import free_port
+from llama_host.testing import serve_host
+
+PLUGINS = ["openai_api", "llama_server"]
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """An in-process plugin that keeps every event, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    @hookimpl
+    def track_event(self, event: Any) -> None:
+        self.events.append(event)
+
+    def kinds(self, model: str | None = None) -> list[tuple[str, str]]:
+        return [(e.kind, e.model) for e in list(self.events) if model is None or getattr(e, "model", None) == model]
+
+    def index(self, kind: str, model: str, **fields: Any) -> int:
+        for i, e in enumerate(list(self.events)):
+            if e.kind == kind and e.model == model and all(getattr(e, k) == v for k, v in fields.items()):
+                return i
+        raise AssertionError(f"no {kind} event for {model} {fields or ''} in {list(self.events)}")
+
+
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    """Poll ``predicate`` until it is true; a bound against hangs, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def gone(pid: int) -> bool:
+    """True when the process no longer runs (a zombie left to a non-reaping init counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def fake_processes(wrapper: Path) -> list[psutil.Process]:
+    """Running fakes started from ``wrapper`` (any parent)."""
+    out = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            if p.info["status"] != psutil.STATUS_ZOMBIE and str(wrapper) in " ".join(p.info["cmdline"] or ()):
+                out.append(p)
+    return out
+
+
+@pytest.fixture
+def fake_bin(tmp_path: Path) -> Iterator[Path]:
+    wrapper = fake.write_wrapper(tmp_path)
+    yield wrapper
+    leftovers = fake_processes(wrapper)
+    for p in leftovers:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    assert not leftovers, f"runner processes left behind: {[p.pid for p in leftovers]}"
+
+
+@pytest.fixture
+def gguf(tmp_path: Path) -> Path:
+    path = tmp_path / "fake.gguf"
+    path.write_bytes(b"GGUF" + bytes(60))  # the fake never reads it; the runtime only checks that it exists
+    return path
+
+
+@pytest.fixture
+def model(gguf: Path, fake_bin: Path, tmp_path: Path) -> Callable[..., dict[str, Any]]:
+    def make(name: str, memory: str | None = None, pinned: bool = False, **env: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {"path": str(gguf), "binary": str(fake_bin),
+                                "env": {"FAKE_STARTS_FILE": str(tmp_path / f"starts-{name}"),
+                                        **{k: str(v) for k, v in env.items()}}}
+        if memory:
+            spec["memory"] = memory
+        if pinned:
+            spec["pinned"] = True
+        return spec
+
+    return make
+
+
+def starts(tmp_path: Path, name: str) -> list[int]:
+    return fake.read_starts(tmp_path / f"starts-{name}")
+
+
+def site(tmp_path: Path, models: dict[str, Any], **scheduler: Any) -> dict[str, Any]:
+    return {"log_dir": str(tmp_path / "logs"), "models": models,
+            "scheduler": {"max_loaded": 1, "startup_timeout": 30, "stop_grace": 2, **scheduler}}
+
+
+@contextlib.contextmanager
+def client_for(url: str, timeout: float = 30) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=timeout) as client:
+        yield client
+
+
+def chat(client: openai.OpenAI, model: str, max_tokens: int = 4) -> str:
+    reply = client.chat.completions.create(model=model, messages=HELLO, max_tokens=max_tokens)
+    return reply.choices[0].message.content
+
+
+def error_message(exc: openai.APIStatusError) -> str:
+    return exc.response.json()["error"]["message"]
+
+
+# --- loading -----------------------------------------------------------------------------------------------------------
+
+
+def test_slow_start_requests_wait_and_share_one_process(tmp_path, model, fake_bin):
+    ready = tmp_path / "ready"
+    recorder = Recorder()
+    config = site(tmp_path, {"slow": model("slow", FAKE_READY_FILE=ready)})
+    with serve_host(config, PLUGINS, extra=[("recorder", recorder)]) as rh, client_for(rh.url()) as client, \
+            ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(chat, client, "slow", 3 + i) for i in range(4)]
+        # Every request is waiting while the model loads; only then does the load finish.
+        wait_until(lambda: recorder.kinds().count(("request_started", "slow")) == 4, "4 requests started")
+        assert rh.host.scheduler.status("slow").state == "loading"
+        assert len(fake_processes(fake_bin)) == 1
+        ready.touch()
+        assert [f.result() for f in futures] == [fake.reply_text(3 + i) for i in range(4)]
+        assert len(starts(tmp_path, "slow")) == 1
+        assert len(fake_processes(fake_bin)) == 1
+        assert recorder.kinds("slow").count(("model_loading", "slow")) == 1
+
+
+def test_slow_start_with_a_delay(tmp_path, model):
+    config = site(tmp_path, {"slow": model("slow", FAKE_SLOW_START=0.5)})
+    with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
+        assert chat(client, "slow", 5) == fake.reply_text(5)
+        assert rh.host.scheduler.status("slow").state == "loaded"
+
+
+def test_never_healthy_fails_after_startup_timeout_with_log_lines(tmp_path, model, fake_bin):
+    config = site(tmp_path, {"stuck": model("stuck", FAKE_NEVER_HEALTHY=1)}, startup_timeout=1)
+    with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
+        with pytest.raises(openai.InternalServerError) as info:
+            chat(client, "stuck")
+        assert info.value.status_code == 503
+        message = error_message(info.value)
+        assert "'stuck'" in message and "startup timeout" in message
+        assert "fake never-healthy mode: loading forever" in message  # the runner's last log lines
+        assert rh.host.scheduler.status("stuck").state == "failed"
+        assert all(gone(pid) for pid in starts(tmp_path, "stuck"))
+
+
+def test_exit_at_start_fails_at_once_with_stderr(tmp_path, model):
+    config = site(tmp_path, {"broken": model("broken", FAKE_EXIT_AT_START=3,
+                                             FAKE_EXIT_MESSAGE="gguf_init: invalid magic characters 'XXXX'")},
+                  startup_timeout=120)
+    with serve_host(config, PLUGINS) as rh, client_for(rh.url(), timeout=20) as client:  # 20 s < startup_timeout
+        with pytest.raises(openai.InternalServerError) as info:
+            chat(client, "broken")
+        assert info.value.status_code == 503
+        message = error_message(info.value)
+        assert "'broken'" in message and "code 3" in message
+        assert "gguf_init: invalid magic characters 'XXXX'" in message
+
+
+def test_repeated_start_failures_back_off(tmp_path, model):
+    config = site(tmp_path, {"broken": model("broken", FAKE_EXIT_AT_START=1)})
+    with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
+        with pytest.raises(openai.InternalServerError) as first:
+            chat(client, "broken")
+        assert "next try" not in error_message(first.value)
+        with pytest.raises(openai.InternalServerError) as second:
+            chat(client, "broken")
+        assert second.value.status_code == 503
+        message = error_message(second.value)
+        assert "next try in" in message and "fake exit at start" in message
+        assert int(second.value.response.headers["retry-after"]) >= 1
+        assert len(starts(tmp_path, "broken")) == 2
+        assert rh.host.scheduler.status("broken").state == "failed"
+
+
+# --- while serving -----------------------------------------------------------------------------------------------------
+
+
+def test_crash_mid_stream_ends_with_an_error_and_the_next_request_recovers(tmp_path, model):
+    config = site(tmp_path, {"crashy": model("crashy", FAKE_CRASH_AFTER=2, FAKE_CRASH_MARKER=tmp_path / "crashed")})
+    with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
+        received = []
+        stream = client.chat.completions.create(model="crashy", messages=HELLO, max_tokens=8, stream=True)
+        with pytest.raises(openai.APIError) as info:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    received.append(chunk.choices[0].delta.content)
+        assert "".join(received) == fake.reply_text(2)
+        assert "'crashy'" in info.value.message and "went away" in info.value.message
+        # At once, while the host may still be noticing the exit: the next request gets a new runner.
+        stream = client.chat.completions.create(model="crashy", messages=HELLO, max_tokens=8, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == fake.reply_text(8)
+        pids = starts(tmp_path, "crashy")
+        assert len(pids) == 2 and pids[1] != pids[0]
+        assert rh.host.scheduler.status("crashy").pid == pids[1]
+        wait_until(lambda: gone(pids[0]), "the crashed runner to be reaped")
+
+
+def test_complete_streams_are_recorded_as_complete(tmp_path, model):
+    """The SDK closes its response as soon as it reads [DONE]: that is a whole reply, not a client disconnect."""
+    recorder = Recorder()
+    config = site(tmp_path, {"m": model("m", FAKE_CHUNK_DELAY=0.02)})  # the body ends after the SDK has closed
+    with serve_host(config, PLUGINS, extra=[("recorder", recorder)]) as rh, client_for(rh.url()) as client:
+        for _ in range(20):
+            stream = client.chat.completions.create(model="m", messages=HELLO, max_tokens=3, stream=True)
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == fake.reply_text(3)
+        finished = wait_until(lambda: [e for e in list(recorder.events) if e.kind == "request_finished"][19:] and
+                              [e for e in recorder.events if e.kind == "request_finished"], "20 finished requests")
+        assert [(e.status, e.error) for e in finished] == [(200, None)] * 20
+        assert all(e.completion_tokens == 3 and e.stop_reason == "length" for e in finished)
+
+
+def test_legacy_error_line_reaches_the_sdk_as_an_error(tmp_path, model):
+    config = site(tmp_path, {"legacy": model("legacy", FAKE_LEGACY_ERROR=1)})
+    with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
+        stream = client.chat.completions.create(model="legacy", messages=HELLO, max_tokens=8, stream=True)
+        with pytest.raises(openai.APIError) as info:
+            for _ in stream:
+                pass
+        assert "fake legacy error mid-stream" in info.value.message
+        # A raw client sees the rewritten event: `data: {"error": ...}`.
+        body = {"model": "legacy", "messages": HELLO, "max_tokens": 8, "stream": True}
+        text = httpx.post(rh.url() + "/v1/chat/completions", json=body, timeout=30).text
+        assert 'data: {"error": {"code":500,"message":"fake legacy error mid-stream"' in text
+        assert "\nerror:" not in text
+
+
+def test_runner_ignoring_sigterm_is_killed_after_stop_grace(tmp_path, model, fake_bin):
+    recorder = Recorder()
+    config = site(tmp_path, {"stubborn": model("stubborn", FAKE_IGNORE_SIGTERM=1)}, stop_grace=0.5)
+    with serve_host(config, PLUGINS, extra=[("recorder", recorder)]) as rh:
+        rh.call(rh.host.scheduler.load("stubborn"))
+        pid = rh.host.scheduler.status("stubborn").pid
+        assert pid and not gone(pid)
+        assert rh.call(rh.host.scheduler.unload("stubborn"), timeout=30) is True
+        assert gone(pid)
+        assert rh.host.scheduler.status("stubborn").state == "unloaded"
+        assert ("model_unloaded", "stubborn") in recorder.kinds()
+        assert fake_processes(fake_bin) == []
+
+
+# --- limits ------------------------------------------------------------------------------------------------------------
+
+
+def test_swap_waits_for_the_in_flight_stream(tmp_path, model):
+    pause = tmp_path / "pause"
+    pause.touch()
+    recorder = Recorder()
+    config = site(tmp_path, {"first": model("first", FAKE_PAUSE_FILE=pause), "second": model("second")}, max_loaded=1)
+    with serve_host(config, PLUGINS, extra=[("recorder", recorder)]) as rh, client_for(rh.url()) as client, \
+            ThreadPoolExecutor(2) as pool:
+        got_first_token = threading.Event()
+
+        def stream_first() -> tuple[str, str | None]:
+            parts, finish = [], None
+            for chunk in client.chat.completions.create(model="first", messages=HELLO, max_tokens=12, stream=True):
+                for choice in chunk.choices:
+                    parts.append(choice.delta.content or "")
+                    finish = choice.finish_reason or finish
+                    if choice.delta.content:
+                        got_first_token.set()
+            return "".join(parts), finish
+
+        first = pool.submit(stream_first)
+        assert got_first_token.wait(30)
+        second = pool.submit(chat, client, "second", 5)
+        wait_until(lambda: ("request_started", "second") in recorder.kinds(), "the second request to arrive")
+        # The second model cannot load while the first one streams.
+        assert rh.host.scheduler.status("first").in_flight == 1
+        assert rh.host.scheduler.status("second").state == "unloaded"
+        assert not second.done()
+        pause.unlink()
+
+        assert first.result(30) == (fake.reply_text(12), "length")  # complete and intact
+        assert second.result(30) == fake.reply_text(5)
+        finished = recorder.index("request_finished", "first", status=200)
+        evicted = recorder.index("model_unloaded", "first", reason="evicted")
+        loading = recorder.index("model_loading", "second")
+        assert recorder.index("request_started", "second") < finished < evicted < loading
+        assert rh.host.scheduler.status("first").state == "unloaded"
+
+
+def test_memory_budget_evicts_lru_idle_and_never_the_pinned(tmp_path, model):
+    recorder = Recorder()
+    models = {"pinned": model("pinned", memory="1GiB", pinned=True),
+              **{name: model(name, memory="1GiB") for name in ("a", "b", "c")}}
+    config = site(tmp_path, models, max_loaded=0, memory_budget="3GiB")
+    with serve_host(config, PLUGINS, extra=[("recorder", recorder)]) as rh, client_for(rh.url()) as client:
+        def loaded() -> set[str]:
+            return {s.name for s in rh.host.scheduler.statuses() if s.state == "loaded"}
+
+        for name in ("pinned", "a", "b"):
+            chat(client, name)
+        assert loaded() == {"pinned", "a", "b"}
+        chat(client, "a")  # b is now the least recently used idle model (pinned is older, but pinned)
+        chat(client, "c")
+        assert loaded() == {"pinned", "a", "c"}
+        chat(client, "b")  # now a is the least recently used
+        assert loaded() == {"pinned", "c", "b"}
+        evictions = [e.model for e in recorder.events if e.kind == "model_unloaded"]
+        assert evictions == ["b", "a"]
+        assert all(e.reason == "evicted" for e in recorder.events if e.kind == "model_unloaded")
+        assert len(starts(tmp_path, "pinned")) == 1
+
+
+def test_model_larger_than_the_budget_is_a_clear_error(tmp_path, model):
+    models = {"small": model("small", memory="1GiB"), "huge": model("huge", memory="10GiB")}
+    config = site(tmp_path, models, max_loaded=0, memory_budget="3GiB")
+    with serve_host(config, PLUGINS) as rh, client_for(rh.url(), timeout=20) as client:
+        chat(client, "small")
+        with pytest.raises(openai.InternalServerError) as info:
+            chat(client, "huge")
+        assert info.value.status_code == 503
+        assert info.value.response.json()["error"]["code"] == "model_too_large"
+        message = error_message(info.value)
+        assert "'huge'" in message and "budget" in message and "3.00 GiB" in message
+        assert starts(tmp_path, "huge") == []
+        assert rh.host.scheduler.status("small").state == "loaded"  # nothing was evicted for a hopeless load
+
+
+def test_pinned_models_filling_the_budget_is_a_clear_error(tmp_path, model):
+    models = {"p1": model("p1", memory="1GiB", pinned=True), "p2": model("p2", memory="1GiB", pinned=True),
+              "other": model("other", memory="1GiB")}
+    config = site(tmp_path, models, max_loaded=0, memory_budget="2GiB")
+    with serve_host(config, PLUGINS) as rh, client_for(rh.url(), timeout=20) as client:
+        chat(client, "p1")
+        chat(client, "p2")
+        with pytest.raises(openai.InternalServerError) as info:
+            chat(client, "other")
+        assert info.value.status_code == 503
+        message = error_message(info.value)
+        assert "'other'" in message and "pinned" in message and "p1" in message and "p2" in message
+
+
+def test_queue_timeout_while_loading_gives_503_with_retry_after(tmp_path, model):
+    config = site(tmp_path, {"slow": model("slow", FAKE_READY_FILE=tmp_path / "never")}, queue_timeout=0.5)
+    with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
+        with pytest.raises(openai.InternalServerError) as info:
+            chat(client, "slow")
+        assert info.value.status_code == 503
+        assert info.value.response.json()["error"]["code"] == "queue_timeout"
+        assert "'slow'" in error_message(info.value)
+        assert int(info.value.response.headers["retry-after"]) >= 1
+
+
+def test_queue_timeout_while_waiting_for_room(tmp_path, model):
+    pause = tmp_path / "pause"
+    pause.touch()
+    config = site(tmp_path, {"busy": model("busy", FAKE_PAUSE_FILE=pause), "other": model("other")},
+                  max_loaded=1, queue_timeout=0.5)
+    with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
+        stream = client.chat.completions.create(model="busy", messages=HELLO, max_tokens=4, stream=True)
+        chunks = iter(stream)
+        next(chunks)  # the stream is open and in flight
+        with pytest.raises(openai.InternalServerError) as info:
+            chat(client, "other")
+        assert info.value.response.json()["error"]["code"] == "queue_timeout"
+        assert "retry-after" in info.value.response.headers
+        pause.unlink()
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == fake.reply_text(4)
+        assert rh.host.scheduler.status("other").state == "unloaded"
+
+
+# --- the real CLI ------------------------------------------------------------------------------------------------------
+
+
+def cli_config(tmp_path: Path, models: dict[str, Any], keep: tuple[str, ...] = ("openai_api", "llama_server"),
+               **extra: Any) -> Path:
+    """A site file enabling only ``keep`` among the installed plugins, on a free main port."""
+    plugins = {ep.name: {"enabled": False} for ep in md.entry_points(group="llama_host") if ep.name not in keep}
+    data = {"port": free_port(), "log_dir": str(tmp_path / "logs"), "plugins": plugins, "models": models,
+            "scheduler": {"max_loaded": 1, "startup_timeout": 30, "stop_grace": 2}, **extra}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def running_cli(config: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``llama-host --config CONFIG`` in a subprocess, yielded once its health endpoint answers."""
+    port = yaml.safe_load(config.read_text())["port"]
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "cli.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "llama_host.cli", "--config", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"llama-host exited with {proc.returncode}:\n{(tmp_path / 'cli.log').read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(url + "/api/v1/health", timeout=2).status_code == 200
+            return False
+
+        wait_until(healthy, "llama-host to answer /api/v1/health", timeout=60)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+        log.close()
+
+
+def test_sigterm_during_an_open_stream_exits_0_and_leaves_no_runner(tmp_path, model, fake_bin):
+    pause = tmp_path / "pause"
+    pause.touch()  # the stream stays open until the host stops
+    config = cli_config(tmp_path, {"tiny": model("tiny", FAKE_PAUSE_FILE=pause)}, shutdown_grace=2)
+    with running_cli(config, tmp_path) as (proc, url):
+        body = {"model": "tiny", "messages": HELLO, "max_tokens": 4, "stream": True}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
+            lines = response.iter_lines()
+            assert next(line for line in lines if '"content": " t0"' in line)
+            pids = starts(tmp_path, "tiny")
+            assert len(pids) == 1 and not gone(pids[0])
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=2 + 15)  # shutdown_grace + a few seconds; a hang fails here
+            with contextlib.suppress(httpx.HTTPError):
+                for _ in lines:
+                    pass
+        assert code == 0, (tmp_path / "cli.log").read_text()
+        assert gone(pids[0])
+        assert fake_processes(fake_bin) == []
+
+
+def test_sigkill_of_the_host_leaves_no_runner(tmp_path, model, fake_bin):
+    config = cli_config(tmp_path, {"tiny": model("tiny")})
+    with running_cli(config, tmp_path) as (proc, url):
+        assert httpx.post(url + "/api/v1/models/tiny/load", timeout=30).status_code == 200
+        pid = httpx.get(url + "/api/v1/models/tiny", timeout=10).json()["pid"]
+        assert pid == starts(tmp_path, "tiny")[0] and not gone(pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        wait_until(lambda: gone(pid), f"runner {pid} to die with its host (PR_SET_PDEATHSIG)", timeout=10)
+    assert fake_processes(fake_bin) == []
+
+
+if sys.platform != "linux":  # PR_SET_PDEATHSIG is Linux-only
+    test_sigkill_of_the_host_leaves_no_runner = pytest.mark.skip("Linux only")(test_sigkill_of_the_host_leaves_no_runner)
+
