@@ -353,6 +353,7 @@ class _Reader:
                     off = nxt
                     remaining -= 1
                 self.pos = self.base + off
+            buf = b""  # let the refill below replace the window rather than hold two
             if remaining:
                 n = self.u64(what)
                 if self.pos + n > self.size:
@@ -372,6 +373,8 @@ class _Reader:
         hi = min(self.size, lo + count * FAST_MAX_AVG)
         own = key.split(".", 1)[0].encode() + b"."
         order = [own] + [ns for ns in self.namespaces if ns != own]
+        self.buf = b""  # the search reads its own windows; the parse resumes elsewhere
+        self.base = 0
         for ns in order:
             found = self._search_key_header(ns, lo, hi)
             if found is not None:
@@ -399,6 +402,7 @@ class _Reader:
                         if vtype <= ValueType.FLOAT64:
                             return wstart + i - 8
                 i = chunk.find(ns, i + 1)
+            chunk = b""  # free this window before reading the next
             start = wstart + WINDOW
         return None
 
