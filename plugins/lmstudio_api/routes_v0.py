@@ -113,9 +113,16 @@ async def _v0_events(up: Upstream, lease: Lease, meter: RequestMeter, extras: Ex
         trailer = decorator.trailer()
         if trailer is not None:
             yield sse.data_event(trailer)
+        # the runner is done: free the model and record the request before the client sees the end
+        up.close()
+        lease.release()
+        meter.finish(status, error)
         yield sse.DONE
     except HostError as exc:
         status, error = exc.status, exc.message
+        up.close()
+        lease.release()
+        meter.finish(status, error)
         yield openai_error_event(exc)
     except BaseException:  # the client went away: closing the upstream below stops generation
         status, error = 499, "client disconnected"

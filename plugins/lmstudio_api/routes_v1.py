@@ -170,7 +170,7 @@ class V1Chat:
             except HostError as exc:  # LM Studio reports it as an event, then still ends with the partial result
                 status, error = exc.status, exc.message
                 yield sse.named_event("error", {"error": stream_error(exc)})
-            self._release()
+            self._release()  # the runner is done: free the model before the closing events
             for name, data in self.fold.close():
                 yield sse.named_event(name, data)
             result = msgspec.to_builtins(self._result())

@@ -90,7 +90,7 @@ V1_CHAT_STATS = {"input_tokens": int, "total_output_tokens": int, "reasoning_out
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("lmstudio-models")
-    chat = write_tiny_model(folder / "tiny.gguf")
+    chat = write_tiny_model(folder / "tiny.gguf", context_length=8192)
     embed = write_tiny_model(folder / "tiny-embed.gguf", name="tiny-embed", embedding=True)
     return chat, embed
 
@@ -109,8 +109,9 @@ def running(models: tuple[Path, Path], llama_server_bin: str, recorder: Recorder
         "models": {
             "tiny": {"path": str(chat), "params": {"ctx_size": 1024}, "aliases": ["tiny-alias"]},
             "tiny-embed": {"path": str(embed), "params": {"ctx_size": 512, "embeddings": True, "pooling": "mean"}},
-            # a short context, to run out of it quickly
+            # a short context, to run out of it quickly; a long one, to stop a generation halfway
             "tiny-short": {"path": str(chat), "params": {"ctx_size": 256}, "unlisted": True},
+            "tiny-long": {"path": str(chat), "params": {"ctx_size": 8192}, "unlisted": True},
         },
     }
     with serve_host(config, plugins=PLUGINS, extra=[("recorder", recorder)]) as running:
@@ -476,10 +477,11 @@ def test_openai_routes_share_the_port(client: httpx.Client) -> None:
 
 
 def test_client_disconnect_ends_the_request(running: Any, client: httpx.Client, recorder: Recorder) -> None:
+    # no token limit: the runner would go on to the end of its 8192-token context
     for path, body in (
-        ("/api/v0/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+        ("/api/v0/chat/completions", {"model": "tiny-long", "messages": [{"role": "user", "content": "hi"}],
                                       "max_tokens": -1, "stream": True}),
-        ("/api/v1/chat", {"model": "tiny", "input": "hi", "stream": True}),
+        ("/api/v1/chat", {"model": "tiny-long", "input": "hi", "stream": True}),
     ):
         seen = len(recorder.finished)
         with client.stream("POST", path, json=body) as response:
@@ -488,7 +490,8 @@ def test_client_disconnect_ends_the_request(running: Any, client: httpx.Client, 
                     break  # leave mid-generation
         event = recorder.last(path, seen)
         assert (event.status, event.error) == (499, "client disconnected")
-        wait_for(lambda: running.host.scheduler.status("tiny").in_flight == 0, "the lease released")
+        wait_for(lambda: running.host.scheduler.status("tiny-long").in_flight == 0, "the lease released")
+    unload(running, "tiny-long")
 
 
 def test_api_keys_guard_the_surface(models: tuple[Path, Path], llama_server_bin: str) -> None:
@@ -501,3 +504,37 @@ def test_api_keys_guard_the_surface(models: tuple[Path, Path], llama_server_bin:
         check_fields(denied.json()["error"], {"message": str, "type": {"authentication_error"}}, "401")
         allowed = httpx.get(url + "/api/v1/models", headers={"Authorization": "Bearer sekrit"})
         assert allowed.status_code == 200 and allowed.json()["models"][0]["key"] == "tiny"
+
+
+def test_models_described_from_real_gguf_metadata(tmp_path: Path, llama_server_bin: str) -> None:
+    """Models found by GGUF discovery in LM Studio's folder layout carry their real metadata into both APIs."""
+    home = tmp_path / ".lmstudio" / "models" / "acme"
+    for repo in ("Tiny-GGUF", "Embed-GGUF"):
+        (home / repo).mkdir(parents=True)
+    write_tiny_model(home / "Tiny-GGUF" / "tiny-chat.gguf", context_length=4096)
+    write_tiny_model(home / "Embed-GGUF" / "tiny-embed.gguf", name="tiny-embed", embedding=True)
+    config = {"plugins": {"llama_server": {"binary": llama_server_bin},
+                          "discovery_gguf": {"dirs": [str(home.parent)], "params": {"ctx_size": 512}}}}
+    with serve_host(config, plugins=[*PLUGINS, "discovery_gguf"]) as running, \
+            httpx.Client(base_url=running.url("lmstudio_api"), timeout=120) as client:
+        v0 = {m["id"]: m for m in client.get("/api/v0/models").json()["data"]}
+        assert set(v0) == {"tiny-chat", "tiny-embed"}
+        chat, embed = v0["tiny-chat"], v0["tiny-embed"]
+        check_fields(chat, {**V0_MODEL, "arch": {"llama"}, "quantization": {"F32"}, "publisher": {"acme"}}, "v0")
+        assert chat["type"] == "llm" and chat["max_context_length"] == 4096
+        assert chat["capabilities"] == ["tool_use"]  # its chat template takes tools
+        assert embed["type"] == "embeddings" and embed["capabilities"] == []
+
+        v1 = {m["key"]: m for m in client.get("/api/v1/models").json()["models"]}
+        check_fields(v1["tiny-chat"], {**V1_MODEL, "architecture": {"llama"}, "display_name": {"tiny"},
+                                       "params_string": str, "publisher": {"acme"}}, "v1")
+        assert v1["tiny-chat"]["quantization"] == {"name": "F32", "bits_per_weight": 32}
+        assert v1["tiny-chat"]["capabilities"] == {"vision": False, "trained_for_tool_use": True}
+        assert v1["tiny-chat"]["size_bytes"] == (home / "Tiny-GGUF" / "tiny-chat.gguf").stat().st_size
+        assert v1["tiny-embed"]["type"] == "embedding" and "capabilities" not in v1["tiny-embed"]
+
+        reply = client.post("/api/v0/chat/completions", json={
+            "model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).json()
+        assert reply["model_info"] == {"arch": "llama", "quant": "F32", "format": "gguf", "context_length": 512}
+        listed = {m["key"]: m for m in client.get("/api/v1/models").json()["models"]}
+        assert listed["tiny-chat"]["loaded_instances"] == [{"id": "tiny-chat", "config": {"context_length": 512}}]
