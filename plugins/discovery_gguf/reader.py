@@ -19,9 +19,8 @@ from __future__ import annotations
 import os
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
-from pathlib import Path
 from typing import Any
 
 GGUF_MAGIC = b"GGUF"
@@ -188,7 +187,6 @@ class GGUFFile:
     data_offset: int
     #: How the big string arrays were skipped: "fast", "exact" or "none" (for benchmarks and tests).
     skip_mode: str = "none"
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str | None:
@@ -532,11 +530,3 @@ def scalar_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     """The metadata with every array replaced by its length (what an API shows as raw GGUF keys)."""
     return {k: (len(v) if isinstance(v, GGUFArray) else v) for k, v in metadata.items()}
 
-
-def is_gguf(path: str | Path) -> bool:
-    """True when the file starts with the GGUF magic (cheap; reads 4 bytes)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == GGUF_MAGIC
-    except OSError:
-        return False

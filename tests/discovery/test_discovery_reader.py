@@ -69,6 +69,15 @@ def test_token_array_followed_by_another_namespace(vocab_model, reference):
     assert f.metadata["general.after"] == "x"
     assert again(mixed, fast=False).metadata == f.metadata
 
+    # A key of another namespace between the tokens and a later "tokenizer." key: the fast path lands on the
+    # later key, the keys that follow do not add up, and the reader starts over with exact walks.
+    skipped = write_tiny_model(path.with_name("skipped.gguf"), n_vocab_words=10, extra_kv={
+        "tokenizer.ggml.tokens": [f"t{i}" for i in range(6_000)], "general.between": 7,
+        "tokenizer.ggml.scores": [0.0] * 6_000})
+    f = assert_same_as_reference(skipped, reference)
+    assert f.metadata["general.between"] == 7
+    assert f.skip_mode == "exact"
+
 
 def test_adversarial_tokens_fall_back_to_exact(vocab_model, reference):
     # A token that is byte for byte a key header, placed where the fast path looks first: the verification
