@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import sys
 import threading
+import time
 
 import httpx
 import msgspec
@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import llama_host_metrics
 from llama_host.errors import ConfigError
 from llama_host.host import Host
-from llama_host.serve import serve
+from llama_host.testing import serve_host
 from llama_host.types import ModelLoaded, ModelLoading, ModelUnloaded, RequestFinished, RequestStarted
 
 MODEL = "tiny"
@@ -140,30 +140,18 @@ async def test_endpoints(tmp_path, child):
             assert (await client.get("/api/v1/metrics")).json()["runners"] == []
 
 
-@contextlib.asynccontextmanager
-async def served(host: Host):
-    """The host on a real ephemeral port (streams need a real socket: httpx's ASGI transport buffers bodies)."""
-    stop = asyncio.Event()
-    ready: asyncio.Future[dict[int, int]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(host, stop=stop, on_ready=ready.set_result, install_signals=False))
-    try:
-        ports = await asyncio.wait_for(asyncio.shield(ready), 30)
-        yield f"http://127.0.0.1:{next(iter(ports.values()))}"
-    finally:
-        stop.set()
-        await task
-
-
-async def test_event_stream(tmp_path):
-    host = make_host(tmp_path, sample_seconds=0.05, port=0)
-    plugin = llama_host_metrics.plugin_for(host)
+def test_event_stream(tmp_path):
+    """Over a real socket (httpx's ASGI transport buffers whole bodies); events are emitted from this thread."""
     seen: list[tuple[str, dict]] = []
-    async with served(host) as url, httpx.AsyncClient(base_url=url) as client:
-        async with client.stream("GET", "/api/v1/events") as r:
+    data = {"log_dir": str(tmp_path / "logs"), "plugins": {"metrics": {"sample_seconds": 0.05}}}
+    with serve_host(data, ["metrics"]) as rh, httpx.Client(base_url=rh.url(), timeout=30) as client:
+        host = rh.host
+        hub = llama_host_metrics.plugin_for(host).recorder.hub
+        with client.stream("GET", "/api/v1/events") as r:
             assert r.headers["content-type"].startswith("text/event-stream")
             assert r.headers["cache-control"] == "no-cache"
             kind = None
-            async for line in r.aiter_lines():
+            for line in r.iter_lines():
                 if line.startswith("event: "):
                     kind = line[7:]
                 elif line.startswith("data: "):
@@ -175,7 +163,10 @@ async def test_event_stream(tmp_path):
                     kinds = [k for k, _ in seen]
                     if "model_unloaded" in kinds and "system" in kinds:
                         break
-        await until(lambda: plugin.recorder.hub.clients == 0)
+        deadline = time.monotonic() + 10
+        while hub.clients and time.monotonic() < deadline:  # the server notices the closed stream
+            time.sleep(0.02)
+        assert hub.clients == 0
     kinds = [k for k, _ in seen]
     assert kinds[0] == "snapshot"
     assert "totals" in seen[0][1]
