@@ -68,15 +68,10 @@ export const configPanel = {
 
 // --- discovery ----------------------------------------------------------------------------------------------------
 
-function itemName(item) {
-  if (typeof item === "string") return item;
-  return item?.name || item?.model || item?.path || JSON.stringify(item);
-}
-
 function list(title, items, kind) {
   return h("section", { class: `card result-list result-${kind}`, "aria-label": title },
     h("h2", {}, title, " ", h("span", { class: "count", text: String(items.length) })),
-    items.length ? h("ul", {}, items.map((i) => h("li", { class: "mono", text: itemName(i) }))) : h("p", { class: "muted", text: "none" }));
+    items.length ? h("ul", {}, items.map((i) => h("li", { class: "mono", text: String(i) }))) : h("p", { class: "muted", text: "none" }));
 }
 
 function problems(list) {

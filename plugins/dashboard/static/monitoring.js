@@ -26,11 +26,6 @@ let renderScheduled = false;
 const rate = (v) => (v >= 100 ? fmt.integer(v) : fmt.decimal(v, v < 1 ? 2 : 1));
 const pct = (v) => `${fmt.decimal(v, 0)}%`;
 
-function activityRows(body) {
-  if (Array.isArray(body)) return body;
-  return body.activity || body.requests || body.items || body.entries || [];
-}
-
 function tokensPerSecond(e) {
   if (e.tokens_per_second != null) return e.tokens_per_second;
   if (e.completion_tokens && e.predicted_ms) return (e.completion_tokens / e.predicted_ms) * 1000;
@@ -38,8 +33,7 @@ function tokensPerSecond(e) {
 }
 
 function addActivity(entry) {
-  const id = entry.id ?? `${entry.ts}-${entry.model}-${entry.endpoint}`;
-  activity.set(id, entry);
+  activity.set(entry.id, entry);
 }
 
 function prune() {
@@ -210,7 +204,7 @@ async function loadSummary() {
 
 async function loadActivity() {
   const body = await getJSON(`/api/v1/activity?limit=500`);
-  for (const e of activityRows(body)) addActivity(e);
+  for (const e of body.activity || []) addActivity(e);
 }
 
 async function poll() {

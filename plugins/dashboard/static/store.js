@@ -1,4 +1,4 @@
-// What several panels share: the model list, which optional APIs the host serves, and a small event bus.
+// What several panels share: the model list, the host's status, and a small event bus.
 import { getJSON } from "./api.js";
 
 const listeners = new Map();
@@ -21,8 +21,6 @@ export function emit(topic, payload) {
 export const store = {
   models: [],
   status: null,
-  /** Per optional API: true (served), false (404: its plugin is absent), undefined (not asked yet). */
-  features: {},
 };
 
 let inflight = null;
