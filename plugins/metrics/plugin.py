@@ -86,6 +86,7 @@ class MetricsPlugin:
                 with contextlib.suppress(asyncio.CancelledError):
                     await sampler_task
             self._wake = None
+            self._loop_thread = None  # the loop may close after this: later events are recorded where they come
             self.recorder.hub.close()
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
