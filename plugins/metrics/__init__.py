@@ -7,14 +7,13 @@ See README.md in this folder for the JSON shapes.
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from llama_host import Surface, hookimpl
 
-from .plugin import NAME, MetricsPlugin
+from .plugin import NAME, MetricsPlugin, plugin_for
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -23,17 +22,6 @@ if TYPE_CHECKING:
     from llama_host import Host
 
 __all__ = ["MetricsPlugin", "Settings", "plugin_for"]
-
-# This module is registered in every host's plugin manager (tests run several hosts): state is kept per host.
-_instances: weakref.WeakKeyDictionary[Host, MetricsPlugin] = weakref.WeakKeyDictionary()
-
-
-def plugin_for(host: Host) -> MetricsPlugin:
-    """The metrics instance of ``host`` (created on first use)."""
-    plugin = _instances.get(host)
-    if plugin is None:
-        plugin = _instances[host] = MetricsPlugin(host)
-    return plugin
 
 
 @hookimpl

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,3 +108,15 @@ class MetricsPlugin:
             await asyncio.sleep(MIN_SAMPLE_GAP)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, self.settings.sample_seconds - MIN_SAMPLE_GAP))
+
+
+# The plugin module is registered in every host's plugin manager (tests run several hosts): state is kept per host.
+_instances: weakref.WeakKeyDictionary[Host, MetricsPlugin] = weakref.WeakKeyDictionary()
+
+
+def plugin_for(host: Host) -> MetricsPlugin:
+    """The metrics instance of ``host`` (created on first use)."""
+    plugin = _instances.get(host)
+    if plugin is None:
+        plugin = _instances[host] = MetricsPlugin(host)
+    return plugin

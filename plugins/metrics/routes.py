@@ -12,9 +12,9 @@ from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 from prometheus_client.exposition import choose_encoder
 
-from llama_host import Host, HostDep
+from llama_host import HostDep
 
-from .plugin import MetricsPlugin
+from .plugin import MetricsPlugin, plugin_for
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 #: Events written to a stream client in one write at most (those already queued go out together).
@@ -26,17 +26,11 @@ def sse(kind: str, payload: Any) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + _encode(payload) + b"\n\n"
 
 
-def _plugin(host: Host) -> MetricsPlugin:
-    from . import plugin_for  # the per-host registry lives in the package
-
-    return plugin_for(host)
-
-
 @get("/metrics", sync_to_thread=False)
 def prometheus_metrics(host: HostDep, request: Request) -> Response[bytes]:
     """Prometheus exposition (text format; OpenMetrics when the scraper asks for it)."""
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encoder(_plugin(host).recorder.registry), media_type=content_type)
+    return Response(encoder(plugin_for(host).recorder.registry), media_type=content_type)
 
 
 class MetricsController(Controller):
@@ -46,7 +40,7 @@ class MetricsController(Controller):
     @get("/metrics", sync_to_thread=False)
     def summary(self, host: HostDep) -> dict[str, Any]:
         """Per model, per runner and machine figures (see plugins/metrics/README.md)."""
-        return _plugin(host).recorder.summary()
+        return plugin_for(host).recorder.summary()
 
     @get("/activity")
     async def activity(
@@ -57,7 +51,7 @@ class MetricsController(Controller):
         before: Annotated[int | None, QueryParameter(ge=1)] = None,
     ) -> dict[str, Any]:
         """The newest finished requests first; ``before`` (an id) pages back, into SQLite when it is configured."""
-        plugin = _plugin(host)
+        plugin = plugin_for(host)
         rec = plugin.recorder
         rows = rec.recent(limit, model=model, before=before)
         if plugin.store is not None and len(rows) < limit:
@@ -70,7 +64,7 @@ class MetricsController(Controller):
     @get("/events", sync_to_thread=False)
     def events(self, host: HostDep) -> Stream:
         """Live events (SSE): a ``snapshot`` first, then every host event and the periodic samples."""
-        plugin = _plugin(host)
+        plugin = plugin_for(host)
         return Stream(_event_stream(plugin), media_type="text/event-stream", headers=SSE_HEADERS)
 
 

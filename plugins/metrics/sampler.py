@@ -162,9 +162,8 @@ class Sampler:
         proc = self._procs.get(pid)
         first = proc is None or not proc.is_running()  # is_running() also catches a reused pid
         try:
-            if first:
+            if proc is None or first:
                 proc = self._procs[pid] = psutil.Process(pid)
-            assert proc is not None
             with proc.oneshot():
                 cpu = proc.cpu_percent(None)
                 mem = proc.memory_info()
