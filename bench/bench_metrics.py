@@ -32,6 +32,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_relay import CORE_PLUGINS, MODEL, Run, measure, model_spec, start_upstream  # noqa: E402
+from bench_relay import parse_args as relay_defaults  # noqa: E402
 from common import (  # noqa: E402
     HostProcess,
     chat_body,
@@ -81,12 +82,13 @@ def recording_cost(n: int = 20000) -> dict[str, float]:
     return {"on": asyncio.run(one(["metrics"])), "off": asyncio.run(one([]))}
 
 
-def site_for(args: argparse.Namespace, tmp: Path, upstream_url: str | None, metrics: bool) -> dict:
+def site_for(args: argparse.Namespace, relay: argparse.Namespace, tmp: Path, upstream_url: str | None,
+             metrics: bool) -> dict:
     plugins = plugin_flags(CORE_PLUGINS, metrics=metrics)
     if metrics and args.activity_db:
         plugins["metrics"] = {**plugins.get("metrics", {}), "activity_db": str(tmp / "activity.db")}
     return {"scheduler": {"max_loaded": 1, "ttl": 0, "startup_timeout": 60}, "plugins": plugins,
-            "models": {MODEL: model_spec(args, tmp, upstream_url)}}
+            "models": {MODEL: model_spec(relay, tmp, upstream_url)}}
 
 
 async def read_events(url: str, counter: list[int]) -> None:
@@ -134,11 +136,13 @@ def report_round(i: int, r: dict[str, dict[str, Run]], args: argparse.Namespace)
 
 async def main_async(args: argparse.Namespace) -> int:
     print(machine_line())
-    print(f"upstream: {args.upstream} ({args.runtime} runtime); events client: {'yes' if args.events_client else 'no'};"
+    print(f"upstream: bench_relay's fake (remote runtime); events client: {'yes' if args.events_client else 'no'};"
           f" activity db: {'yes' if args.activity_db else 'no'}")
     print(f"host: {host_python_info()}")
     with workdir(args.keep) as tmp:
-        upstream, upstream_url = start_upstream(args, tmp)
+        # bench_relay's defaults: its fake upstream, started here, with both hosts pointing at it (remote runtime).
+        relay = relay_defaults([])
+        upstream, upstream_url = start_upstream(relay, tmp)
         readers: list[asyncio.Task] = []
         events = [0]
         try:
@@ -148,7 +152,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     folder = tmp / side
                     folder.mkdir()
                     hosts[side] = stack.enter_context(
-                        HostProcess(site_for(args, folder, upstream_url, side == "on"), folder))
+                        HostProcess(site_for(args, relay, folder, upstream_url, side == "on"), folder))
                 for side, host in hosts.items():
                     async with aiohttp.ClientSession() as s, s.post(f"{host.url}/api/v1/models/{MODEL}/load") as r:
                         if r.status != 200:
@@ -196,10 +200,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--activity-db", action="store_true", help="persist the activity log to SQLite on the metrics host")
     p.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
-    args = p.parse_args(argv)
-    # What bench_relay's upstream helpers read: the fake upstream started here, the hosts pointing at it.
-    args.upstream, args.runtime, args.model, args.llama_server, args.ctx_size = "fake", "remote", None, None, 2048
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
