@@ -79,7 +79,11 @@ def measure(host: HostProcess, model: str, tokens: int, rounds: int) -> dict[str
                    "stream_options": {"include_usage": True}}
     ollama_body = {"model": model, "messages": PROMPT, "options": {"num_predict": tokens, "temperature": 0}}
     cases = {"openai": (openai_url, openai_body, b"\n\n"), "ollama": (ollama_url, ollama_body, b"\n")}
-    results: dict[str, dict[str, list[float]]] = {name: {"rate": [], "cpu_us": [], "events": []} for name in cases}
+    results: dict[str, dict[str, list[float]]] = {name: {"rate": [], "events": [], "upstream": []}
+                                                   for name in cases}
+    # CPU time is summed over the rounds: the kernel counts it in clock ticks (10 ms), too coarse for one request.
+    cpu_total = dict.fromkeys(cases, 0.0)
+    events_total = dict.fromkeys(cases, 0)
     with httpx.Client(timeout=120) as http:
         for name, (url, body, sep) in cases.items():  # warm up: load the model, fill the pools
             stream_once(http, url, body, sep)
@@ -91,18 +95,31 @@ def measure(host: HostProcess, model: str, tokens: int, rounds: int) -> dict[str
                 if name == "ollama":
                     last = json.loads(tail.rstrip(b"\n").rsplit(b"\n", 1)[-1])
                     assert last.get("done") is True, last
+                    upstream = last["eval_count"] / (last["eval_duration"] / 1e9)
+                else:
+                    timings = [json.loads(line[6:])["timings"] for line in tail.split(b"\n")
+                               if line.startswith(b"data: {") and b'"timings"' in line]
+                    upstream = timings[-1]["predicted_per_second"] if timings else float("nan")
+                results[name]["upstream"].append(upstream)
                 results[name]["rate"].append(events / seconds)
-                results[name]["cpu_us"].append(cpu / events * 1e6)
+                cpu_total[name] += cpu
+                events_total[name] += events
                 results[name]["events"].append(events)
-    return {name: {k: median(v) for k, v in r.items()} for name, r in results.items()}
+    out = {name: {k: median(v) for k, v in r.items() if v} for name, r in results.items()}
+    for name in cases:
+        out[name]["cpu_us"] = cpu_total[name] / max(1, events_total[name]) * 1e6
+    return out
 
 
-def report(label: str, tokens: int, rounds: int, res: dict[str, dict[str, float]]) -> None:
+def report(label: str, tokens: int, rounds: int, res: dict[str, dict[str, float]], runner: bool) -> None:
+    """``runner``: show the generation speed llama-server reports (its ``timings``) for the same requests."""
     o, a = res["ollama"], res["openai"]
     print(f"\n{label}: {tokens} tokens per request, median of {rounds} rounds")
-    print(f"  {'surface':<8} {'chunks/s':>10} {'host CPU µs/chunk':>18} {'chunks':>7}")
+    print(f"  {'surface':<8} {'chunks/s':>10} {'host CPU µs/chunk':>18} {'chunks':>7}"
+          + (f" {'runner tokens/s':>16}" if runner else ""))
     for name, r in (("openai", a), ("ollama", o)):
-        print(f"  {name:<8} {r['rate']:>10.0f} {r['cpu_us']:>18.1f} {r['events']:>7.0f}")
+        print(f"  {name:<8} {r['rate']:>10.0f} {r['cpu_us']:>18.1f} {r['events']:>7.0f}"
+              + (f" {r['upstream']:>16.0f}" if runner else ""))
     print(f"  ratio ollama/openai chunk throughput: {o['rate'] / a['rate']:.2f} "
           f"(translation cost {max(0.0, 1 - o['rate'] / a['rate']) * 100:.0f}%)")
 
@@ -122,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 models = {"fake": {"runtime": "remote", "url": url}}
                 with HostProcess(site(models, "remote_runtime"), folder) as host:
                     report("fake upstream (as fast as the socket allows)", a.tokens, a.rounds,
-                           measure(host, "fake", a.tokens, a.rounds))
+                           measure(host, "fake", a.tokens, a.rounds), runner=False)
             finally:
                 stop_process(fake)
     if a.upstream in ("real", "both"):
@@ -133,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             model = write_tiny_model(folder / "tiny.gguf")
             models = {"tiny": {"path": str(model), "params": {"ctx_size": a.tokens + 512}}}
             with HostProcess(site(models, "llama_server", {"llama_server": {"binary": binary}}), folder) as host:
-                report("real llama-server, tiny model", a.tokens, a.rounds, measure(host, "tiny", a.tokens, a.rounds))
+                report("real llama-server, tiny model", a.tokens, a.rounds, measure(host, "tiny", a.tokens, a.rounds),
+                       runner=True)
     return 0
 
 
