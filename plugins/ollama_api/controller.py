@@ -227,6 +227,11 @@ class OllamaController(Controller):
                   "site file"))
 
 
+def _runner_params(spec: ModelSpec, load_params: dict[str, Any]) -> dict[str, Any] | None:
+    """Load-time options are llama-server flags: other runtimes (a remote server, a command) are left alone."""
+    return load_params if load_params and spec.runtime == "llama-server" else None
+
+
 def _can_generate(spec: ModelSpec, requested: str, what: str) -> None:
     if catalog.is_embedding(spec):
         raise BadRequest(f'"{requested}" does not support {what}: it is an embedding model')
@@ -244,7 +249,7 @@ async def _load_or_unload(host: Host, spec: ModelSpec, echo: str, ttl: float | N
     if ttl == 0:
         await host.scheduler.unload(spec.name)
         return _json(tr.load_reply(echo, chat=chat, unloaded=True))
-    async with host.scheduler.lease(spec.name, ttl=ttl, load_params=load_params or None):
+    async with host.scheduler.lease(spec.name, ttl=ttl, load_params=_runner_params(spec, load_params)):
         pass
     return _json(tr.load_reply(echo, chat=chat, unloaded=False))
 
@@ -254,7 +259,7 @@ async def _embeddings(host: Host, spec: ModelSpec, endpoint: str, inputs: list[s
     """The runner's ``/v1/embeddings`` reply for ``inputs`` (none: just load the model) and the load wait in ns."""
     meter = host.meter(SURFACE, endpoint, spec.name)
     try:
-        async with host.scheduler.lease(spec.name, ttl=ttl, load_params=load_params or None) as lease:
+        async with host.scheduler.lease(spec.name, ttl=ttl, load_params=_runner_params(spec, load_params)) as lease:
             meter.queue_wait = lease.queue_wait
             load_ns = int(lease.queue_wait * 1e9)
             if not inputs:
@@ -287,7 +292,7 @@ async def _complete(host: Host, spec: ModelSpec, echo: str, endpoint: str, path:
     stream = bool(body.get("stream"))
     meter = host.meter(SURFACE, endpoint, spec.name, stream)
     try:
-        lease = await host.scheduler.acquire(spec.name, ttl=ttl, load_params=load_params or None)
+        lease = await host.scheduler.acquire(spec.name, ttl=ttl, load_params=_runner_params(spec, load_params))
     except HostError as exc:
         meter.finish(exc.status, exc.message)
         raise

@@ -119,3 +119,11 @@ def test_api_keys(fake_upstream):
         assert err.value.status_code == 401 and "API key" in err.value.error
         with ollama.Client(host=base, headers={"Authorization": "Bearer sekret"}) as client:
             assert [m.model for m in client.list().models] == ["toolcalls:latest"]
+
+
+def test_load_time_options_leave_other_runtimes_alone(client, running, fake_upstream):
+    client.chat("toolcalls", messages=[{"role": "user", "content": "hi"}])
+    loaded_at = running.host.scheduler.status("toolcalls").loaded_at
+    client.chat("toolcalls", messages=[{"role": "user", "content": "hi"}], options={"num_ctx": 333, "num_gpu": 1})
+    assert running.host.scheduler.status("toolcalls").loaded_at == loaded_at  # not restarted
+    assert "num_ctx" not in fake_upstream.bodies("toolcalls")[-1]
