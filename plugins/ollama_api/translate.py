@@ -169,6 +169,40 @@ def json_schema_param(fmt: Any) -> dict[str, Any] | None:
     return fmt if isinstance(fmt, dict) else {"type": "object"}
 
 
+def logprob_fields(logprobs: bool | None, top_logprobs: int | None) -> dict[str, Any]:
+    """Ollama ``logprobs``/``top_logprobs`` → the OpenAI chat fields of the same names."""
+    if not logprobs:
+        return {}
+    out: dict[str, Any] = {"logprobs": True}
+    if top_logprobs:
+        out["top_logprobs"] = int(top_logprobs)
+    return out
+
+
+def logprobs_to_ollama(logprobs: Any) -> list[dict[str, Any]] | None:
+    """OpenAI ``choice.logprobs`` (``{"content": [{token, logprob, bytes, top_logprobs}]}``) → Ollama's list."""
+    if not isinstance(logprobs, dict):
+        return None
+    content = logprobs.get("content")
+    if not content:
+        return None
+
+    def one(entry: dict[str, Any]) -> dict[str, Any]:
+        item = {"token": entry.get("token", ""), "logprob": entry.get("logprob", 0.0)}
+        if entry.get("bytes") is not None:
+            item["bytes"] = entry["bytes"]
+        return item
+
+    out = []
+    for entry in content:
+        item = one(entry)
+        top = entry.get("top_logprobs")
+        if top:
+            item["top_logprobs"] = [one(t) for t in top]
+        out.append(item)
+    return out
+
+
 def think_fields(think: bool | str | None) -> dict[str, Any]:
     """Ollama ``think`` → llama-server's chat-template switches (``"high"`` etc. → ``reasoning_effort``)."""
     if think is None:
@@ -273,6 +307,7 @@ def chat_body(req: ChatRequest, model: str, sampling: dict[str, Any], stream: bo
     if rf is not None:
         body["response_format"] = rf
     body.update(think_fields(req.think))
+    body.update(logprob_fields(req.logprobs, req.top_logprobs))
     return _common(body, sampling, stream)
 
 
@@ -307,6 +342,7 @@ def generate_request(req: GenerateRequest, model: str, sampling: dict[str, Any],
     if rf is not None:
         body["response_format"] = rf
     body.update(think_fields(req.think))
+    body.update(logprob_fields(req.logprobs, req.top_logprobs))
     return "/v1/chat/completions", _common(body, sampling, stream)
 
 
@@ -368,6 +404,11 @@ def metrics(usage: dict[str, Any] | None, timings: dict[str, Any] | None, *, tot
         "eval_duration": int(float(timings.get("predicted_ms") or 0.0) * 1_000_000),
     }
     return out
+
+
+def _logprobs_field(logprobs: Any) -> bytes:
+    converted = logprobs_to_ollama(logprobs)
+    return b',"logprobs":' + _encode(converted) if converted else b""
 
 
 class _Stream:
@@ -450,11 +491,13 @@ class ChatStream(_Stream):
             return b""
         self.produced = True
         stamp = stamp or created_at()
+        line = self._head + stamp.encode() + b'","message":{"role":"assistant","content":' + _encode(content or "")
         if thinking:
-            return self._head + stamp.encode() + b'","message":{"role":"assistant","content":' + _encode(
-                content or "") + b',"thinking":' + _encode(thinking) + b'},"done":false}\n'
-        return self._head + stamp.encode() + b'","message":{"role":"assistant","content":' + _encode(
-            content) + b'},"done":false}\n'
+            line += b',"thinking":' + _encode(thinking)
+        line += b"}"
+        if choice.get("logprobs"):
+            line += _logprobs_field(choice["logprobs"])
+        return line + b',"done":false}\n'
 
     def finish(self) -> bytes:
         """The pending tool-call chunk (if any) and the final ``done`` chunk."""
@@ -500,6 +543,8 @@ class GenerateStream(_Stream):
         head = self._head + (stamp or created_at()).encode() + b'","response":' + _encode(text or "")
         if thinking:
             head += b',"thinking":' + _encode(thinking)
+        if choices and choices[0].get("logprobs"):
+            head += _logprobs_field(choices[0]["logprobs"])
         return head + b',"done":false}\n'
 
     def finish(self) -> bytes:
@@ -519,6 +564,9 @@ def chat_reply(reply: dict[str, Any], model: str, *, started_ns: int, load_ns: i
         message["tool_calls"] = tool_calls_to_ollama(msg["tool_calls"])
     out: dict[str, Any] = {"model": model, "created_at": created_at(), "message": message, "done": True,
                            "done_reason": done_reason(choice.get("finish_reason"))}
+    logprobs = logprobs_to_ollama(choice.get("logprobs"))
+    if logprobs:
+        out["logprobs"] = logprobs
     out.update(metrics(reply.get("usage"), reply.get("timings"),
                        total_ns=time.monotonic_ns() - started_ns, load_ns=load_ns))
     return out
@@ -527,9 +575,11 @@ def chat_reply(reply: dict[str, Any], model: str, *, started_ns: int, load_ns: i
 def generate_reply(reply: dict[str, Any], model: str, *, started_ns: int, load_ns: int) -> dict[str, Any]:
     """A non-streamed chat, text completion or native ``/infill`` reply → one Ollama generate response."""
     thinking = None
+    logprobs = None
     usage = reply.get("usage")
     if reply.get("choices"):
         choice = reply["choices"][0]
+        logprobs = logprobs_to_ollama(choice.get("logprobs"))
         msg = choice.get("message")
         if msg is not None:
             text = msg.get("content") or ""
@@ -544,6 +594,8 @@ def generate_reply(reply: dict[str, Any], model: str, *, started_ns: int, load_n
     out: dict[str, Any] = {"model": model, "created_at": created_at(), "response": text}
     if thinking:
         out["thinking"] = thinking
+    if logprobs:
+        out["logprobs"] = logprobs
     out.update({"done": True, "done_reason": reason})
     out.update(metrics(usage, reply.get("timings"), total_ns=time.monotonic_ns() - started_ns, load_ns=load_ns))
     return out

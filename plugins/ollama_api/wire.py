@@ -43,6 +43,8 @@ class _Generation(msgspec.Struct, kw_only=True):
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
     think: bool | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
 
 class GenerateRequest(_Generation, kw_only=True):

@@ -239,6 +239,17 @@ def test_tool_calls_round_trip(client):
     assert parts[-1].done
 
 
+def test_logprobs(client):
+    r = client.chat("tiny", messages=[{"role": "user", "content": "hi"}], logprobs=True, top_logprobs=2,
+                    options={"num_predict": 3})
+    assert len(r.logprobs) == 3
+    assert all(len(lp.top_logprobs) == 2 and lp.logprob <= 0 for lp in r.logprobs)
+    assert "".join(lp.token for lp in r.logprobs) == r.message.content
+    parts = list(client.generate("tiny", "hi", logprobs=True, stream=True, options={"num_predict": 3}))
+    tokens = [lp for p in parts for lp in (p.logprobs or [])]
+    assert len(tokens) == 3 and all(isinstance(lp.logprob, float) for lp in tokens)
+
+
 def test_think_is_accepted(client):
     r = client.chat("tiny", messages=[{"role": "user", "content": "hi"}], think=False, options={"num_predict": 2})
     assert r.done and not r.message.thinking

@@ -346,3 +346,20 @@ async def test_sse_batches_raise_upstream_errors_after_the_good_events():
     assert got == [[{"a": 1}]] and err.value.status == 503
     with pytest.raises(UpstreamError, match="legacy"):
         await _batches(b'error: {"message":"legacy"}\n\n')
+
+
+def test_logprobs_both_ways():
+    req = decode_chat({"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": True,
+                       "top_logprobs": 3})
+    body = t.chat_body(req, "m", {}, stream=True)
+    assert body["logprobs"] is True and body["top_logprobs"] == 3
+    assert "logprobs" not in t.chat_body(decode_chat({"model": "m", "messages": []}), "m", {}, False)
+    upstream = {"content": [{"id": 5, "token": "Hi", "bytes": [72, 105], "logprob": -0.5,
+                             "top_logprobs": [{"id": 5, "token": "Hi", "bytes": [72, 105], "logprob": -0.5}]}]}
+    s = t.ChatStream("m", time.monotonic_ns(), 0)
+    (chunk,) = lines_of(s.feed({"choices": [{"index": 0, "delta": {"content": "Hi"}, "logprobs": upstream}]}))
+    assert chunk["logprobs"] == [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105], "top_logprobs": [
+        {"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}]}]
+    reply = t.chat_reply({"choices": [{"message": {"content": "Hi"}, "logprobs": upstream, "finish_reason": "stop"}]},
+                         "m", started_ns=time.monotonic_ns(), load_ns=0)
+    assert reply["logprobs"][0]["token"] == "Hi"
