@@ -37,7 +37,8 @@ def _pick(meta: dict[str, Any], *keys: str) -> Any:
 
 
 def format_parameter_size(count: int | float | None) -> str:
-    """Ollama's ``HumanNumber``: 8030261248 → ``"8.0B"``, 8e9 → ``"8B"``, 137e6 → ``"137M"``, 1.5e6 → ``"1.50M"``."""
+    """Ollama's ``HumanNumber``: 8030261248 → ``"8.0B"``, 8e9 → ``"8B"``, 137e6 → ``"137M"``,
+    1.5e6 → ``"1.50M"``."""
     if not count:
         return ""
     n = float(count)

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, route
@@ -22,6 +22,10 @@ from . import translate as tr
 from .settings import SURFACE, Settings
 from .sse import sse_batches
 from .wire import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, ShowRequest
+
+if TYPE_CHECKING:
+    from llama_host.proxy import RequestMeter, Upstream
+    from llama_host.scheduler import Lease
 
 log = logging.getLogger("llama_host.ollama_api")
 
@@ -326,7 +330,9 @@ async def _complete(host: Host, spec: ModelSpec, echo: str, endpoint: str, path:
                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _relay(up: Any, lease: Any, meter: Any, translator: tr.ChatStream | tr.GenerateStream) -> AsyncIterator[bytes]:
+async def _relay(up: Upstream, lease: Lease, meter: RequestMeter,
+                 translator: tr.ChatStream | tr.GenerateStream) -> AsyncIterator[bytes]:
+    """Translate the runner's stream as it arrives; the lease and the upstream end with the stream (or the client)."""
     status, error = 200, None
     try:
         feed = translator.feed

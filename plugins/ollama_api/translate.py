@@ -390,11 +390,9 @@ def metrics(usage: dict[str, Any] | None, timings: dict[str, Any] | None, *, tot
     """Ollama's counts and durations (ns) from llama-server's ``usage`` and ``timings``."""
     usage = usage or {}
     timings = timings or {}
-    prompt_n = usage.get("prompt_tokens", timings.get("prompt_n"))
+    # usage counts the whole prompt (cached tokens too), as Ollama does; timings only what was evaluated now.
+    prompt_n = usage.get("prompt_tokens") or timings.get("prompt_n")
     eval_n = timings.get("predicted_n", usage.get("completion_tokens"))
-    # Native (/infill) replies count with their own names.
-    if prompt_n is None:
-        prompt_n = timings.get("prompt_n", 0)
     out = {
         "total_duration": int(total_ns),
         "load_duration": int(load_ns),
@@ -424,7 +422,6 @@ class _Stream:
         self.usage: dict[str, Any] | None = None
         self.timings: dict[str, Any] | None = None
         self.tool_calls: dict[int, dict[str, Any]] = {}
-        self.produced = False  # any text/thinking/tool call sent yet (first token)
 
     def _note(self, event: dict[str, Any]) -> None:
         usage = event.get("usage")
@@ -484,12 +481,10 @@ class ChatStream(_Stream):
         fragments = delta.get("tool_calls")
         if fragments:
             self._gather_tool_calls(fragments)
-            self.produced = True
         content = delta.get("content")
         thinking = delta.get("reasoning_content")
         if not content and not thinking:
             return b""
-        self.produced = True
         stamp = stamp or created_at()
         line = self._head + stamp.encode() + b'","message":{"role":"assistant","content":' + _encode(content or "")
         if thinking:
@@ -539,7 +534,6 @@ class GenerateStream(_Stream):
             return b""
         if not text and not thinking:
             return b""
-        self.produced = True
         head = self._head + (stamp or created_at()).encode() + b'","response":' + _encode(text or "")
         if thinking:
             head += b',"thinking":' + _encode(thinking)
