@@ -130,7 +130,11 @@ def report_round(i: int, r: dict[str, dict[str, Run]], args: argparse.Namespace)
               f" | ratio {ratios[name]:.3f}")
     on, off = r["stream"]["on"], r["stream"]["off"]
     ratios["stream"] = on.eps / off.eps
-    print(f"{'stream c=1':<17}: on {on.eps:,.0f} ev/s | off {off.eps:,.0f} ev/s | ratio {ratios['stream']:.3f}")
+    def per_event(run: Run) -> float:
+        return run.cpu / run.events * 1e6 if run.cpu is not None and run.events else 0.0
+
+    print(f"{'stream c=1':<17}: on {on.eps:,.0f} ev/s CPU {per_event(on):.1f} us/event | off {off.eps:,.0f} ev/s "
+          f"CPU {per_event(off):.1f} us/event | ratio {ratios['stream']:.3f}")
     return ratios
 
 

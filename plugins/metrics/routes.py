@@ -74,7 +74,7 @@ async def _event_stream(plugin: MetricsPlugin) -> AsyncIterator[bytes]:
     queue = hub.subscribe()
     ping = plugin.settings.stream_ping_seconds
     try:
-        yield sse("snapshot", rec.summary())
+        yield sse("snapshot", {"kind": "snapshot", **rec.summary()})
         while True:
             try:
                 async with asyncio.timeout(ping):

@@ -169,7 +169,7 @@ def test_event_stream(tmp_path):
         assert hub.clients == 0
     kinds = [k for k, _ in seen]
     assert kinds[0] == "snapshot"
-    assert "totals" in seen[0][1]
+    assert "totals" in seen[0][1] and seen[0][1]["kind"] == "snapshot"
     events = [(k, d) for k, d in seen if k not in ("system", "runner", "snapshot")]
     assert [k for k, _ in events] == ["request_started", "request_finished", "model_unloaded"]
     assert events[1][1]["id"] == 1 and events[1][1]["kind"] == "request_finished"
