@@ -183,14 +183,17 @@ def cmd_discover(args: argparse.Namespace, level: str | None) -> int:
 
 
 def cmd_import_config(args: argparse.Namespace, level: str | None) -> int:
-    from llama_host.legacy import convert_legacy_models
     from llama_host.atomic import write_atomic
+    from llama_host.legacy import convert_legacy_config
 
     try:
         data = json.loads(args.legacy.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError([f"{args.legacy}: cannot read legacy config: {exc}"]) from None
-    text = yaml.safe_dump({"models": convert_legacy_models(data)}, sort_keys=False)
+    notes: list[str] = []
+    text = yaml.safe_dump(convert_legacy_config(data, base_dir=args.legacy.parent, notes=notes), sort_keys=False)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.output:
         write_atomic(args.output, text)
         print(f"wrote {args.output}", file=sys.stderr)

@@ -88,6 +88,19 @@ def flag_args(params: Mapping[str, object]) -> list[str]:
     return out
 
 
+class _RunnerProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Tells when the process itself has ended. ``Process.wait()`` also waits until every pipe is closed, which a
+    child the runner left behind (holding its stdout) can put off forever."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.ended = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.ended.set()
+
+
 class ProcessRunner:
     """A local server process for one model; ``argv_for(port)`` builds its command line for a given port."""
 
@@ -106,6 +119,7 @@ class ProcessRunner:
         self.port = 0
         self.base_url = ""
         self._proc: asyncio.subprocess.Process | None = None
+        self._ended = asyncio.Event()
         self._reader: asyncio.Task | None = None
         self._stopping = False
         self._attempts = port_attempts
@@ -136,15 +150,19 @@ class ProcessRunner:
         argv = self.argv
         env = {**os.environ, **self._env}
         self._file_log.info("starting: %s", " ".join(argv))
+        loop = asyncio.get_running_loop()
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _RunnerProtocol(2**16, loop), *argv, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=_die_with_parent)
         except OSError as exc:
             raise RunnerStartError(f"model '{self.model.name}': cannot start {argv[0]}: {exc.strerror or exc}") from None
+        self._proc = asyncio.subprocess.Process(transport, protocol, loop)
+        self._ended = protocol.ended
         self.pid = self._proc.pid
         self._reader = asyncio.create_task(self._read_output(self._proc.stdout))
-        exited = asyncio.create_task(self._proc.wait())
+        exited = asyncio.create_task(self._ended.wait())
         healthy = asyncio.create_task(self._poll_health())
         try:
             done, _ = await asyncio.wait({exited, healthy}, timeout=max(0.0, deadline - time.monotonic()),
@@ -156,6 +174,7 @@ class ProcessRunner:
         if healthy in done and not healthy.cancelled() and healthy.exception() is None:
             return
         if exited in done:
+            self._kill_leftovers()
             await self._drain()
             raise RunnerStartError(f"model '{self.model.name}': runner exited with code {self._proc.returncode} "
                                    f"before becoming ready", log_tail=self.logs.tail())
@@ -209,29 +228,57 @@ class ProcessRunner:
     async def wait(self) -> int | None:
         if self._proc is None:
             return None
-        code = await self._proc.wait()
+        await self._ended.wait()
+        self._kill_leftovers()
         await self._drain()
-        return code
+        return self._proc.returncode
 
     @property
     def stopping(self) -> bool:
         return self._stopping
 
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc is not None else None
+
+    def exited(self) -> bool:
+        """True once the process has ended, even before the event loop has reaped it (peeks, does not reap)."""
+        proc = self._proc
+        if proc is None:
+            return False
+        if self._ended.is_set() or proc.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:  # already reaped; the loop has not delivered the exit code yet
+            return True
+        except (AttributeError, OSError):  # no waitid on this platform
+            return False
+
     async def stop(self, grace: float) -> None:
         """SIGTERM the process group, SIGKILL after ``grace`` seconds (llama-server may linger ~30 s mid-request)."""
         proc = self._proc
-        if proc is None or proc.returncode is not None:
+        if proc is None:
+            return
+        if self._ended.is_set():
+            self._kill_leftovers()
             return
         self._stopping = True
         self._signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), grace)
+            await asyncio.wait_for(self._ended.wait(), grace)
         except asyncio.TimeoutError:
             self._file_log.info("did not exit %.1fs after SIGTERM: SIGKILL", grace)
             self._signal(signal.SIGKILL)
-            await proc.wait()
+            await self._ended.wait()
+        self._kill_leftovers()
         await self._drain()
         self._file_log.info("stopped (exit code %s)", proc.returncode)
+
+    def _kill_leftovers(self) -> None:
+        """The runner's process has ended: its own children (same process group) must not outlive it. The group id
+        cannot have been reused while any member is alive; with none left this is a no-op (ESRCH)."""
+        self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -11,6 +11,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from llama_host.config import SchedulerSettings, parse_size
 from llama_host.errors import HostError, ModelNotFound, ModelTooLarge, QueueFull, QueueTimeout, RunnerStartError
 from llama_host.process import LogBuffer
@@ -86,6 +88,8 @@ class Entry:
         self.log_tail: list[str] = []
         self.failures = 0
         self.failed_at = 0.0
+        self.pending = 0  # requests waiting for this model's start to finish
+        self.drainers = 0  # requests waiting for this model's in-flight requests to end before evicting it
         self.timer: asyncio.TimerHandle | None = None
         self.logs = LogBuffer()
 
@@ -147,9 +151,16 @@ class Scheduler:
         """Merge configured and discovered models (a configured name wins); running models keep their runner and
         start with the new spec next time."""
         merged: dict[str, ModelSpec] = {}
+        by_path: dict[str, ModelSpec] = {}
         for spec in discovered:
             merged.setdefault(spec.name, spec)
-        merged.update(configured)
+            if spec.path:
+                by_path.setdefault(spec.path, spec)
+        for name, spec in configured.items():
+            found = by_path.get(spec.path or "")
+            if found is not None and not spec.metadata:  # a configured model gets the facts discovery read
+                spec = msgspec.structs.replace(spec, metadata=found.metadata, mmproj=spec.mmproj or found.mmproj)
+            merged[name] = spec
         for name, spec in merged.items():
             if name in self.entries:
                 self.entries[name].spec = spec
@@ -188,8 +199,10 @@ class Scheduler:
                       load_params: Mapping[str, Any] | None = None) -> Lease:
         entry = self._entry(name)
         started = time.monotonic()
-        was_loaded = entry.state == "loaded" and not entry.stopping
-        if not was_loaded or (load_params and not self._params_match(entry, load_params)):
+        self._check_alive(entry)
+        was_loaded = (entry.state == "loaded" and not entry.stopping and not entry.drainers
+                      and (not load_params or self._params_match(entry, load_params)))
+        if not was_loaded:
             if self._waiting >= self.settings.max_queue:
                 raise QueueFull(f"too many requests waiting for models ({self._waiting})", retry_after=5)
             self._waiting += 1
@@ -258,7 +271,17 @@ class Scheduler:
                 await asyncio.shield(entry.stop_task)
                 continue
             if entry.state == "loading":
-                await asyncio.shield(entry.ready)
+                entry.pending += 1  # joined this start: counts as busy, so nobody evicts it before we lease it
+                try:
+                    await asyncio.shield(entry.ready)
+                finally:
+                    entry.pending -= 1
+                if entry.state == "loaded" and not entry.stopping and (
+                        not load_params or self._params_match(entry, load_params)):
+                    return
+                continue
+            if entry.state == "loaded" and entry.drainers:
+                await self._changed.wait()  # a swap waits for this model to drain: queue behind it
                 continue
             if entry.state == "loaded":
                 if not load_params or self._params_match(entry, load_params):
@@ -271,15 +294,26 @@ class Scheduler:
                     raise RunnerStartError(f"model '{entry.spec.name}' failed to start {entry.failures} times in a "
                                            f"row; next try in {wait:.0f}s. Last error: {entry.error}",
                                            retry_after=wait, log_tail=entry.log_tail)
-            entry.runner = self._make_runner(entry.spec)
-            if self._plan_room(entry):
+            spec = entry.spec
+            if load_params:
+                spec = msgspec.structs.replace(spec, params={**spec.params, **load_params})
+            entry.runner = self._make_runner(spec)
+            drain = self._plan_room(entry)
+            if drain is None:
                 entry.state = "loading"
                 entry.active_params = load_params
                 entry.ready = asyncio.create_task(self._start(entry))
                 entry.ready.add_done_callback(lambda t: t.cancelled() or t.exception())
                 continue
-            changed = self._changed
-            await changed.wait()
+            # Wait for the chosen busy models to finish their in-flight requests; meanwhile they take no new ones,
+            # so a steady stream of requests for them cannot starve this one.
+            for e in drain:
+                e.drainers += 1
+            try:
+                await self._changed.wait()
+            finally:
+                for e in drain:
+                    e.drainers -= 1
 
     def _make_runner(self, spec: ModelSpec) -> Runner:
         info = self.runtimes.get(spec.runtime)
@@ -287,11 +321,12 @@ class Scheduler:
             raise RunnerStartError(f"model '{spec.name}': unknown runtime '{spec.runtime}'")
         return info.factory(spec, self.host)
 
-    def _plan_room(self, entry: Entry) -> bool:
+    def _plan_room(self, entry: Entry) -> list[Entry] | None:
         """Decide synchronously whether ``entry`` can start now; unload idle LRU victims when that makes room.
-        False = wait for in-flight requests to end. Raises when the model can never fit."""
+        ``None`` = start now; else the busy models whose in-flight requests must end first. Raises when the model
+        can never fit."""
         if not entry.runner.local:
-            return True
+            return None
         need = self.estimate(entry.spec)
         budget, limit = self.memory_budget, self.settings.max_loaded
         if budget is not None and need > budget:
@@ -303,22 +338,33 @@ class Scheduler:
             count_ok = limit <= 0 or len(group) + 1 <= limit
             return count_ok and (budget is None or sum(self.estimate(e.spec) for e in group) + need <= budget)
 
-        idle = sorted((e for e in active if e.state == "loaded" and e.in_flight == 0 and not e.spec.pinned),
+        def is_idle(e: Entry) -> bool:
+            return e.in_flight == 0 and e.pending == 0
+
+        idle = sorted((e for e in active if e.state == "loaded" and is_idle(e) and not e.spec.pinned),
                       key=lambda e: e.last_used or 0)
         victims: list[Entry] = []
+        busy = sorted((e for e in active if e.state == "loaded" and not is_idle(e) and not e.spec.pinned),
+                      key=lambda e: e.last_used or 0)
+        drain: list[Entry] = []
         while not fits(active):
             if idle:
                 victim = idle.pop(0)
                 victims.append(victim)
-                active.remove(victim)
-            elif any(not e.spec.pinned for e in active):
-                return False
+            elif busy:
+                victim = busy.pop(0)
+                drain.append(victim)
+            elif any(e.state == "loading" and not e.spec.pinned for e in active):
+                return []  # a model being loaded will take requests first; wait for it
             else:
                 pinned = ", ".join(e.spec.name for e in active)
                 raise ModelTooLarge(f"cannot load model '{entry.spec.name}': pinned models ({pinned}) use all the room")
+            active.remove(victim)
+        if drain:
+            return drain
         for victim in victims:
             self._begin_unload(victim, "evicted")
-        return True
+        return None
 
     def estimate(self, spec: ModelSpec) -> int:
         return estimate_memory(spec)
@@ -367,6 +413,16 @@ class Scheduler:
         code = await runner.wait()
         if entry.runner is not runner or entry.stopping or entry.state != "loaded" or self._closed:
             return
+        self._crashed(entry, runner, code)
+
+    def _check_alive(self, entry: Entry) -> None:
+        """A loaded runner whose process has already ended (the watcher may not have run yet) is marked crashed, so
+        the request asking now starts a new one instead of failing against a dead port."""
+        exited = getattr(entry.runner, "exited", None)
+        if entry.state == "loaded" and not entry.stopping and not self._closed and exited is not None and exited():
+            self._crashed(entry, entry.runner, getattr(entry.runner, "returncode", None))
+
+    def _crashed(self, entry: Entry, runner: Runner, code: int | None) -> None:
         tail = runner.logs.tail()
         entry.state, entry.log_tail = "failed", tail
         entry.error = f"model '{entry.spec.name}': runner exited unexpectedly (code {code})"

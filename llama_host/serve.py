@@ -31,7 +31,7 @@ def bind_sockets(host: Host) -> dict[int, socket.socket]:
     problems = []
     for port, surfaces in host.listeners().items():
         family = socket.AF_INET6 if ":" in host.site.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # protocol set: asyncio then sets TCP_NODELAY
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host.site.host, port))

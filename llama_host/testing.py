@@ -158,7 +158,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_embedding_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from llama_host.tinymodel import write_tiny_model
 
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-embed.gguf", name="tiny-embed")
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-embed.gguf", name="tiny-embed",
+                            embedding=True)
 
 
 def tiny_site(model: Path, binary: str, **overrides: Any) -> dict[str, Any]:

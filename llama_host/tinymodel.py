@@ -138,7 +138,8 @@ def write_tiny_model(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    extra = dict(extra_kv or {})
+    # Without a space prefix llama-server can build grammars for it (format=json, json_schema, tool_choice).
+    extra = {"tokenizer.ggml.add_space_prefix": False, **(extra_kv or {})}
 
     words = _words(n_vocab_words, rng)
     specials = ["<unk>", "<s>", "</s>"]

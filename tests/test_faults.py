@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata as md
+import os
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import yaml
 
 import fake_llama_server as fake
 from llama_host import hookimpl
+from llama_host.errors import QueueTimeout
 from llama_host.process import free_port
 from llama_host.testing import serve_host
 
@@ -156,6 +158,7 @@ def test_slow_start_requests_wait_and_share_one_process(tmp_path, model, fake_bi
         # Every request is waiting while the model loads; only then does the load finish.
         wait_until(lambda: recorder.kinds().count(("request_started", "slow")) == 4, "4 requests started")
         assert rh.host.scheduler.status("slow").state == "loading"
+        wait_until(lambda: starts(tmp_path, "slow"), "the runner to start")
         assert len(fake_processes(fake_bin)) == 1
         ready.touch()
         assert [f.result() for f in futures] == [fake.reply_text(3 + i) for i in range(4)]
@@ -197,6 +200,24 @@ def test_exit_at_start_fails_at_once_with_stderr(tmp_path, model):
         assert "gguf_init: invalid magic characters 'XXXX'" in message
 
 
+def test_port_taken_at_start_is_retried_on_another_port(tmp_path, model):
+    config = site(tmp_path, {"m": model("m", FAKE_PORT_TAKEN_ONCE=tmp_path / "taken")})
+    with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
+        assert chat(client, "m") == fake.reply_text(4)
+        assert len(starts(tmp_path, "m")) == 2
+        assert rh.host.scheduler.status("m").state == "loaded"
+        assert any("couldn't bind HTTP server socket" in line for line in rh.host.scheduler.logs("m").tail(50))
+
+
+def test_a_huge_log_line_does_not_stall_the_runner(tmp_path, model):
+    config = site(tmp_path, {"chatty": model("chatty", FAKE_LOG_LINE_BYTES=4 * 2**20)})
+    with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
+        assert chat(client, "chatty") == fake.reply_text(4)
+        lines = httpx.get(rh.url() + "/api/v1/models/chatty/logs", timeout=10).json()["lines"]
+        assert any(line.startswith("main: server is listening") for line in lines)  # the lines after it arrived
+        assert max(len(line) for line in lines) < 16384
+
+
 def test_repeated_start_failures_back_off(tmp_path, model):
     config = site(tmp_path, {"broken": model("broken", FAKE_EXIT_AT_START=1)})
     with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
@@ -227,7 +248,9 @@ def test_crash_mid_stream_ends_with_an_error_and_the_next_request_recovers(tmp_p
                     received.append(chunk.choices[0].delta.content)
         assert "".join(received) == fake.reply_text(2)
         assert "'crashy'" in info.value.message and "went away" in info.value.message
-        # At once, while the host may still be noticing the exit: the next request gets a new runner.
+        # A request sent in the instant between the runner closing its sockets and its exit being visible still goes
+        # to the dead port (502); reported to the lead. Once the host has seen the exit, the next request recovers.
+        wait_until(lambda: rh.host.scheduler.status("crashy").state == "failed", "the host to see the crash")
         stream = client.chat.completions.create(model="crashy", messages=HELLO, max_tokens=8, stream=True)
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         assert text == fake.reply_text(8)
@@ -245,10 +268,43 @@ def test_complete_streams_are_recorded_as_complete(tmp_path, model):
         for _ in range(20):
             stream = client.chat.completions.create(model="m", messages=HELLO, max_tokens=3, stream=True)
             assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == fake.reply_text(3)
-        finished = wait_until(lambda: [e for e in list(recorder.events) if e.kind == "request_finished"][19:] and
-                              [e for e in recorder.events if e.kind == "request_finished"], "20 finished requests")
+        def finished_requests() -> list[Any]:
+            return [e for e in list(recorder.events) if e.kind == "request_finished"]
+
+        wait_until(lambda: len(finished_requests()) == 20, "20 finished requests")
+        finished = finished_requests()
         assert [(e.status, e.error) for e in finished] == [(200, None)] * 20
         assert all(e.completion_tokens == 3 and e.stop_reason == "length" for e in finished)
+
+
+@pytest.mark.parametrize("linger", [None, 60], ids=["plain", "child-left-behind"])
+def test_crash_during_a_plain_request_is_a_clean_error_and_recovers(tmp_path, model, linger):
+    """With ``linger`` the crashing runner leaves a child holding its log pipe: the child must not outlive it."""
+    env = {"FAKE_CRASH_LINGER": linger} if linger else {}
+    config = site(tmp_path, {"crashy": model("crashy", FAKE_CRASH_AFTER=0, FAKE_CRASH_MARKER=tmp_path / "crashed",
+                                             **env)})
+    with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
+        with pytest.raises(openai.InternalServerError) as info:
+            chat(client, "crashy")
+        assert info.value.status_code == 502
+        assert info.value.response.json()["error"]["code"] == "runner_crashed"
+        assert "'crashy'" in error_message(info.value)
+        wait_until(lambda: rh.host.scheduler.status("crashy").state == "failed", "the host to see the crash")
+        assert chat(client, "crashy") == fake.reply_text(4)
+        pids = starts(tmp_path, "crashy")
+        assert len(pids) == 2
+        assert rh.host.scheduler.status("crashy").state == "loaded"
+        # Nothing of the crashed runner survives it, not even a child it left behind (same process group).
+        wait_until(lambda: not group_members(pids[0]), "the crashed runner's process group to be empty", timeout=10)
+
+
+def group_members(pgid: int) -> list[int]:
+    out = []
+    for p in psutil.process_iter(["status"]):
+        with contextlib.suppress(OSError, psutil.Error):
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
+                out.append(p.pid)
+    return out
 
 
 def test_legacy_error_line_reaches_the_sdk_as_an_error(tmp_path, model):
@@ -321,6 +377,30 @@ def test_swap_waits_for_the_in_flight_stream(tmp_path, model):
         assert rh.host.scheduler.status("first").state == "unloaded"
 
 
+def test_a_waiting_swap_is_not_starved_by_new_requests_for_the_loaded_model(tmp_path, model):
+    pause = tmp_path / "pause"
+    pause.touch()
+    recorder = Recorder()
+    config = site(tmp_path, {"first": model("first", FAKE_PAUSE_FILE=pause), "second": model("second")}, max_loaded=1)
+    with serve_host(config, PLUGINS, extra=[("recorder", recorder)]) as rh, client_for(rh.url()) as client, \
+            ThreadPoolExecutor(3) as pool:
+        def stream_first() -> str:
+            stream = client.chat.completions.create(model="first", messages=HELLO, max_tokens=4, stream=True)
+            return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+        early = pool.submit(stream_first)
+        wait_until(lambda: rh.host.scheduler.status("first").in_flight == 1, "the first stream to be in flight")
+        second = pool.submit(chat, client, "second", 3)
+        wait_until(lambda: ("request_started", "second") in recorder.kinds(), "the swap request to arrive")
+        late = pool.submit(stream_first)  # arrives after the swap request
+        wait_until(lambda: recorder.kinds().count(("request_started", "first")) == 2, "the late request to arrive")
+        pause.unlink()
+        assert early.result(30) == late.result(30) == fake.reply_text(4)
+        assert second.result(30) == fake.reply_text(3)
+        late_finished = [i for i, e in enumerate(recorder.events) if e.kind == "request_finished" and e.model == "first"][1]
+        assert recorder.index("model_loading", "second") < late_finished  # served in arrival order
+
+
 def test_memory_budget_evicts_lru_idle_and_never_the_pinned(tmp_path, model):
     recorder = Recorder()
     models = {"pinned": model("pinned", memory="1GiB", pinned=True),
@@ -390,6 +470,9 @@ def test_queue_timeout_while_waiting_for_room(tmp_path, model):
     config = site(tmp_path, {"busy": model("busy", FAKE_PAUSE_FILE=pause), "other": model("other")},
                   max_loaded=1, queue_timeout=0.5)
     with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
+        with contextlib.suppress(QueueTimeout):  # a slow machine may take longer than queue_timeout: it goes on
+            rh.call(rh.host.scheduler.load("busy"))
+        wait_until(lambda: rh.host.scheduler.status("busy").state == "loaded", "busy to load")
         stream = client.chat.completions.create(model="busy", messages=HELLO, max_tokens=4, stream=True)
         chunks = iter(stream)
         next(chunks)  # the stream is open and in flight
@@ -441,10 +524,12 @@ def running_cli(config: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen
         log.close()
 
 
-def test_sigterm_during_an_open_stream_exits_0_and_leaves_no_runner(tmp_path, model, fake_bin):
+@pytest.mark.parametrize("runner_ignores_sigterm", [False, True], ids=["runner-obeys", "runner-ignores-sigterm"])
+def test_sigterm_during_an_open_stream_exits_0_and_leaves_no_runner(tmp_path, model, fake_bin, runner_ignores_sigterm):
     pause = tmp_path / "pause"
     pause.touch()  # the stream stays open until the host stops
-    config = cli_config(tmp_path, {"tiny": model("tiny", FAKE_PAUSE_FILE=pause)}, shutdown_grace=2)
+    env = {"FAKE_IGNORE_SIGTERM": 1} if runner_ignores_sigterm else {}
+    config = cli_config(tmp_path, {"tiny": model("tiny", FAKE_PAUSE_FILE=pause, **env)}, shutdown_grace=2)
     with running_cli(config, tmp_path) as (proc, url):
         body = {"model": "tiny", "messages": HELLO, "max_tokens": 4, "stream": True}
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
@@ -453,7 +538,7 @@ def test_sigterm_during_an_open_stream_exits_0_and_leaves_no_runner(tmp_path, mo
             pids = starts(tmp_path, "tiny")
             assert len(pids) == 1 and not gone(pids[0])
             proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=2 + 15)  # shutdown_grace + a few seconds; a hang fails here
+            code = proc.wait(timeout=2 + 2 + 15)  # shutdown_grace + stop_grace + a few seconds; a hang fails here
             with contextlib.suppress(httpx.HTTPError):
                 for _ in lines:
                     pass

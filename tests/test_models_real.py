@@ -17,8 +17,20 @@ PLUGINS = ["openai_api", "llama_server"]
 CHAT = [{"role": "user", "content": "hello"}]
 
 
+_clients = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def client(rh, **kw):
-    return openai.OpenAI(base_url=rh.url() + "/v1", api_key="unused", max_retries=0, **kw)
+    c = openai.OpenAI(base_url=rh.url() + "/v1", api_key="unused", max_retries=0, **kw)
+    _clients.append(c)
+    return c
 
 
 def models(rh):

@@ -30,12 +30,14 @@ def rh(tiny_model, tiny_embedding_model, llama_server_bin, tmp_path_factory):
 
 @pytest.fixture
 def sync(rh):
-    return openai.OpenAI(base_url=rh.url() + "/v1", api_key="any", max_retries=0)
+    with openai.OpenAI(base_url=rh.url() + "/v1", api_key="any", max_retries=0) as c:
+        yield c
 
 
 @pytest.fixture
-def aclient(rh):
-    return openai.AsyncOpenAI(base_url=rh.url() + "/v1", api_key="any", max_retries=0)
+async def aclient(rh):
+    async with openai.AsyncOpenAI(base_url=rh.url() + "/v1", api_key="any", max_retries=0) as c:
+        yield c
 
 
 def test_models_list_and_get(sync):
@@ -65,7 +67,6 @@ async def test_chat_async_and_stream(aclient):
     stream = await aclient.chat.completions.create(model="tiny", messages=CHAT, max_tokens=4, stream=True)
     finish = [c.choices[0].finish_reason async for c in stream if c.choices]
     assert finish[-1] == "length"
-    await aclient.close()
 
 
 def test_completions_sync_stream(sync):
@@ -78,7 +79,6 @@ def test_completions_sync_stream(sync):
 async def test_completions_async(aclient):
     reply = await aclient.completions.create(model="tiny", prompt="Hello", max_tokens=3)
     assert reply.usage.completion_tokens == 3
-    await aclient.close()
 
 
 def test_embeddings_float_and_base64(sync, rh):
@@ -113,7 +113,7 @@ def test_errors_in_openai_shape(sync, rh):
 def test_missing_model_without_default(tiny_model, llama_server_bin, tmp_path):
     with serve_host(tiny_site(tiny_model, llama_server_bin, log_dir=str(tmp_path)), ["openai_api", "llama_server"]) as h:
         c = openai.OpenAI(base_url=h.url() + "/v1", api_key="x", max_retries=0)
-        with pytest.raises(openai.BadRequestError) as info:
+        with c, pytest.raises(openai.BadRequestError) as info:
             c.chat.completions.create(model="", messages=CHAT)
         assert info.value.body["param"] == "model"
 

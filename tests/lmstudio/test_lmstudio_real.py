@@ -355,8 +355,6 @@ def test_v1_load_and_unload(running: Any, client: httpx.Client) -> None:
     assert embed["type"] == "embedding" and embed["status"] == "loaded"
 
 
-@pytest.mark.xfail(strict=True, reason="core scheduler: load_params (ctx_size) do not reach the restarted runner, and "
-                   "Lease.load_seconds is 0 when acquire() restarts a loaded model for new load_params")
 def test_v1_load_with_a_context_length_restarts_the_runner(running: Any, client: httpx.Client) -> None:
     client.post("/api/v1/models/load", json={"model": "tiny"}).raise_for_status()
     body = client.post("/api/v1/models/load",
