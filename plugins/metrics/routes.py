@@ -17,8 +17,6 @@ from llama_host import HostDep
 from .plugin import MetricsPlugin, plugin_for
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-#: Events written to a stream client in one write at most (those already queued go out together).
-SSE_BATCH = 256
 _encode = msgspec.json.Encoder().encode
 
 
@@ -73,6 +71,7 @@ async def _event_stream(plugin: MetricsPlugin) -> AsyncIterator[bytes]:
     hub = rec.hub
     queue = hub.subscribe()
     ping = plugin.settings.stream_ping_seconds
+    gather = plugin.settings.stream_gather_seconds
     try:
         yield sse("snapshot", {"kind": "snapshot", **rec.summary()})
         while True:
@@ -82,10 +81,13 @@ async def _event_stream(plugin: MetricsPlugin) -> AsyncIterator[bytes]:
             except TimeoutError:
                 yield b": ping\n\n"
                 continue
+            if gather and item is not hub.CLOSED:
+                # One write per gathering window, however busy the host: a write costs far more than an event.
+                await asyncio.sleep(gather)
             parts = []
             while item is not hub.CLOSED:
                 parts.append(sse(*item))
-                if queue.empty() or len(parts) >= SSE_BATCH:
+                if queue.empty():
                     break
                 item = queue.get_nowait()
             if parts:

@@ -33,6 +33,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gpu: bool = True
     #: Events buffered per ``/api/v1/events`` client; a client that falls further behind loses events, never the host.
     stream_buffer: Positive = 1000
+    #: Seconds over which ``/api/v1/events`` gathers events into one write (0: write each at once).
+    stream_gather_seconds: NonNegative = 0.1
     #: Seconds between keep-alive comments on ``/api/v1/events``.
     stream_ping_seconds: Annotated[float, msgspec.Meta(gt=0)] = 15.0
     #: Histogram buckets: request duration (s), time to first token (s), generation tokens/s, model load time (s).

@@ -1,6 +1,7 @@
 """Optional SQLite persistence of the activity log, so history survives restarts.
 
-Writes go through a queue to one writer thread: :meth:`ActivityStore.put` costs a queue append on the event loop.
+Writes go through a queue to one writer thread, which gathers rows for ``gather_seconds`` and writes them in one
+transaction: :meth:`ActivityStore.put` costs a queue append on the event loop.
 Reads (:meth:`load_recent`, :meth:`query`) block and are called through ``asyncio.to_thread``.
 """
 
@@ -30,19 +31,20 @@ CREATE TABLE IF NOT EXISTS activity (
 );
 CREATE INDEX IF NOT EXISTS activity_model ON activity (model, id);
 """
-BATCH = 500
 _STOP = object()
 
 
 class ActivityStore:
     """An ``activity`` table holding at most ``max_rows`` finished requests (the newest), each as its event's JSON."""
 
-    def __init__(self, path: Path, max_rows: int) -> None:
+    def __init__(self, path: Path, max_rows: int, gather_seconds: float = 0.5) -> None:
         self.path = path
         self.max_rows = max_rows
+        self.gather_seconds = gather_seconds
         self.written = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._hurry = threading.Event()  # flush() and close() cut the gathering short
         self._decoder = msgspec.json.Decoder(RequestFinished)
 
     def _connect(self) -> sqlite3.Connection:
@@ -105,6 +107,7 @@ class ActivityStore:
         """Write what is queued and stop the writer (blocks: call it through ``asyncio.to_thread``)."""
         if self._thread is not None:
             self._queue.put(_STOP)
+            self._hurry.set()
             self._thread.join()
             self._thread = None
 
@@ -114,6 +117,7 @@ class ActivityStore:
             return
         done = threading.Event()
         self._queue.put(done)
+        self._hurry.set()
         done.wait(timeout)
 
     def _write_forever(self) -> None:
@@ -123,7 +127,10 @@ class ActivityStore:
             stop = False
             while not stop:
                 items = [self._queue.get()]
-                while len(items) < BATCH:
+                # Gather rows for a moment: one transaction for many rows costs about what one row alone costs.
+                self._hurry.wait(self.gather_seconds)
+                self._hurry.clear()
+                while True:
                     try:
                         items.append(self._queue.get_nowait())
                     except queue.Empty:
