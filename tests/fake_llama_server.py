@@ -14,11 +14,14 @@ FAKE_READY_FILE=p      ``/health`` answers 503 until file ``p`` exists (a slow s
 FAKE_EXIT_AT_START=n   print FAKE_EXIT_MESSAGE (or a default) to stderr and exit with code ``n`` at once
 FAKE_CRASH_AFTER=n     die (``os._exit(1)``) after ``n`` content chunks of a stream (a non-streamed request: at once)
 FAKE_CRASH_MARKER=p    with FAKE_CRASH_AFTER: crash only while file ``p`` does not exist, then create it (crash once)
+FAKE_CRASH_LINGER=s    with FAKE_CRASH_AFTER: leave a child holding the log pipe open ``s`` seconds after the crash
 FAKE_IGNORE_SIGTERM=1  ignore SIGTERM (only SIGKILL ends it)
 FAKE_CHUNK_DELAY=s     sleep ``s`` seconds before each streamed token (and between ``[DONE]`` and the end of the body)
 FAKE_PAUSE_FILE=p      while file ``p`` exists, a stream stalls after its first token (the test decides when it ends)
 FAKE_LEGACY_ERROR=1    mid-stream, send an old-style ``error: {...}`` SSE line instead of the rest of the reply
 FAKE_STARTS_FILE=p     append ``<pid>`` to file ``p`` at every start (tests count processes with it)
+FAKE_PORT_TAKEN_ONCE=p the first start (while file ``p`` does not exist) fails as if its port were taken
+FAKE_LOG_LINE_BYTES=n  write one log line of ``n`` bytes to stderr at start
 =====================  ===============================================================================================
 
 Run it directly (``python fake_llama_server.py -m model.gguf --port 8080``) or through :func:`write_wrapper`, which
@@ -33,6 +36,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -98,6 +102,10 @@ class FakeServer:
 
     def crash(self, why: str) -> None:
         log(f"fake-llama-server: crashing ({why})")
+        linger = os.environ.get("FAKE_CRASH_LINGER")
+        if linger:  # the host sees the exit while the end of the log stream is still to come
+            subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({float(linger)})"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         os._exit(1)
 
     # --- HTTP ---------------------------------------------------------------------------------------------------
@@ -283,6 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         with open(env["FAKE_STARTS_FILE"], "a", encoding="utf-8") as f:
             f.write(f"{os.getpid()}\n")
     log(f"fake-llama-server: starting (pid {os.getpid()}, model {args.model!r})")
+    if env.get("FAKE_LOG_LINE_BYTES"):
+        log("x" * int(env["FAKE_LOG_LINE_BYTES"]))
+    marker = env.get("FAKE_PORT_TAKEN_ONCE")
+    if marker and not os.path.exists(marker):
+        Path(marker).touch()
+        log(f"couldn't bind HTTP server socket, hostname: {args.host}, port: {args.port}")
+        return 1
     if env.get("FAKE_EXIT_AT_START"):
         log(env.get("FAKE_EXIT_MESSAGE") or f"error: failed to load model '{args.model}' (fake exit at start)")
         return int(env["FAKE_EXIT_AT_START"])
