@@ -280,8 +280,8 @@ async def serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     log(f"main: server is listening on http://{args.host}:{args.port} - model {fake.model_id} (pid {os.getpid()})")
     async with server:
         await stop.wait()
-    log("fake-llama-server: SIGTERM received, exiting")
-    return 0
+        log("fake-llama-server: SIGTERM received, exiting")
+        os._exit(0)  # at once, like llama-server when idle; open keep-alive connections are simply dropped
 
 
 def main(argv: list[str] | None = None) -> int:
