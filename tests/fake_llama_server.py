@@ -7,22 +7,23 @@ Its replies are deterministic: ``max_tokens`` (default 8) tokens ``" t0"``, ``" 
 
 Faults come from the environment (a model's ``env:`` in the site file):
 
-=====================  ===============================================================================================
-FAKE_SLOW_START=s      ``/health`` answers 503 for ``s`` seconds after start
-FAKE_NEVER_HEALTHY=1   ``/health`` answers 503 forever
-FAKE_READY_FILE=p      ``/health`` answers 503 until file ``p`` exists (a slow start whose end the test decides)
-FAKE_EXIT_AT_START=n   print FAKE_EXIT_MESSAGE (or a default) to stderr and exit with code ``n`` at once
-FAKE_CRASH_AFTER=n     die (``os._exit(1)``) after ``n`` content chunks of a stream (a non-streamed request: at once)
-FAKE_CRASH_MARKER=p    with FAKE_CRASH_AFTER: crash only while file ``p`` does not exist, then create it (crash once)
-FAKE_CRASH_LINGER=s    with FAKE_CRASH_AFTER: leave a child holding the log pipe open ``s`` seconds after the crash
-FAKE_IGNORE_SIGTERM=1  ignore SIGTERM (only SIGKILL ends it)
-FAKE_CHUNK_DELAY=s     sleep ``s`` seconds before each streamed token (and between ``[DONE]`` and the end of the body)
-FAKE_PAUSE_FILE=p      while file ``p`` exists, a stream stalls after its first token (the test decides when it ends)
-FAKE_LEGACY_ERROR=1    mid-stream, send an old-style ``error: {...}`` SSE line instead of the rest of the reply
-FAKE_STARTS_FILE=p     append ``<pid>`` to file ``p`` at every start (tests count processes with it)
-FAKE_PORT_TAKEN_ONCE=p the first start (while file ``p`` does not exist) fails as if its port were taken
-FAKE_LOG_LINE_BYTES=n  write one log line of ``n`` bytes to stderr at start
-=====================  ===============================================================================================
+=======================  =============================================================================================
+FAKE_SLOW_START=s        ``/health`` answers 503 for ``s`` seconds after start
+FAKE_NEVER_HEALTHY=1     ``/health`` answers 503 forever
+FAKE_READY_FILE=p        ``/health`` answers 503 until file ``p`` exists (a slow start whose end the test decides)
+FAKE_EXIT_AT_START=n     print FAKE_EXIT_MESSAGE (or a default) to stderr and exit with code ``n`` at once
+FAKE_CRASH_AFTER=n       die (``os._exit(1)``) after ``n`` content chunks of a stream (a non-streamed request: at once)
+FAKE_CRASH_MARKER=p      with FAKE_CRASH_AFTER: crash only while file ``p`` does not exist, then create it (crash once)
+FAKE_CRASH_LINGER=s      with FAKE_CRASH_AFTER: leave a child holding the log pipe open ``s`` seconds after the crash
+FAKE_CRASH_EXIT_DELAY=s  with FAKE_CRASH_AFTER: close every socket at the crash, but exit only ``s`` seconds later
+FAKE_IGNORE_SIGTERM=1    ignore SIGTERM (only SIGKILL ends it)
+FAKE_CHUNK_DELAY=s       sleep ``s`` seconds before each streamed token (and between ``[DONE]`` and the end of the body)
+FAKE_PAUSE_FILE=p        while file ``p`` exists, a stream stalls after its first token (the test decides when it ends)
+FAKE_LEGACY_ERROR=1      mid-stream, send an old-style ``error: {...}`` SSE line instead of the rest of the reply
+FAKE_STARTS_FILE=p       append ``<pid>`` to file ``p`` at every start (tests count processes with it)
+FAKE_PORT_TAKEN_ONCE=p   the first start (while file ``p`` does not exist) fails as if its port were taken
+FAKE_LOG_LINE_BYTES=n    write one log line of ``n`` bytes to stderr at start
+=======================  =============================================================================================
 
 Run it directly (``python fake_llama_server.py -m model.gguf --port 8080``) or through :func:`write_wrapper`, which
 writes an executable script usable as a model's ``binary:``.
@@ -83,6 +84,8 @@ class FakeServer:
         self.chunk_delay = float(env.get("FAKE_CHUNK_DELAY") or 0)
         self.legacy_error = env.get("FAKE_LEGACY_ERROR") == "1"
         self.requests = 0
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
 
     # --- state --------------------------------------------------------------------------------------------------
 
@@ -100,8 +103,15 @@ class FakeServer:
             Path(self.crash_marker).touch()
         return True
 
-    def crash(self, why: str) -> None:
+    async def crash(self, why: str) -> None:
         log(f"fake-llama-server: crashing ({why})")
+        delay = float(os.environ.get("FAKE_CRASH_EXIT_DELAY") or 0)
+        if delay:  # every socket closes now, the process ends later
+            if self.server is not None:
+                self.server.close()
+            for writer in list(self.writers):
+                writer.transport.abort()
+            await asyncio.sleep(delay)
         linger = os.environ.get("FAKE_CRASH_LINGER")
         if linger:  # the host sees the exit while the end of the log stream is still to come
             subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({float(linger)})"],
@@ -111,6 +121,7 @@ class FakeServer:
     # --- HTTP ---------------------------------------------------------------------------------------------------
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
         try:
             while True:
                 line = await reader.readline()
@@ -131,6 +142,7 @@ class FakeServer:
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
+            self.writers.discard(writer)
             writer.close()
 
     @staticmethod
@@ -201,7 +213,7 @@ class FakeServer:
 
     async def complete(self, request: dict, chat: bool, writer: asyncio.StreamWriter) -> None:
         if self.should_crash():
-            self.crash("non-streamed request")
+            await self.crash("non-streamed request")
         n = int(request.get("max_tokens") or DEFAULT_TOKENS)
         prompt_n = self._prompt_tokens(request)
         reply = self._base(chat, chunk=False)
@@ -233,7 +245,7 @@ class FakeServer:
             await event({"index": 0, "delta": {"role": "assistant", "content": None}, "finish_reason": None})
         for i in range(n):
             if crash and i == self.crash_after:
-                self.crash(f"after {i} chunks")
+                await self.crash(f"after {i} chunks")
             if self.legacy_error and i == min(2, n - 1):
                 await send(b'error: {"code":500,"message":"fake legacy error mid-stream","type":"server_error"}\n\n')
                 await send(b"")  # end of the chunked body, no [DONE] (as older llama-server did)
@@ -259,7 +271,7 @@ class FakeServer:
 async def serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     fake = FakeServer(args, env)
     try:
-        server = await asyncio.start_server(fake.handle, args.host, args.port)
+        server = fake.server = await asyncio.start_server(fake.handle, args.host, args.port)
     except OSError as exc:
         log(f"couldn't bind HTTP server socket, hostname: {args.host}, port: {args.port}: {exc.strerror}")
         return 1
