@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from litestar import get
 
-from llama_host import Host, Surface, hookimpl
+from llama_host import Host, HostDep, Surface, hookimpl
 from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS
 
 from llama_host_hello.echo import EchoRunner
@@ -35,8 +35,9 @@ def register_surfaces(host: Host) -> list[Surface]:
     settings: Settings = host.settings(NAME, Settings)
 
     # The path comes from the settings, so the handler is made here rather than at import time.
+    # A handler parameter annotated `HostDep` receives the running host.
     @get(settings.path, sync_to_thread=False)
-    def hello(host: Host) -> dict[str, Any]:
+    def hello(host: HostDep) -> dict[str, Any]:
         echo_models = sorted(name for name, spec in host.scheduler.models.items() if spec.runtime == "echo")
         return {"greeting": settings.greeting, "plugin": NAME, "version": __version__, "echo_models": echo_models}
 
