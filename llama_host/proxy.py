@@ -205,21 +205,28 @@ class Relay:
 
     async def open(self, lease: Lease, method: str, path: str, *, json: Any = None, body: bytes | None = None,
                    headers: Mapping[str, str] | None = None, data: Any = None) -> Upstream:
-        """Send a request to the lease's runner. A pooled keep-alive connection that the runner closed is retried
-        once on a fresh connection (nothing has reached the client yet)."""
-        runner = lease.runner
-        hdrs = {**runner.headers, **(headers or {})}
+        """Send a request to the lease's runner. Nothing has reached the client yet, so two failures are retried
+        once: a pooled keep-alive connection that the runner closed (on a fresh connection), and a local runner that
+        refuses connections because it just died (on a new runner, through ``scheduler.reacquire``)."""
+        hdrs = dict(headers or {})
         if json is not None:
             body = _encode(json)
             hdrs["Content-Type"] = "application/json"
         payload = body if body is not None else data
         retryable = body is not None or payload is None
         for attempt in (0, 1):
+            runner = lease.runner
             try:
-                response = await self.session.request(method, runner.base_url + path, data=payload, headers=hdrs)
+                response = await self.session.request(method, runner.base_url + path, data=payload,
+                                                       headers={**runner.headers, **hdrs})
                 return Upstream(response, lease.model.name)
+            except aiohttp.ClientConnectorError as exc:
+                if attempt == 0 and retryable and runner.local:
+                    await self.host.scheduler.reacquire(lease, f"refused a connection ({exc.os_error})")
+                    continue
+                raise RunnerCrashed(f"model '{lease.model.name}': runner unreachable ({exc})") from None
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if attempt == 0 and retryable and not isinstance(exc, aiohttp.ClientConnectorError):
+                if attempt == 0 and retryable:
                     continue
                 raise RunnerCrashed(f"model '{lease.model.name}': runner unreachable ({exc})") from None
             except aiohttp.ClientError as exc:

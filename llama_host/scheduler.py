@@ -422,10 +422,25 @@ class Scheduler:
         if entry.state == "loaded" and not entry.stopping and not self._closed and exited is not None and exited():
             self._crashed(entry, entry.runner, getattr(entry.runner, "returncode", None))
 
-    def _crashed(self, entry: Entry, runner: Runner, code: int | None) -> None:
+    async def reacquire(self, lease: Lease, why: str) -> None:
+        """The lease's runner failed before serving anything (e.g. it refuses connections: it just died). Mark it
+        crashed, stop it, and move the lease to a new runner of the same model."""
+        entry, runner = lease._entry, lease.runner
+        if entry.runner is runner and entry.state == "loaded" and not entry.stopping:
+            self._crashed(entry, runner, None, why)
+            await runner.stop(1.0)
+        ttl = lease._ttl
+        lease.release()
+        fresh = await self.acquire(entry.spec.name, ttl=ttl)
+        fresh._released = True  # the caller's lease object takes over this hold
+        lease.runner, lease.queue_wait = fresh.runner, lease.queue_wait + fresh.queue_wait
+        lease.load_seconds += fresh.load_seconds
+        lease._released = False
+
+    def _crashed(self, entry: Entry, runner: Runner, code: int | None, why: str | None = None) -> None:
         tail = runner.logs.tail()
         entry.state, entry.log_tail = "failed", tail
-        entry.error = f"model '{entry.spec.name}': runner exited unexpectedly (code {code})"
+        entry.error = f"model '{entry.spec.name}': runner {why or f'exited unexpectedly (code {code})'}"
         entry.failures += 1
         entry.failed_at = time.monotonic()
         self._cancel_timer(entry)

@@ -298,9 +298,6 @@ def test_crash_during_a_plain_request_is_a_clean_error_and_recovers(tmp_path, mo
         wait_until(lambda: not group_members(pids[0]), "the crashed runner's process group to be empty", timeout=10)
 
 
-@pytest.mark.xfail(strict=True, reason="a runner that has closed its port but not yet exited still counts as loaded: "
-                   "the request right after the crash is relayed to the dead port and gets 502 'runner unreachable' "
-                   "(on a busy machine even a plain crash leaves that window); reported to the lead")
 def test_a_request_right_after_a_crash_recovers(tmp_path, model):
     config = site(tmp_path, {"crashy": model("crashy", FAKE_CRASH_AFTER=0, FAKE_CRASH_MARKER=tmp_path / "crashed",
                                              FAKE_CRASH_EXIT_DELAY=3)})
