@@ -31,6 +31,7 @@ from common import (  # noqa: E402
     chat_body,
     host_python_info,
     llama_server_binary,
+    llama_server_params,
     machine_line,
     median,
     percentile,
@@ -46,11 +47,12 @@ TARGET_MS = 25.0
 
 
 def host_site(binary: str, models: dict[str, Path], ctx_size: int, *, metrics: bool | None,
-              all_plugins: bool, max_loaded: int = 1) -> dict:
+              all_plugins: bool, max_loaded: int = 1, threads: int = 1) -> dict:
     return {"scheduler": {"max_loaded": max_loaded, "ttl": 0, "startup_timeout": 60},
             "plugins": {**plugin_flags(CORE_PLUGINS, all_plugins=all_plugins, metrics=metrics),
                         "llama_server": {"binary": binary}},
-            "models": {name: {"path": str(path), "params": {"ctx_size": ctx_size}} for name, path in models.items()}}
+            "models": {name: {"path": str(path), "params": llama_server_params(ctx_size, threads)}
+                       for name, path in models.items()}}
 
 
 def host_cold_reply(conn: KeptConnection, admin: KeptConnection, name: str, body: bytes) -> tuple[float, float]:
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-n", "--iterations", type=int, default=20, help="cold starts per side")
     p.add_argument("--ctx-size", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=1, help="llama-server --threads, both sides")
     p.add_argument("--model", type=Path, help="GGUF to start (default: a generated tiny model)")
     p.add_argument("--llama-server", help="llama-server binary (default: PATH or scripts/get-llama-server's cache)")
     p.add_argument("--poll-ms", type=float, default=5.0, help="bare side: health poll interval")
@@ -89,21 +92,24 @@ def main(argv: list[str] | None = None) -> int:
     body = chat_body("tiny", max_tokens=1)
     with workdir(args.keep) as tmp:
         model = args.model or tiny_model(tmp / "tiny.gguf")
-        site = host_site(binary, {"tiny": model}, args.ctx_size, metrics=args.metrics, all_plugins=args.all_plugins)
+        site = host_site(binary, {"tiny": model}, args.ctx_size, metrics=args.metrics, all_plugins=args.all_plugins,
+                         threads=args.threads)
         bare: list[float] = []
+        bare_healthy: list[float] = []
         hosted: list[float] = []
         loads: list[float] = []
         with HostProcess(site, tmp, args.host_pythonpath) as host:
             conn, admin = KeptConnection(host.url), KeptConnection(host.url)
             host_cold_reply(conn, admin, "tiny", body)  # warm caches (page cache, imports on first use)
-            bare_first_reply(binary, model, "tiny", args.ctx_size, body)[1].kill()
+            stop_process(bare_first_reply(binary, model, "tiny", args.ctx_size, body, threads=args.threads).proc)
             for i in range(args.iterations):
                 for side in (("bare", "host") if i % 2 == 0 else ("host", "bare")):
                     if side == "bare":
-                        seconds, proc = bare_first_reply(binary, model, "tiny", args.ctx_size, body,
-                                                         poll=args.poll_ms / 1000)
-                        stop_process(proc)
-                        bare.append(seconds)
+                        start = bare_first_reply(binary, model, "tiny", args.ctx_size, body, poll=args.poll_ms / 1000,
+                                                 threads=args.threads)
+                        stop_process(start.proc)
+                        bare.append(start.seconds)
+                        bare_healthy.append(start.healthy)
                         time.sleep(0.2)
                     else:
                         seconds, load = host_cold_reply(conn, admin, "tiny", body)
@@ -112,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
             conn.close()
             admin.close()
     print(stats_line("bare llama-server spawn → first reply", bare))
+    print(stats_line("  of which spawn → first /health 200", bare_healthy))
     print(stats_line("through llama-host (unloaded) → first reply", hosted))
     print(stats_line("  of which the host's load_seconds (spawn → healthy)", loads))
+    outside = [h - load - (b - bh) for h, load, b, bh in zip(hosted, loads, bare, bare_healthy, strict=True)]
+    print(f"host time outside spawn → healthy, minus bare's healthy → reply (per pair): median "
+          f"{median(outside) * 1000:+.1f} ms, p10 {percentile(outside, 10) * 1000:+.1f} ms")
     added = (median(hosted) - median(bare)) * 1000
     per_pair = [(h - b) * 1000 for h, b in zip(hosted, bare, strict=True)]
     print(f"added by llama-host: {added:+.1f} ms (median host − median bare); per alternated pair: median "

@@ -38,7 +38,9 @@ from common import (  # noqa: E402
     chat_body,
     free_port,
     host_python_info,
+    llama_server_argv,
     llama_server_binary,
+    llama_server_params,
     machine_line,
     median,
     percentile,
@@ -296,8 +298,7 @@ def start_upstream(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Pope
                "--event-gap-us", str(args.fake_gap_us)]
     else:
         model = args.model or tiny_model(tmp / "tiny.gguf")
-        cmd = [llama_server_binary(args.llama_server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-               "--alias", MODEL, "-c", str(args.ctx_size)]
+        cmd = llama_server_argv(llama_server_binary(args.llama_server), model, port, MODEL, args.ctx_size, args.threads)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=(tmp / "upstream.log").open("wb"))
     wait_http(f"http://127.0.0.1:{port}/health", 60, proc)
@@ -312,7 +313,7 @@ def model_spec(args: argparse.Namespace, tmp: Path, upstream_url: str | None) ->
                 "cmd": [sys.executable, str(BENCH_DIR / "fake_upstream.py"), "--port", "${PORT}", "--model", MODEL,
                         "--event-gap-us", str(args.fake_gap_us)]}
     model = args.model or tiny_model(tmp / "tiny.gguf")
-    return {"path": str(model), "params": {"ctx_size": args.ctx_size}}
+    return {"path": str(model), "params": llama_server_params(args.ctx_size, args.threads)}
 
 
 def runner_url(host: HostProcess) -> str:
@@ -387,6 +388,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fake upstream: pause between stream events (0 = as fast as the socket allows)")
     p.add_argument("--model", type=Path, help="GGUF for --upstream llama-server (default: a generated tiny model)")
     p.add_argument("--ctx-size", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=1, help="llama-server --threads (--upstream llama-server)")
     p.add_argument("--llama-server", help="llama-server binary (default: PATH or scripts/get-llama-server's cache)")
     p.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
                    help="enable the metrics plugin (plugins.metrics.enabled)")

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-n", "--iterations", type=int, default=20, help="swaps per side")
     p.add_argument("--ctx-size", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=1, help="llama-server --threads, both sides")
     p.add_argument("--llama-server", help="llama-server binary (default: PATH or scripts/get-llama-server's cache)")
     p.add_argument("--poll-ms", type=float, default=5.0, help="bare side: health poll interval")
     p.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     with workdir(args.keep) as tmp:
         models = {"tiny-a": tiny_model(tmp / "tiny-a.gguf", "tiny-a"), "tiny-b": tiny_model(tmp / "tiny-b.gguf", "tiny-b")}
         bodies = {name: chat_body(name, max_tokens=1) for name in models}
-        site = host_site(binary, models, args.ctx_size, metrics=args.metrics, all_plugins=args.all_plugins)
+        site = host_site(binary, models, args.ctx_size, metrics=args.metrics, all_plugins=args.all_plugins,
+                         threads=args.threads)
         hosted: list[float] = []
         bare: list[float] = []
         with HostProcess(site, tmp, args.host_pythonpath) as host:
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             status, reply = conn.request("POST", "/v1/chat/completions", bodies["tiny-a"])
             assert status == 200, reply
             current = "tiny-a"
-            seconds, bare_proc = bare_first_reply(binary, models["tiny-b"], "tiny-b", args.ctx_size, bodies["tiny-b"])
+            bare_proc = bare_first_reply(binary, models["tiny-b"], "tiny-b", args.ctx_size, bodies["tiny-b"],
+                                         threads=args.threads).proc
             bare_current = "tiny-b"
             try:
                 for i in range(args.iterations + 1):  # the first swap of each side is a warm-up
@@ -84,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                         else:
                             target = "tiny-b" if bare_current == "tiny-a" else "tiny-a"
                             old = bare_proc
-                            seconds, bare_proc = bare_first_reply(binary, models[target], target, args.ctx_size,
-                                                                  bodies[target], poll=args.poll_ms / 1000,
-                                                                  before_spawn=lambda old=old: stop_process(old))
+                            start = bare_first_reply(binary, models[target], target, args.ctx_size, bodies[target],
+                                                     poll=args.poll_ms / 1000, threads=args.threads,
+                                                     before_spawn=lambda old=old: stop_process(old))
+                            seconds, bare_proc = start.seconds, start.proc
                             bare_current = target
                             if i:
                                 bare.append(seconds)

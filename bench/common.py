@@ -7,6 +7,7 @@ generated site file, so the host has its own process, event loop and memory figu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 import platform
@@ -293,9 +294,9 @@ class KeptConnection:
 
 
 def poll_then_request(base_url: str, body: bytes, *, poll: float, proc: subprocess.Popen | None = None,
-                      timeout: float = 60.0) -> float:
+                      timeout: float = 60.0) -> tuple[float, float]:
     """Poll ``/health`` every ``poll`` seconds (one kept connection once the port accepts) until 200, then send the
-    chat request on that connection; return the monotonic time its reply was complete."""
+    chat request on that connection; return the ``perf_counter()`` times of the first 200 and of the complete reply."""
     import http.client
 
     deadline = time.monotonic() + timeout
@@ -310,6 +311,7 @@ def poll_then_request(base_url: str, body: bytes, *, poll: float, proc: subproce
                 conn = KeptConnection(base_url)
             status, _ = conn.request("GET", "/health")
             if status == 200:
+                healthy = time.perf_counter()
                 break
         except (OSError, http.client.HTTPException):
             if conn is not None:
@@ -322,32 +324,44 @@ def poll_then_request(base_url: str, body: bytes, *, poll: float, proc: subproce
         conn.close()
     if status != 200:
         raise RuntimeError(f"first request failed: {status} {reply[:300]!r}")
-    return time.perf_counter()
+    return healthy, time.perf_counter()
 
 
-def llama_server_argv(binary: str, model: Path, port: int, alias: str, ctx_size: int) -> list[str]:
-    """The same command line the llama-server runtime builds for a model with ``params: {ctx_size: N}``."""
+def llama_server_params(ctx_size: int, threads: int) -> dict[str, int]:
+    """The model ``params`` of the benchmarks. One thread: llama.cpp's threads spin at barriers, so on a small shared
+    machine a second thread waiting for a descheduled one turns a 2 ms request into 100+ ms of noise."""
+    return {"ctx_size": ctx_size, "threads": threads}
+
+
+def llama_server_argv(binary: str, model: Path, port: int, alias: str, ctx_size: int, threads: int = 1) -> list[str]:
+    """The same command line the llama-server runtime builds for a model with :func:`llama_server_params`."""
     return [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "--alias", alias,
-            "--ctx-size", str(ctx_size)]
+            "--ctx-size", str(ctx_size), "--threads", str(threads)]
+
+
+@dataclasses.dataclass
+class BareStart:
+    seconds: float  # from the start of the timed window to the complete first reply
+    healthy: float  # from the start of the timed window to the first /health 200
+    proc: subprocess.Popen
 
 
 def bare_first_reply(binary: str, model: Path, alias: str, ctx_size: int, body: bytes, *, poll: float = 0.005,
-                     before_spawn=None) -> tuple[float, subprocess.Popen]:
-    """Spawn llama-server, poll its health, send ``body``: seconds from spawn to the complete reply. The process is
-    returned running (the caller stops it). ``before_spawn()`` runs inside the timed window (e.g. stopping the
-    previous server, for a bare swap)."""
+                     before_spawn=None, threads: int = 1) -> BareStart:
+    """Spawn llama-server, poll its health, send ``body``. The process is returned running (the caller stops it).
+    ``before_spawn()`` runs inside the timed window (e.g. stopping the previous server, for a bare swap)."""
     port = free_port()
     t0 = time.perf_counter()
     if before_spawn is not None:
         before_spawn()
-    proc = subprocess.Popen(llama_server_argv(binary, model, port, alias, ctx_size), stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(llama_server_argv(binary, model, port, alias, ctx_size, threads), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        t1 = poll_then_request(f"http://127.0.0.1:{port}", body, poll=poll, proc=proc)
+        healthy, t1 = poll_then_request(f"http://127.0.0.1:{port}", body, poll=poll, proc=proc)
     except BaseException:
         stop_process(proc)
         raise
-    return t1 - t0, proc
+    return BareStart(t1 - t0, healthy - t0, proc)
 
 
 def stats_line(label: str, values: list[float]) -> str:
