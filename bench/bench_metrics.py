@@ -2,8 +2,9 @@
 
 Two ``llama-host serve`` processes point at the same upstream (``bench/fake_upstream.py`` by default, answering as fast
 as the socket allows, so the relay and what rides on it are what is measured): one with ``plugins.metrics`` enabled
-(default settings: sampling every 5 s, activity in memory), one with it disabled. Every round measures both, alternating
-which goes first, with the relay benchmark's own load generator (``bench_relay.measure``):
+(default settings: sampling every 5 s, activity in memory), one with it disabled. Every round measures both with the
+relay benchmark's own load generator (``bench_relay.measure``), the hosts taking turns in ``--slices`` slices per figure
+(a machine shared with other work gives each side the same share of its noise):
 - non-streaming chat at concurrency 1 and 32: requests/s, p50 latency and host CPU per request;
 - streaming chat: SSE events/s.
 
@@ -98,20 +99,32 @@ async def read_events(url: str, counter: list[int]) -> None:
             counter[0] += chunk.count(b"\nevent: ") + chunk.startswith(b"event: ")
 
 
+def merge(into: Run, run: Run) -> None:
+    into.latencies += run.latencies
+    into.ttfb += run.ttfb
+    into.events += run.events
+    into.wall += run.wall
+    into.errors += run.errors
+    into.cpu = (into.cpu or 0.0) + (run.cpu or 0.0)
+
+
 async def one_round(i: int, args: argparse.Namespace, hosts: dict[str, HostProcess]) -> dict[str, dict[str, Run]]:
+    """Each figure in ``args.slices`` slices, the two hosts taking turns slice by slice, so that a burst of load
+    from elsewhere on the machine falls on both sides alike."""
     plain = chat_body(MODEL, max_tokens=1)
     streaming = chat_body(MODEL, stream=True, max_tokens=args.stream_events)
-    order = SIDES if i % 2 == 0 else SIDES[::-1]
     out: dict[str, dict[str, Run]] = {"c1": {}, "c32": {}, "stream": {}}
     for name, body, n, c, stream in (("c1", plain, args.n1, 1, False), ("c32", plain, args.n32, args.concurrency, False),
                                      ("stream", streaming, args.streams, 1, True)):
-        for side in order:
-            host = hosts[side]
-            run = await measure(host.url + "/v1/chat/completions", body, n, c, stream=stream, warmup=args.warmup,
-                                host=host)
-            if run.errors:
-                raise SystemExit(f"metrics {side}: {run.errors} requests failed (see {host.stderr_path})")
-            out[name][side] = run
+        out[name] = {side: Run() for side in SIDES}
+        for k in range(args.slices):
+            for side in (SIDES if (i + k) % 2 == 0 else SIDES[::-1]):
+                host = hosts[side]
+                run = await measure(host.url + "/v1/chat/completions", body, max(1, n // args.slices), c,
+                                    stream=stream, warmup=args.warmup if k == 0 else c, host=host)
+                if run.errors:
+                    raise SystemExit(f"metrics {side}: {run.errors} requests failed (see {host.stderr_path})")
+                merge(out[name][side], run)
     return out
 
 
@@ -200,6 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=20, help="streaming requests per side and round")
     p.add_argument("--stream-events", type=int, default=1000, help="content chunks per stream (max_tokens)")
     p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--slices", type=int, default=10, help="turns the two hosts take within each figure of a round")
     p.add_argument("--events-client", action="store_true", help="keep an /api/v1/events reader on the metrics host")
     p.add_argument("--activity-db", action="store_true", help="persist the activity log to SQLite on the metrics host")
     p.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")

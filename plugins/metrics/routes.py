@@ -13,10 +13,10 @@ from litestar.response import Stream
 from prometheus_client.exposition import choose_encoder
 
 from llama_host import HostDep
+from llama_host.proxy import SSE_HEADERS
 
 from .plugin import MetricsPlugin, plugin_for
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _encode = msgspec.json.Encoder().encode
 
 
@@ -28,7 +28,7 @@ def sse(kind: str, payload: Any) -> bytes:
 def prometheus_metrics(host: HostDep, request: Request) -> Response[bytes]:
     """Prometheus exposition (text format; OpenMetrics when the scraper asks for it)."""
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encoder(plugin_for(host).recorder.registry), media_type=content_type)
+    return Response(encoder(plugin_for(host).registry), media_type=content_type)
 
 
 class MetricsController(Controller):

@@ -186,7 +186,7 @@ async def test_events_from_another_thread_are_recorded_on_the_loop(tmp_path):
         t = threading.Thread(target=host.emit, args=(finished(),))
         t.start()
         t.join()
-        await until(lambda: rec.models.get(MODEL) and rec.models[MODEL].requests == 1)
+        await until(lambda: rec.summary()["totals"]["requests"] == 1)
 
 
 async def test_activity_persists_across_restarts(tmp_path):

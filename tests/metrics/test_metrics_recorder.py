@@ -18,6 +18,7 @@ from llama_host.types import (
     RequestFinished,
     RequestStarted,
 )
+from llama_host_metrics.exposition import registry_for
 from llama_host_metrics.recorder import OTHER_MODEL, Recorder
 from llama_host_metrics.sampler import ProcessSample, RunnerSample, SystemSample
 from llama_host_metrics.settings import Settings
@@ -31,7 +32,7 @@ def finished(model: str = "m", surface: str = "openai_api", **kw) -> RequestFini
 def samples(rec: Recorder) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the exposition, by (sample name, sorted labels)."""
     out = {}
-    for family in text_string_to_metric_families(generate_latest(rec.registry).decode()):
+    for family in text_string_to_metric_families(generate_latest(registry_for(rec)).decode()):
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
@@ -157,7 +158,7 @@ def test_unknown_models_share_one_label():
     rec.record(finished(model="made-up-1", status=404))
     rec.record(finished(model="made-up-2", status=404))
     assert set(rec.models) == {"real", OTHER_MODEL}
-    assert rec.models[OTHER_MODEL].requests == 2
+    assert rec.summary()["models"][OTHER_MODEL]["requests"] == 2
     # The activity log keeps what the client asked for.
     assert [e["model"] for e in rec.recent(10)] == ["made-up-2", "made-up-1", "real"]
 
@@ -227,7 +228,7 @@ def test_no_gpu_series_without_nvidia_smi():
 def test_registries_are_per_instance():
     a, b = Recorder(), Recorder()
     a.record(finished())
-    assert a.registry is not b.registry
+    assert registry_for(a) is not registry_for(b)
     assert not [k for k in samples(b) if k[0] == "llama_host_requests_total"]
 
 
@@ -268,5 +269,5 @@ def test_record_is_cheap():
     ev = finished(ttft=0.1, prompt_tokens=7, completion_tokens=16, tokens_per_second=800.0)
     for _ in range(5000):
         rec.record(ev)
-    assert rec.models["m"].requests == 5000
+    assert rec.summary()["models"]["m"]["requests"] == 5000
     assert len(rec.activity) == 500
