@@ -99,6 +99,10 @@ async def read_events(url: str, counter: list[int]) -> None:
             counter[0] += chunk.count(b"\nevent: ") + chunk.startswith(b"event: ")
 
 
+def side_of(label: str) -> str:
+    return label.rstrip("0123456789")
+
+
 def merge(into: Run, run: Run) -> None:
     into.latencies += run.latencies
     into.ttfb += run.ttfb
@@ -117,14 +121,15 @@ async def one_round(i: int, args: argparse.Namespace, hosts: dict[str, HostProce
     for name, body, n, c, stream in (("c1", plain, args.n1, 1, False), ("c32", plain, args.n32, args.concurrency, False),
                                      ("stream", streaming, args.streams, 1, True)):
         out[name] = {side: Run() for side in SIDES}
+        names = list(hosts)
         for k in range(args.slices):
-            for side in (SIDES if (i + k) % 2 == 0 else SIDES[::-1]):
-                host = hosts[side]
+            for label in (names if (i + k) % 2 == 0 else names[::-1]):
+                host = hosts[label]
                 run = await measure(host.url + "/v1/chat/completions", body, max(1, n // args.slices), c,
                                     stream=stream, warmup=args.warmup if k == 0 else c, host=host)
                 if run.errors:
-                    raise SystemExit(f"metrics {side}: {run.errors} requests failed (see {host.stderr_path})")
-                merge(out[name][side], run)
+                    raise SystemExit(f"metrics {label}: {run.errors} requests failed (see {host.stderr_path})")
+                merge(out[name][side_of(label)], run)
     return out
 
 
@@ -165,23 +170,25 @@ async def main_async(args: argparse.Namespace) -> int:
         try:
             with contextlib.ExitStack() as stack:
                 hosts = {}
-                for side in SIDES:
-                    folder = tmp / side
-                    folder.mkdir()
-                    hosts[side] = stack.enter_context(
-                        HostProcess(site_for(args, relay, folder, upstream_url, side == "on"), folder))
-                for side, host in hosts.items():
+                for pair in range(1, args.pairs + 1):
+                    for side in SIDES:
+                        folder = tmp / f"{side}{pair}"
+                        folder.mkdir()
+                        hosts[f"{side}{pair}"] = stack.enter_context(
+                            HostProcess(site_for(args, relay, folder, upstream_url, side == "on"), folder))
+                for label, host in hosts.items():
+                    side = side_of(label)
                     async with aiohttp.ClientSession() as s, s.post(f"{host.url}/api/v1/models/{MODEL}/load") as r:
                         if r.status != 200:
-                            raise SystemExit(f"metrics {side}: loading the model failed: {r.status} {await r.text()}")
+                            raise SystemExit(f"metrics {label}: loading the model failed: {r.status} {await r.text()}")
                     async with aiohttp.ClientSession() as s, s.get(f"{host.url}/api/v1/metrics") as r:
                         if (r.status == 200) != (side == "on"):
-                            raise SystemExit(f"metrics {side}: GET /api/v1/metrics answered {r.status}")
+                            raise SystemExit(f"metrics {label}: GET /api/v1/metrics answered {r.status}")
                     await measure(host.url + "/v1/chat/completions", chat_body(MODEL), 200, 4, stream=False, warmup=50)
                 if args.events_client:
-                    readers.append(asyncio.create_task(read_events(hosts["on"].url + "/api/v1/events", events)))
-                print(f"metrics on: {hosts['on'].url} (pid {hosts['on'].pid})  off: {hosts['off'].url} "
-                      f"(pid {hosts['off'].pid})")
+                    readers += [asyncio.create_task(read_events(host.url + "/api/v1/events", events))
+                                for label, host in hosts.items() if side_of(label) == "on"]
+                print("hosts: " + "  ".join(f"{label} {host.url} (pid {host.pid})" for label, host in hosts.items()))
                 ratios = []
                 for i in range(args.rounds):
                     ratios.append(report_round(i, await one_round(i, args, hosts), args))
@@ -207,13 +214,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--n1", type=int, default=2000, help="non-streaming requests at concurrency 1, per side and round")
+    p.add_argument("--n1", type=int, default=2000, help="non-streaming requests at concurrency 1, per host and round")
     p.add_argument("--n32", type=int, default=4000, help="non-streaming requests at --concurrency")
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--streams", type=int, default=20, help="streaming requests per side and round")
+    p.add_argument("--streams", type=int, default=20, help="streaming requests per host and round")
     p.add_argument("--stream-events", type=int, default=1000, help="content chunks per stream (max_tokens)")
     p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--slices", type=int, default=10, help="turns the two hosts take within each figure of a round")
+    p.add_argument("--slices", type=int, default=10, help="turns the hosts take within each figure of a round")
+    p.add_argument("--pairs", type=int, default=1,
+                   help="host processes per side (2+ shows how much two identical hosts differ on this machine)")
     p.add_argument("--events-client", action="store_true", help="keep an /api/v1/events reader on the metrics host")
     p.add_argument("--activity-db", action="store_true", help="persist the activity log to SQLite on the metrics host")
     p.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
