@@ -45,6 +45,7 @@ class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 # Keys of ModelSpec that are filled by the host, not written by users.
 _MODEL_INTERNAL = ("name", "source", "missing")
+RUNTIME_PLACEHOLDERS = ("PORT", "MODEL_PATH", "MODEL_NAME")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
           "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -82,6 +83,8 @@ def expand_env(tree: Any, env: Mapping[str, str], problems: list[str], path: tup
 
     def sub(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
+        if name in RUNTIME_PLACEHOLDERS and len(path) >= 3 and path[0] == "models" and path[2] in ("cmd", "args"):
+            return m.group(0)  # replaced by the runtime when it starts the model, not read from the environment
         if name in env:
             return env[name]
         if default is not None:

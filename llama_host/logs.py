@@ -29,6 +29,9 @@ class _RunnerFiles(logging.Handler):
         if path is None:
             return
         handler = self._files.get(record.name)
+        if handler is not None and handler.baseFilename != str(path.absolute()):  # the model moved to another log_dir
+            handler.close()
+            handler = None
         if handler is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             handler = RotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8")

@@ -27,6 +27,13 @@ def test_env_expansion_keeps_types():
     assert problems == ["n: environment variable MISSING is not set (use ${MISSING:-default})"]
 
 
+def test_runtime_placeholders_are_left_to_the_runtime():
+    problems = []
+    out = expand_env({"models": {"m": {"cmd": ["srv", "--port", "${PORT}", "-m", "${MODEL_PATH}", "${HOME_DIR}"]}}},
+                     {"PORT": "1", "HOME_DIR": "/h"}, problems)
+    assert out["models"]["m"]["cmd"] == ["srv", "--port", "${PORT}", "-m", "${MODEL_PATH}", "/h"] and not problems
+
+
 def test_valid_config_is_typed(tmp_path):
     host = Host.from_config(data={"port": "${PORT:-9000}", "scheduler": {"memory_budget": "2GiB"},
                                   "plugins": {"ollama_api": {"port": 11999}},

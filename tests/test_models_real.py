@@ -70,7 +70,7 @@ def test_first_request_starts_the_runner(tiny_model, llama_server_bin, tmp_path)
         assert after["last_used"] and after["expires_at"] > after["last_used"]
         logs = httpx.get(rh.url() + "/api/v1/models/tiny/logs").json()["lines"]
         assert any("print_timing" in line for line in logs), logs[-5:]
-        assert (tmp_path / "runners" / "tiny.log").exists()
+        wait_for((tmp_path / "runners" / "tiny.log").exists, what="the runner's log file")  # written by a thread
         pid = after["pid"]
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
