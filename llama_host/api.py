@@ -78,16 +78,30 @@ async def _log_events(host: HostDep, name: str, history: int) -> AsyncIterator[b
     buffer = host.scheduler.logs(name)
     for line in buffer.tail(history):
         yield b"data: " + encode(line) + b"\n\n"
-    while True:
-        with buffer.subscribe() as queue:
-            while host.scheduler.logs(name) is buffer:
-                try:
-                    line = await asyncio.wait_for(queue.get(), 15.0)
-                except TimeoutError:
-                    yield b": ping\n\n"
-                    continue
-                yield b"data: " + encode(line) + b"\n\n"
-        buffer = host.scheduler.logs(name)
+    stopping = asyncio.ensure_future(host.stopping.wait())
+    getter: asyncio.Future | None = None
+    try:
+        while not stopping.done():
+            with buffer.subscribe() as queue:
+                while host.scheduler.logs(name) is buffer:
+                    getter = getter or asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait({getter, stopping}, timeout=15.0,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if stopping in done:
+                        return
+                    if getter in done:
+                        line, getter = getter.result(), None
+                        yield b"data: " + encode(line) + b"\n\n"
+                    else:
+                        yield b": ping\n\n"
+            if getter is not None:
+                getter.cancel()
+                getter = None
+            buffer = host.scheduler.logs(name)
+    finally:
+        for future in (getter, stopping):
+            if future is not None:
+                future.cancel()
 
 
 def core_surface(host: HostDep) -> Surface:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -52,6 +53,8 @@ class Host:
         self.config_path = config_path
         self._raw_config = raw_config
         self.started_at = time.time()
+        #: set when the host begins to stop: long-lived streams (logs, events) should end then
+        self.stopping = asyncio.Event()
         self._settings: dict[tuple[str, type], Any] = {}
         pm.register(_CoreResolver(), name="llama_host.core")
         self.runtimes = self._collect_runtimes()

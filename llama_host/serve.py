@@ -91,6 +91,7 @@ async def serve(host: Host, *, stop: asyncio.Event | None = None, on_ready: Call
                               t.exception() if not t.cancelled() else "cancelled")
                 stopper.cancel()
                 log.info("stopping: closing listeners (open streams get %.0fs)", host.site.shutdown_grace)
+                host.stopping.set()
                 for s in servers.values():
                     s.should_exit = True
                 await asyncio.wait(tasks, timeout=host.site.shutdown_grace + 2)

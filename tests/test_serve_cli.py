@@ -124,3 +124,23 @@ def test_api_keys_guard_every_listener(tmp_path, ports):
     finally:
         proc.terminate()
         proc.communicate(timeout=20)
+
+
+def test_sigterm_ends_live_streams_at_once(tmp_path, ports):
+    """Open event and log streams end when stopping begins: they do not hold the shutdown for shutdown_grace."""
+    path = site(tmp_path, ports, "shutdown_grace: 60\nmodels:\n  m: {path: nowhere.gguf}\n")
+    proc = start_cli(path)
+    main = f"http://127.0.0.1:{ports['main']}"
+    try:
+        wait_health(ports["main"], proc)
+        with httpx.stream("GET", main + "/api/v1/events", timeout=30) as events, \
+                httpx.stream("GET", main + "/api/v1/models/m/logs/stream", timeout=30) as logs:
+            assert events.status_code == 200 and logs.status_code == 200
+            proc.terminate()
+            out, err = proc.communicate(timeout=20)  # far below shutdown_grace
+            assert list(events.iter_lines()) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err

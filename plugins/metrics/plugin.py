@@ -78,12 +78,14 @@ class MetricsPlugin:
                           self.store.path, exc)
                 self.store = self.recorder.sink = None
         sampler_task = None
+        closer = asyncio.create_task(self._close_streams_on_stop(), name="metrics-stream-closer")
         if self.settings.sample_seconds > 0:
             self._wake = asyncio.Event()
             sampler_task = asyncio.create_task(self._sample_forever(), name="metrics-sampler")
         try:
             yield
         finally:
+            closer.cancel()
             if sampler_task is not None:
                 sampler_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -93,6 +95,11 @@ class MetricsPlugin:
             self.recorder.hub.close()
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
+
+    async def _close_streams_on_stop(self) -> None:
+        """End the live event streams as soon as the host starts stopping, so they don't hold up the shutdown."""
+        await self.host.stopping.wait()
+        self.recorder.hub.close()
 
     async def _sample_forever(self) -> None:
         assert self._wake is not None
