@@ -83,7 +83,7 @@ def configure(level: str = "info", log_dir: str | Path | None = None) -> None:
         root.removeHandler(h)
     root.addHandler(QueueHandler(_queue))
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access",):
+    for noisy in ("uvicorn.access", "uvicorn.error"):  # one "Started server process" line per listener
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
