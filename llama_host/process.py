@@ -155,7 +155,7 @@ class ProcessRunner:
     async def _spawn_and_wait(self, deadline: float) -> None:
         argv = self.argv
         env = {**os.environ, **self._env}
-        self._file_log.info("starting: %s", " ".join(argv))
+        self._note("starting: " + " ".join(argv))
         loop = asyncio.get_running_loop()
         spawn = argv
         if SETPRIV:
@@ -230,7 +230,10 @@ class ProcessRunner:
             self._line(partial[:MAX_LINE])
 
     def _line(self, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace").rstrip("\r")
+        self._note(raw.decode("utf-8", "replace").rstrip("\r"))
+
+    def _note(self, line: str) -> None:
+        """One line of the runner's log: the recent-lines buffer (API, dashboard) and the runner's log file."""
         self.logs.append(line)
         self._file_log.info("%s", line)
 
@@ -282,12 +285,12 @@ class ProcessRunner:
         try:
             await asyncio.wait_for(self._ended.wait(), grace)
         except asyncio.TimeoutError:
-            self._file_log.info("did not exit %.1fs after SIGTERM: SIGKILL", grace)
+            self._note(f"did not exit {grace:.1f}s after SIGTERM: SIGKILL")
             self._signal(signal.SIGKILL)
             await self._ended.wait()
         self._kill_leftovers()
         await self._drain()
-        self._file_log.info("stopped (exit code %s)", proc.returncode)
+        self._note(f"stopped (exit code {proc.returncode})")
 
     def _kill_leftovers(self) -> None:
         """The runner's process has ended: its own children (same process group) must not outlive it. The group id

@@ -18,6 +18,7 @@ from collections.abc import Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from llama_host.binaries import find_binary
@@ -42,6 +43,14 @@ class RunningHost:
 
     def url(self, name: str = "main") -> str:
         return f"http://127.0.0.1:{self.port(name)}"
+
+    def client(self, name: str = "main", **kwargs: Any) -> httpx.Client:
+        """An httpx client for one listener (``with rh.client("ollama_api") as c: c.get("/api/tags")``)."""
+        return httpx.Client(base_url=self.url(name), **kwargs)
+
+    def async_client(self, name: str = "main", **kwargs: Any) -> httpx.AsyncClient:
+        """An async httpx client for one listener, for async tests."""
+        return httpx.AsyncClient(base_url=self.url(name), **kwargs)
 
     def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 120) -> Any:
         """Run a coroutine on the host's event loop (e.g. ``host.scheduler.load(...)``) and return its result."""

@@ -10,6 +10,7 @@ import openai
 import psutil
 import pytest
 
+from llama_host import hookimpl
 from llama_host.testing import serve_host, tiny_site
 
 pytestmark = pytest.mark.real
@@ -50,12 +51,27 @@ def runner_children():
     return [p for p in psutil.Process().children(recursive=True) if "llama-server" in p.name()]
 
 
-def two_models(tiny_model, llama_server_bin, tmp_path, **scheduler):
-    site = tiny_site(tiny_model, llama_server_bin, log_dir=str(tmp_path / "logs"),
-                     scheduler={"max_loaded": 1, **scheduler})
-    site["models"]["other"] = {"path": str(tiny_model), "params": {"ctx_size": 8192}}
-    site["models"]["tiny"]["params"] = {"ctx_size": 8192}
-    return site
+@pytest.fixture(scope="module")
+def long_model(tmp_path_factory):
+    """A tiny model with a long context: a 30,000-token reply takes seconds, so a test can act mid-stream."""
+    from llama_host.tinymodel import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("long") / "long.gguf", context_length=32768)
+
+
+LONG = {"ctx_size": 32768, "parallel": 1}
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    @hookimpl
+    def track_event(self, event):
+        self.events.append((event.kind, getattr(event, "model", None), getattr(event, "reason", None)))
+
+    def index(self, kind, model, reason=None):
+        return next(i for i, e in enumerate(self.events) if e[:2] == (kind, model) and reason in (None, e[2]))
 
 
 def test_first_request_starts_the_runner(tiny_model, llama_server_bin, tmp_path):
@@ -94,25 +110,32 @@ def test_concurrent_requests_share_one_process(tiny_model, llama_server_bin, tmp
         assert len(runner_children()) == 1
 
 
-def test_swap_waits_for_in_flight_request(tiny_model, llama_server_bin, tmp_path):
-    with serve_host(two_models(tiny_model, llama_server_bin, tmp_path), PLUGINS) as rh:
+def test_swap_waits_for_in_flight_request(long_model, llama_server_bin, tmp_path):
+    site = tiny_site(long_model, llama_server_bin, log_dir=str(tmp_path), scheduler={"max_loaded": 1})
+    site["models"]["tiny"]["params"] = LONG
+    site["models"]["other"] = {"path": str(long_model), "params": {"ctx_size": 1024}}
+    recorder = Recorder()
+    with serve_host(site, PLUGINS, extra=[("recorder", recorder)]) as rh:
         c = client(rh)
-        stream = c.chat.completions.create(model="tiny", messages=CHAT, max_tokens=3000, stream=True)
-        first = next(iter(stream))
+        stream = c.chat.completions.create(model="tiny", messages=CHAT, max_tokens=4000, stream=True,
+                                           stream_options={"include_usage": True})
+        chunks = iter(stream)
+        pieces = [next(chunks)]
         assert models(rh)["tiny"]["in_flight"] == 1
         other = {}
         t = threading.Thread(target=lambda: other.update(
             reply=c.chat.completions.create(model="other", messages=CHAT, max_tokens=2)))
         t.start()
-        time.sleep(1.0)
-        # the other model waits: the first is still loaded and streaming
-        state = models(rh)
-        assert state["tiny"]["state"] == "loaded" and state["other"]["state"] == "unloaded"
-        pieces = [first] + list(stream)
-        assert pieces[-1].choices == [] or pieces[-1].choices[0].finish_reason == "length" or any(
-            p.choices and p.choices[0].finish_reason == "length" for p in pieces)
-        t.join(30)
+        wait_for(lambda: ("request_started", "other", None) in recorder.events, what="the other request")
+        assert models(rh)["tiny"]["state"] == "loaded"  # the first is still streaming: the other waits
+        pieces += list(chunks)
+        t.join(60)
+        # the first stream is complete and intact, and the swap happened only after it ended
+        assert pieces[-1].usage.completion_tokens == sum(1 for p in pieces if p.choices and p.choices[0].delta.content)
+        assert any(p.choices and p.choices[0].finish_reason for p in pieces)
         assert other["reply"].choices[0].message.content
+        finished = recorder.index("request_finished", "tiny")
+        assert finished < recorder.index("model_unloaded", "tiny", "evicted") < recorder.index("model_loading", "other")
         state = models(rh)
         assert state["tiny"]["state"] == "unloaded" and state["other"]["state"] == "loaded"
 
@@ -127,17 +150,18 @@ def test_ttl_unloads_idle_model(tiny_model, llama_server_bin, tmp_path):
         wait_for(lambda: not psutil.pid_exists(pid), what="runner exit")
 
 
-def test_killed_runner_mid_stream_gives_clean_error_then_recovers(tiny_model, llama_server_bin, tmp_path):
-    site = tiny_site(tiny_model, llama_server_bin, log_dir=str(tmp_path))
-    site["models"]["tiny"]["params"] = {"ctx_size": 8192}
+def test_killed_runner_mid_stream_gives_clean_error_then_recovers(long_model, llama_server_bin, tmp_path):
+    site = tiny_site(long_model, llama_server_bin, log_dir=str(tmp_path))
+    site["models"]["tiny"]["params"] = LONG
     with serve_host(site, PLUGINS) as rh:
         c = client(rh)
-        stream = c.chat.completions.create(model="tiny", messages=CHAT, max_tokens=6000, stream=True)
-        next(iter(stream))
+        stream = c.chat.completions.create(model="tiny", messages=CHAT, max_tokens=30000, stream=True)
+        chunks = iter(stream)
+        next(chunks)
         pid = models(rh)["tiny"]["pid"]
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(openai.APIError) as info:
-            for _ in stream:
+            for _ in chunks:
                 pass
         assert "tiny" in str(info.value)
         wait_for(lambda: models(rh)["tiny"]["state"] == "failed", what="failed state")
@@ -147,11 +171,11 @@ def test_killed_runner_mid_stream_gives_clean_error_then_recovers(tiny_model, ll
         assert models(rh)["tiny"]["pid"] != pid
 
 
-def test_client_disconnect_releases_lease(tiny_model, llama_server_bin, tmp_path):
-    site = tiny_site(tiny_model, llama_server_bin, log_dir=str(tmp_path))
-    site["models"]["tiny"]["params"] = {"ctx_size": 8192, "parallel": 1}
+def test_client_disconnect_releases_lease(long_model, llama_server_bin, tmp_path):
+    site = tiny_site(long_model, llama_server_bin, log_dir=str(tmp_path))
+    site["models"]["tiny"]["params"] = LONG
     with serve_host(site, PLUGINS) as rh:
-        body = {"model": "tiny", "messages": CHAT, "max_tokens": 7000, "stream": True}
+        body = {"model": "tiny", "messages": CHAT, "max_tokens": 30000, "stream": True}
         with httpx.stream("POST", rh.url() + "/v1/chat/completions", json=body, timeout=30) as r:
             chunks = r.iter_raw()  # keep the iterator: dropping it would close the stream
             assert next(chunks).startswith(b"data: ")

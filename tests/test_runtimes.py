@@ -1,0 +1,55 @@
+"""The ``command`` and ``remote`` runtimes: any OpenAI-compatible server, started from cmd or already running."""
+
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from llama_host.testing import serve_host
+
+FAKE = str(Path(__file__).with_name("fake_llama_server.py"))
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+def test_command_runtime_starts_cmd_with_placeholders(tmp_path):
+    site = {"log_dir": str(tmp_path), "models": {"cmd-model": {
+        "runtime": "command", "path": str(tmp_path / "weights.bin"),
+        "cmd": [sys.executable, FAKE, "-m", "${MODEL_PATH}", "--port", "${PORT}", "--alias", "${MODEL_NAME}"]}}}
+    with serve_host(site, ["openai_api", "command_runtime"]) as rh, \
+            openai.OpenAI(base_url=rh.url() + "/v1", api_key="x", max_retries=0) as client:
+        reply = client.chat.completions.create(model="cmd-model", messages=HELLO, max_tokens=3)
+        assert reply.choices[0].message.content == " t0 t1 t2"
+        status = rh.host.scheduler.status("cmd-model")
+        assert status.state == "loaded" and status.pid
+        started = next(line for line in rh.host.scheduler.logs("cmd-model").lines if line.startswith("starting"))
+    # placeholders were replaced by the runtime, not read from the environment
+    assert f"-m {tmp_path / 'weights.bin'} --port " in started and "--alias cmd-model" in started
+
+
+def test_command_runtime_without_cmd_is_a_clear_error(tmp_path):
+    site = {"log_dir": str(tmp_path), "models": {"empty": {"runtime": "command"}}}
+    with serve_host(site, ["openai_api", "command_runtime"]) as rh, rh.client() as c:
+        r = c.post("/v1/chat/completions", json={"model": "empty", "messages": HELLO})
+        assert r.status_code == 503 and "needs 'cmd" in r.json()["error"]["message"]
+
+
+def test_remote_runtime_routes_to_another_server_with_its_key(tmp_path):
+    """One llama-host serves a model; a second one reaches it as a `remote` model with an API key."""
+    inner = {"log_dir": str(tmp_path / "inner"), "api_keys": ["inner-key"], "models": {"m": {
+        "runtime": "command", "aliases": ["far"], "cmd": [sys.executable, FAKE, "--port", "${PORT}"]}}}
+    with serve_host(inner, ["openai_api", "command_runtime"]) as backend:
+        outer = {"log_dir": str(tmp_path / "outer"), "scheduler": {"max_loaded": 1}, "models": {
+            "far": {"runtime": "remote", "url": backend.url() + "/v1", "api_key": "inner-key", "health_path": "/api/v1/health"},
+            "wrong-key": {"runtime": "remote", "url": backend.url(), "api_key": "nope", "health_path": "/v1/models"}}}
+        with serve_host(outer, ["openai_api", "remote_runtime"]) as front, \
+                openai.OpenAI(base_url=front.url() + "/v1", api_key="x", max_retries=0) as client:
+            reply = client.chat.completions.create(model="far", messages=HELLO, max_tokens=2)
+            assert reply.choices[0].message.content == " t0 t1"
+            assert front.host.scheduler.status("far").pid is None  # no local process
+            with pytest.raises(openai.APIStatusError) as info:  # the backend refuses the key: not healthy
+                client.chat.completions.create(model="wrong-key", messages=HELLO)
+            assert info.value.status_code == 503 and "not healthy" in info.value.body["message"]
+            config = httpx.get(front.url() + "/api/v1/config").json()
+            assert config["models"]["far"]["api_key"] == "***"
