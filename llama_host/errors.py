@@ -97,5 +97,5 @@ class UpstreamError(HostError):
         self.payload = payload
         code = err.get("code") if isinstance(err, dict) else None
         self.status = status or (code if isinstance(code, int) and 400 <= code < 600 else 500)
-        if 400 <= self.status < 500:
-            self.type = "invalid_request_error"
+        if 400 <= self.status < 500:  # the request was at fault (e.g. a prompt longer than the context)
+            self.type, self.code = "invalid_request_error", "invalid_request"

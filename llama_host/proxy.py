@@ -65,6 +65,20 @@ class Upstream:
         except msgspec.DecodeError:
             raise UpstreamError({"message": body.decode("utf-8", "replace")[:500]}, self.status) from None
 
+    async def raise_for_status(self) -> None:
+        """An error status from the runner becomes UpstreamError (with that status), the response closed."""
+        if self.status < 400:
+            return
+        try:
+            raw = await self.read()
+        finally:
+            self.close()
+        try:
+            payload: Any = _decode(raw)
+        except msgspec.DecodeError:
+            payload = {"message": raw.decode("utf-8", "replace")[:500] or f"runner answered {self.status}"}
+        raise UpstreamError(payload, self.status)
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._r.content.iter_any():

@@ -89,6 +89,7 @@ class Entry:
         self.failures = 0
         self.failed_at = 0.0
         self.pending = 0  # requests waiting for this model's start to finish
+        self.memory = 0  # estimated bytes, see estimate_memory
         self.drainers = 0  # requests waiting for this model's in-flight requests to end before evicting it
         self.timer: asyncio.TimerHandle | None = None
         self.logs = LogBuffer()
@@ -166,6 +167,7 @@ class Scheduler:
                 self.entries[name].spec = spec
             else:
                 self.entries[name] = Entry(spec)
+            self.entries[name].memory = estimate_memory(spec)  # once per catalogue change, not per request
         for name in [n for n, e in self.entries.items() if n not in merged and e.state in ("unloaded", "failed")]:
             del self.entries[name]
         index: dict[str, str] = {}
@@ -327,7 +329,7 @@ class Scheduler:
         can never fit."""
         if not entry.runner.local:
             return None
-        need = self.estimate(entry.spec)
+        need = entry.memory
         budget, limit = self.memory_budget, self.settings.max_loaded
         if budget is not None and need > budget:
             raise ModelTooLarge(f"model '{entry.spec.name}' needs about {_gib(need)}, more than the whole memory "
@@ -336,7 +338,7 @@ class Scheduler:
 
         def fits(group: list[Entry]) -> bool:
             count_ok = limit <= 0 or len(group) + 1 <= limit
-            return count_ok and (budget is None or sum(self.estimate(e.spec) for e in group) + need <= budget)
+            return count_ok and (budget is None or sum(e.memory for e in group) + need <= budget)
 
         def is_idle(e: Entry) -> bool:
             return e.in_flight == 0 and e.pending == 0
@@ -366,10 +368,6 @@ class Scheduler:
             self._begin_unload(victim, "evicted")
         return None
 
-    def estimate(self, spec: ModelSpec) -> int:
-        return estimate_memory(spec)
-
-    estimate_memory = estimate
 
     async def _start(self, entry: Entry) -> None:
         runner = entry.runner
@@ -529,7 +527,7 @@ class Scheduler:
         runner = e.runner if e.state in ("loading", "loaded") else None
         return ModelStatus(
             name=s.name, state=e.state, runtime=s.runtime, source=s.source, aliases=list(s.aliases),
-            memory=self.estimate(s), in_flight=e.in_flight, pinned=s.pinned, unlisted=s.unlisted, missing=s.missing,
+            memory=e.memory, in_flight=e.in_flight, pinned=s.pinned, unlisted=s.unlisted, missing=s.missing,
             ttl=self._idle_for(e), last_used=e.last_used, expires_at=e.expires_at,
             loaded_at=e.loaded_at if e.state == "loaded" else None, load_seconds=e.load_seconds,
             pid=runner.pid if runner else None, error=e.error, path=s.path, metadata=dict(s.metadata))

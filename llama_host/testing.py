@@ -142,17 +142,28 @@ def free_port() -> int:
     return _free_port()
 
 
-@pytest.fixture(scope="session")
-def llama_server_bin() -> str:
-    """The real llama-server: $LLAMA_SERVER, PATH or the cache of scripts/get-llama-server. Missing → fail under CI,
-    skip elsewhere."""
-    found = find_binary("llama-server", os.environ.get("LLAMA_SERVER"))
+def runner_binary(name: str, env_var: str, script: str) -> str:
+    """A real runner binary: ``$env_var``, PATH or the cache of ``scripts/<script>``. Missing → fail under CI (a
+    skipped real test is not a passing one), skip elsewhere."""
+    found = find_binary(name, os.environ.get(env_var))
     if found is None:
-        message = "llama-server not found: run scripts/get-llama-server (or set LLAMA_SERVER)"
+        message = f"{name} not found: run scripts/{script} (or set {env_var})"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+@pytest.fixture(scope="session")
+def llama_server_bin() -> str:
+    """The real llama-server (scripts/get-llama-server builds it)."""
+    return runner_binary("llama-server", "LLAMA_SERVER", "get-llama-server")
+
+
+@pytest.fixture(scope="session")
+def whisper_server_bin() -> str:
+    """The real whisper-server (scripts/get-whisper-server builds it)."""
+    return runner_binary("whisper-server", "WHISPER_SERVER", "get-whisper-server")
 
 
 @pytest.fixture(scope="session")

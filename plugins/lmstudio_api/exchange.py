@@ -8,7 +8,7 @@ import msgspec
 from litestar import Request
 
 from llama_host import Host
-from llama_host.errors import BadRequest, UpstreamError
+from llama_host.errors import BadRequest
 from llama_host.proxy import Upstream
 from llama_host.scheduler import Lease
 from llama_host.types import ModelSpec
@@ -44,17 +44,5 @@ def resolve(host: Host, requested: str | None) -> ModelSpec:
 async def open_or_fail(host: Host, lease: Lease, path: str, body: dict[str, Any]) -> Upstream:
     """Send ``body``; an error status from the runner is raised (with its status) before anything is streamed."""
     up = await host.relay.open(lease, "POST", path, json=body)
-    if up.status >= 400:
-        try:
-            raw = await up.read()
-        finally:
-            up.close()
-        try:
-            payload: Any = _decode(raw)
-        except msgspec.DecodeError:
-            payload = {"message": raw.decode("utf-8", "replace")[:500] or f"runner answered {up.status}"}
-        error = UpstreamError(payload, up.status)
-        if 400 <= error.status < 500:  # the request was at fault (e.g. a prompt longer than the context)
-            error.type, error.code = "invalid_request_error", "invalid_request"
-        raise error
+    await up.raise_for_status()
     return up

@@ -1,28 +1,13 @@
-"""Fixtures for the audio tests: the real whisper-server, a tiny whisper model, generated WAV tones."""
+"""Fixtures for the audio tests: a tiny whisper model and generated WAV tones (the real whisper-server comes from
+llama_host.testing's ``whisper_server_bin``)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from llama_host.binaries import find_binary
-
 from audio_helpers import write_tone
-
-
-@pytest.fixture(scope="session")
-def whisper_server_bin() -> str:
-    """The real whisper-server: $WHISPER_SERVER, PATH or the cache of scripts/get-whisper-server. Missing → fail
-    under CI, skip elsewhere."""
-    found = find_binary("whisper-server", os.environ.get("WHISPER_SERVER"))
-    if found is None:
-        message = "whisper-server not found: run scripts/get-whisper-server (or set WHISPER_SERVER)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 @pytest.fixture(scope="session")
