@@ -204,6 +204,8 @@ class Recorder:
         self.seq = 0
         self.system: SystemSample | None = None
         self.runners: dict[str, RunnerSample] = {}
+        #: The last samples (machine, runners), so a chart opened now starts with some past.
+        self.history: deque[tuple[SystemSample | None, list[RunnerSample]]] = deque(maxlen=settings.history_samples)
         self.hub = EventHub(settings.stream_buffer)
         self._handlers: dict[type, Callable[[Any], None]] = {
             RequestStarted: self._request_started,
@@ -311,6 +313,7 @@ class Recorder:
         """Keep the latest sample of the machine and of each runner, and stream them (event loop)."""
         self.system = system
         self.runners = {r.model: r for r in runners}
+        self.history.append((system, list(self.runners.values())))
         if self.hub.clients:
             if system is not None:
                 self.hub.publish("system", system)
@@ -357,5 +360,7 @@ class Recorder:
             "models": models,
             "runners": sorted(self.runners.values(), key=lambda r: r.model),
             "system": self.system,
+            "history": {"system": [s for s, _ in self.history if s is not None],
+                        "runners": [r for _, rs in self.history for r in rs]},
             "stream": {"clients": self.hub.clients, "dropped": self.hub.dropped},
         }

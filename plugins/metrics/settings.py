@@ -29,6 +29,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     activity_db: str | None = None
     #: Most rows kept in ``activity_db``; older rows are deleted.
     activity_db_rows: Positive = 100_000
+    #: Samples kept as history for charts (``history`` in ``GET /api/v1/metrics`` and the ``snapshot`` event).
+    history_samples: Positive = 120
     #: Query ``nvidia-smi`` (when it is on PATH) for GPU memory and utilisation.
     gpu: bool = True
     #: Events buffered per ``/api/v1/events`` client; a client that falls further behind loses events, never the host.

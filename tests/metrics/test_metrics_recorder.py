@@ -218,6 +218,16 @@ def test_samples_exposed_and_runner_gone_after_unload():
     assert rec.summary()["runners"] == []
 
 
+def test_history_keeps_the_last_samples_for_charts():
+    rec = Recorder(Settings(history_samples=2))
+    for ts in (1.0, 2.0, 3.0):
+        system = msgspec.structs.replace(system_sample(), ts=ts)
+        rec.update_samples(system, [msgspec.structs.replace(runner_sample(), ts=ts)])
+    history = rec.summary()["history"]
+    assert [s.ts for s in history["system"]] == [2.0, 3.0]
+    assert [r.ts for r in history["runners"]] == [2.0, 3.0]
+
+
 def test_no_gpu_series_without_nvidia_smi():
     rec = Recorder()
     rec.update_samples(system_sample(), [])

@@ -54,6 +54,12 @@ function addSystem(sample) {
   systemSamples.push(sample);
 }
 
+/** Past samples kept by the metrics plugin, so the charts of a page opened now start with some history. */
+function addHistory(history) {
+  for (const s of history?.system || []) addSystem(s);
+  for (const r of history?.runners || []) addRunner(r);
+}
+
 function addRunner(sample) {
   if (!sample?.model || !sample.ts) return;
   const list = runnerSamples.get(sample.model) || [];
@@ -198,6 +204,7 @@ function renderSoon() {
 
 async function loadSummary() {
   summary = await getJSON("/api/v1/metrics");
+  addHistory(summary.history);
   if (summary.system) addSystem(summary.system);
   for (const r of summary.runners || []) addRunner(r);
 }
@@ -233,6 +240,7 @@ export const monitoringPanel = {
     if (ev.kind === "snapshot") {
       // The first event of each connection: the summary, as GET /api/v1/metrics would answer.
       summary = ev;
+      addHistory(ev.history);
       if (ev.system) addSystem(ev.system);
       for (const r of ev.runners || []) addRunner(r);
     } else if (ev.kind === "system") addSystem(ev);
