@@ -168,6 +168,14 @@ class RequestMeter:
             predicted_ms=t.get("predicted_ms"), stop_reason=self.stop_reason, error=error))
 
 
+def end_request(up: Upstream, lease: Lease, meter: RequestMeter, status: int, error: str | None = None) -> None:
+    """The end of a relayed request: close the runner's response (an early close stops generation), release the
+    model and record the request. Each step is idempotent, so error paths and ``finally`` blocks may both call it."""
+    up.close()
+    lease.release()
+    meter.finish(status, error)
+
+
 def observe_tail(meter: RequestMeter, tail: bytes) -> None:
     """Read the last ``data:`` events of a stream (llama-server puts ``timings``/``usage`` on the last chunks)."""
     for line in tail.split(b"\n"):
@@ -303,7 +311,5 @@ class Relay:
                 error, status = "client disconnected", 499
             raise
         finally:
-            up.close()
-            lease.release()
             observe_tail(meter, tail)
-            meter.finish(status, error)
+            end_request(up, lease, meter, status, error)

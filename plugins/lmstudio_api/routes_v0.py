@@ -12,7 +12,7 @@ from litestar.response import Stream
 from llama_host import Host
 from llama_host.errors import HostError
 from llama_host.host import HostDep
-from llama_host.proxy import SSE_HEADERS, RequestMeter, Upstream
+from llama_host.proxy import SSE_HEADERS, RequestMeter, Upstream, end_request
 from llama_host.scheduler import Lease
 from llama_host.types import ModelSpec
 
@@ -114,23 +114,17 @@ async def _v0_events(up: Upstream, lease: Lease, meter: RequestMeter, extras: Ex
         if trailer is not None:
             yield sse.data_event(trailer)
         # the runner is done: free the model and record the request before the client sees the end
-        up.close()
-        lease.release()
-        meter.finish(status, error)
+        end_request(up, lease, meter, status, error)
         yield sse.DONE
     except HostError as exc:
         status, error = exc.status, exc.message
-        up.close()
-        lease.release()
-        meter.finish(status, error)
+        end_request(up, lease, meter, status, error)
         yield openai_error_event(exc)
     except BaseException:  # the client went away: closing the upstream below stops generation
         status, error = 499, "client disconnected"
         raise
     finally:
-        up.close()
-        lease.release()
-        meter.finish(status, error)
+        end_request(up, lease, meter, status, error)
 
 
 def v0_extras(spec: ModelSpec, lease: Lease, facts: RunnerFacts, body: dict[str, Any]) -> Extras:

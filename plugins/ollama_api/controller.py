@@ -16,6 +16,7 @@ from litestar.response import Stream
 
 from llama_host import Host, HostDep, ModelSpec
 from llama_host.errors import BadRequest, HostError, UpstreamError
+from llama_host.proxy import end_request
 
 from . import catalog
 from . import translate as tr
@@ -356,6 +357,4 @@ async def _relay(up: Upstream, lease: Lease, meter: RequestMeter,
         status, error = 499, "client disconnected"
         raise
     finally:
-        up.close()
-        lease.release()
-        meter.finish(status, error)
+        end_request(up, lease, meter, status, error)
