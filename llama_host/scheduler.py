@@ -15,6 +15,7 @@ import msgspec
 
 from llama_host.config import SchedulerSettings, parse_size
 from llama_host.errors import HostError, ModelNotFound, ModelTooLarge, QueueFull, QueueTimeout, RunnerStartError
+from llama_host.placement import Limits, Slot, backoff_seconds, idle_seconds, plan
 from llama_host.process import LogBuffer
 from llama_host.types import (
     ModelFailed,
@@ -53,18 +54,6 @@ def estimate_memory(spec: ModelSpec) -> int:
     if ctx and layers and heads and width:
         size += 2 * int(layers) * int(ctx) * int(kv_heads or heads) * (int(width) // int(heads)) * KV_BYTES
     return size
-
-
-def backoff_seconds(failures: int) -> float:
-    """How long a model that failed to start ``failures`` times in a row waits before the next start (>= 2)."""
-    return float(min(2 ** (failures - 2), 30))
-
-
-def idle_seconds(ttl: float | None) -> float | None:
-    """Per-request ttl → seconds until unload: ``None`` = never, ``0`` = right after the request."""
-    if ttl is None or ttl < 0:
-        return None
-    return float(ttl)
 
 
 class Entry:
@@ -135,6 +124,7 @@ class Scheduler:
         self.settings = settings
         self.runtimes = runtimes
         self.memory_budget = parse_size(settings.memory_budget) if settings.memory_budget is not None else None
+        self.limits = Limits(max_loaded=settings.max_loaded, memory_budget=self.memory_budget)
         self.entries: dict[str, Entry] = {}
         self._index: dict[str, str] = {}
         self._changed = asyncio.Event()
@@ -324,50 +314,20 @@ class Scheduler:
         return info.factory(spec, self.host)
 
     def _plan_room(self, entry: Entry) -> list[Entry] | None:
-        """Decide synchronously whether ``entry`` can start now; unload idle LRU victims when that makes room.
-        ``None`` = start now; else the busy models whose in-flight requests must end first. Raises when the model
-        can never fit."""
-        if not entry.runner.local:
-            return None
-        need = entry.memory
-        budget, limit = self.memory_budget, self.settings.max_loaded
-        if budget is not None and need > budget:
-            raise ModelTooLarge(f"model '{entry.spec.name}' needs about {_gib(need)}, more than the whole memory "
-                                f"budget of {_gib(budget)}")
-        active = [e for e in self.entries.values() if e is not entry and e.occupies and not e.stopping]
-
-        def fits(group: list[Entry]) -> bool:
-            count_ok = limit <= 0 or len(group) + 1 <= limit
-            return count_ok and (budget is None or sum(e.memory for e in group) + need <= budget)
-
-        def is_idle(e: Entry) -> bool:
-            return e.in_flight == 0 and e.pending == 0
-
-        idle = sorted((e for e in active if e.state == "loaded" and is_idle(e) and not e.spec.pinned),
-                      key=lambda e: e.last_used or 0)
-        victims: list[Entry] = []
-        busy = sorted((e for e in active if e.state == "loaded" and not is_idle(e) and not e.spec.pinned),
-                      key=lambda e: e.last_used or 0)
-        drain: list[Entry] = []
-        while not fits(active):
-            if idle:
-                victim = idle.pop(0)
-                victims.append(victim)
-            elif busy:
-                victim = busy.pop(0)
-                drain.append(victim)
-            elif any(e.state == "loading" and not e.spec.pinned for e in active):
-                return []  # a model being loaded will take requests first; wait for it
-            else:
-                pinned = ", ".join(e.spec.name for e in active)
-                raise ModelTooLarge(f"cannot load model '{entry.spec.name}': pinned models ({pinned}) use all the room")
-            active.remove(victim)
-        if drain:
-            return drain
-        for victim in victims:
-            self._begin_unload(victim, "evicted")
+        """Apply the placement policy (llama_host.placement) for starting ``entry`` now: unload the idle models it
+        chooses. ``None`` = start now; else the models to wait for (busy ones draining, or a start in progress).
+        Raises when the model can never fit."""
+        running = [_slot(e) for e in self.entries.values() if e is not entry and e.occupies and not e.stopping]
+        decision = plan(_slot(entry), running, self.limits)
+        if decision.action == "refuse":
+            raise ModelTooLarge(decision.reason)
+        if decision.action == "wait":
+            return []
+        if decision.action == "drain":
+            return [self.entries[name] for name in decision.drain]
+        for name in decision.evict:
+            self._begin_unload(self.entries[name], "evicted")
         return None
-
 
     async def _start(self, entry: Entry) -> None:
         runner = entry.runner
@@ -567,5 +527,8 @@ class Scheduler:
                 kill()
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+def _slot(e: Entry) -> Slot:
+    """An entry as the placement policy sees it."""
+    return Slot(e.spec.name, memory=e.memory, state="loading" if e.state == "loading" else "loaded",
+                in_flight=e.in_flight, pending=e.pending, last_used=e.last_used or 0.0, pinned=e.spec.pinned,
+                local=e.runner.local if e.runner is not None else True)
