@@ -143,6 +143,8 @@ class SSEParser:
                 break
             kept = i + 1
             if self.done:
+                if kept < len(lines) and not lines[kept]:
+                    kept += 1  # the blank line that ends the [DONE] event
                 break
         if kept == len(lines):
             return b"\n".join(lines) + b"\n"
