@@ -158,10 +158,13 @@ class SSEParser:
         return self.events(rest + b"\n")
 
     def close_passthrough(self) -> bytes:
+        """The last event of a body that ended without a newline, ended as an event (a blank line): SSE clients
+        drop an event cut off at the end of the stream."""
         rest, self._buf = self._buf, b""
         if self.done or self.error is not None or not rest.strip():
             return b""
-        return self.passthrough(rest + b"\n")
+        out = self.passthrough(rest + b"\n")
+        return out + b"\n" if out and not rest.endswith(b"\n") else out
 
 
 class Exchange:

@@ -30,7 +30,7 @@ def test_a_final_event_without_its_newline_is_kept():
     assert out == [[{"x": 1}], [{"x": 2}]] and not p.done
     parser = SSEParser()
     assert parser.passthrough(b'data: {"x":1}\n\ndata: {"x":2}') == b'data: {"x":1}\n\n'
-    assert parser.close_passthrough() == b'data: {"x":2}\n'
+    assert parser.close_passthrough() == b'data: {"x":2}\n\n'
 
 
 def test_error_events_in_either_form_come_after_the_good_events():
