@@ -29,6 +29,7 @@ Request-lifecycle faults (the fault matrix of tests/test_fault_matrix.py):
 
 =======================  =============================================================================================
 FAKE_MALFORMED_AFTER=n   after ``n`` content chunks of a stream, send an event that is not JSON (then the rest)
+(also: ``POST /v1/audio/transcriptions`` answers like whisper-server, so the fake can run as a ``whisper-server``)
 FAKE_NO_FINAL_NEWLINE=1  end a stream with a usage chunk (``completion_tokens`` n + 1000, so that a test can tell it
                          was read) without its trailing newlines, and no [DONE]
 =======================  =============================================================================================
@@ -199,6 +200,8 @@ class FakeServer:
             else:
                 await self.complete(request, chat, writer)
             return
+        if await lifecycle_route(self, method, path, writer):
+            return
         await self.send_json(writer, 404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}})
 
     # --- completions --------------------------------------------------------------------------------------------
@@ -291,6 +294,17 @@ async def lifecycle_fault(i: int, send) -> bool:
     after = os.environ.get("FAKE_MALFORMED_AFTER")
     if after and i == int(after):
         await send(b'data: {"choices": [{"index": 0, "delta": {"content": tru\n\n')
+        return True
+    return False
+
+
+async def lifecycle_route(server: FakeServer, method: str, path: str, writer: asyncio.StreamWriter) -> bool:
+    """whisper-server's inference route, so that the fake can stand in for it too (its start, crash and queue
+    faults): ``{"text": " t0 t1"}`` for any upload."""
+    if path == "/v1/audio/transcriptions" and method == "POST":
+        if server.should_crash():
+            await server.crash("transcription")
+        await server.send_json(writer, 200, {"text": reply_text(2)})
         return True
     return False
 
