@@ -242,7 +242,7 @@ class Exchange:
 class ModelCall:
     """One request's run through the lifecycle (see the module docstring); made by :func:`run`."""
 
-    __slots__ = ("host", "ex", "meter", "lease", "up", "status", "final")
+    __slots__ = ("host", "ex", "meter", "lease", "up", "status", "final", "head")
 
     def __init__(self, host: Host, ex: Exchange) -> None:
         self.host, self.ex = host, ex
@@ -251,6 +251,7 @@ class ModelCall:
         self.up: Upstream | None = None
         self.status = 200
         self.final = False  # the bytes about to be sent end the reply
+        self.head = b""  # what Exchange.begin returned: a stream's first bytes
 
     async def open(self) -> Upstream:
         """Acquire the model, open the runner request and check its status; a failure ends the call (recorded)
@@ -268,6 +269,7 @@ class ModelCall:
                 except msgspec.DecodeError:
                     payload = {"message": raw.decode("utf-8", "replace")[:500] or f"runner answered {up.status}"}
                 raise ex.upstream_error(up.status, payload)
+            self.head = ex.begin(lease)
             return up
         except BaseException as exc:
             err = self.fail(exc)
@@ -370,9 +372,8 @@ class ModelCall:
                     return
             up = self.up
             assert up is not None
-            first = ex.begin(self.lease)  # type: ignore[arg-type]
-            if first:
-                yield first
+            if self.head:
+                yield self.head
             if ex.raw:
                 async for out in self._raw(up):
                     complete = self.final  # the final bytes: the reply is whole once they are sent

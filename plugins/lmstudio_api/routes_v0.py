@@ -44,7 +44,8 @@ class LMStudioV0Controller(Controller):
     @get("/models", sync_to_thread=False)
     def models(self, host: HostDep, lms: LMSDep) -> V0ModelList:
         data = [
-            describe.v0_model(host.scheduler.models[s.name], s, default_publisher=lms.settings.default_publisher)
+            describe.v0_model(host.scheduler.models[s.name], s, s.facts or host.scheduler.facts(s.name),
+                              default_publisher=lms.settings.default_publisher)
             for s in host.scheduler.statuses()
             if not s.unlisted and not s.missing and s.name in host.scheduler.models
         ]
@@ -54,7 +55,8 @@ class LMStudioV0Controller(Controller):
     def model(self, host: HostDep, lms: LMSDep, model: FromPath[str]) -> V0Model:
         spec = host.scheduler.get(model.lstrip("/"), SURFACE)
         status = host.scheduler.status(spec.name)
-        return describe.v0_model(spec, status, default_publisher=lms.settings.default_publisher)
+        return describe.v0_model(spec, status, host.scheduler.facts(spec.name),
+                                 default_publisher=lms.settings.default_publisher)
 
     @post("/chat/completions", status_code=200)
     async def chat_completions(self, request: AnyRequest, host: HostDep, lms: LMSDep) -> Response[Any]:

@@ -44,8 +44,8 @@ class LMStudioV1Controller(Controller):
         sizes = await asyncio.to_thread(lambda: [model_size(spec) for spec in specs])
         out = []
         for spec, status, size in zip(specs, statuses, sizes, strict=True):
-            out.append(describe.v1_model(spec, status, default_publisher=lms.settings.default_publisher,
-                                         size_bytes=size, runner_n_ctx=host.scheduler.facts(spec.name).context_length))
+            out.append(describe.v1_model(spec, status, host.scheduler.facts(spec.name),
+                                         default_publisher=lms.settings.default_publisher, size_bytes=size))
         return V1ModelList(models=out)
 
     @post("/models/load", status_code=200)
@@ -56,11 +56,11 @@ class LMStudioV1Controller(Controller):
         load_params = {"ctx_size": context} if context else None
         lease = await host.scheduler.acquire(spec.name, ttl=req.ttl, load_params=load_params)
         lease.release()
-        reply = V1LoadResponse(type=describe.v1_type(spec), instance_id=spec.name,
+        running = host.scheduler.facts(spec.name)
+        reply = V1LoadResponse(type=describe.v1_type(running), instance_id=spec.name,
                                load_time_seconds=lease.load_seconds)
         if req.echo_load_config:
-            reply.load_config = V1InstanceConfig(context_length=describe.loaded_context(
-                spec, describe.facts(spec), host.scheduler.facts(spec.name).context_length))
+            reply.load_config = V1InstanceConfig(context_length=describe.loaded_context(running))
         return reply
 
     @post("/models/unload", status_code=200)

@@ -107,14 +107,16 @@ class OllamaController(Controller):
         specs = [s for s in host.scheduler.models.values() if not s.unlisted and not s.missing]
         specs.sort(key=lambda s: s.name)
         facts = await _files_facts(specs)
-        return _json({"models": [catalog.tag_entry(s, size, mtime) for s, (size, mtime) in zip(specs, facts)]})
+        return _json({"models": [catalog.tag_entry(s, host.scheduler.facts(s.name), size, mtime)
+                                      for s, (size, mtime) in zip(specs, facts)]})
 
     @post("/api/show", status_code=200)
     async def api_show(self, request: Request, host: HostDep) -> Response:
         req = await _decode(request, ShowRequest)
         spec = _model_of(host, req.requested)
         ((size, mtime),) = await _files_facts([spec])
-        return _json(catalog.show(spec, size=size, mtime=mtime, verbose=req.verbose))
+        return _json(catalog.show(spec, host.scheduler.facts(spec.name), size=size, mtime=mtime,
+                                  verbose=req.verbose))
 
     @get("/api/ps")
     async def api_ps(self, host: HostDep) -> Response:
@@ -128,7 +130,7 @@ class OllamaController(Controller):
             expires = st.expires_at
             if expires is None and st.ttl is not None:  # busy now: it expires ttl after the last request ends
                 expires = now + st.ttl
-            out.append(catalog.ps_entry(spec, memory=st.memory, expires_at=expires, size=size, mtime=mtime))
+            out.append(catalog.ps_entry(spec, host.scheduler.facts(spec.name), memory=st.memory, expires_at=expires, size=size, mtime=mtime))
         return _json({"models": out})
 
     # --- generation ----------------------------------------------------------------------------------------------
@@ -142,7 +144,7 @@ class OllamaController(Controller):
         sampling, load_params = tr.split_options(req.options)
         if not req.prompt and not req.system and not req.images and not req.suffix:
             return await _load_or_unload(host, spec, req.model, ttl, load_params, chat=False)
-        _can_generate(spec, req.model, "generate")
+        _can_generate(host, spec, req.model, "generate")
         try:
             path, body = tr.generate_request(req, spec.name, sampling, stream=req.stream is not False)
         except ValueError as exc:
@@ -159,7 +161,7 @@ class OllamaController(Controller):
         sampling, load_params = tr.split_options(req.options)
         if not req.messages:
             return await _load_or_unload(host, spec, req.model, ttl, load_params, chat=True)
-        _can_generate(spec, req.model, "chat")
+        _can_generate(host, spec, req.model, "chat")
         try:
             body = tr.chat_body(req, spec.name, sampling, stream=req.stream is not False)
         except ValueError as exc:
@@ -234,8 +236,8 @@ class OllamaController(Controller):
                   "site file"))
 
 
-def _can_generate(spec: ModelSpec, requested: str, what: str) -> None:
-    if catalog.is_embedding(spec):
+def _can_generate(host: Host, spec: ModelSpec, requested: str, what: str) -> None:
+    if host.scheduler.facts(spec.name).embedding:
         raise BadRequest(f'"{requested}" does not support {what}: it is an embedding model')
 
 

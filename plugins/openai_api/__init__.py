@@ -33,11 +33,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 def model_entry(host: HostDep, name: str) -> dict[str, Any]:
     s = host.scheduler.status(name)
-    md = s.metadata
-    return {"id": s.name, "object": "model", "created": int(md.get("mtime") or host.started_at),
+    facts = s.facts or host.scheduler.facts(name)
+    return {"id": s.name, "object": "model", "created": int(s.metadata.get("mtime") or host.started_at),
             "owned_by": "llama-host", "state": s.state, "runtime": s.runtime, "aliases": s.aliases,
-            "context_length": md.get("context_length") or s.metadata.get("ctx_size"),
-            "architecture": md.get("architecture"), "quantization": md.get("quantization")}
+            "context_length": facts.context_length, "capabilities": facts.capabilities,
+            "architecture": facts.architecture, "quantization": facts.quantization}
 
 
 class OpenAIController(Controller):
