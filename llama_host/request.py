@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 _decode_any = msgspec.json.Decoder().decode
 _validate = msgspec.json.Decoder(msgspec.Raw).decode
 _encode = msgspec.json.Encoder().encode
-_OBSERVED = (b'"usage"', b'"timings"', b'"finish_reason":"', b'"finish_reason": "')
 
 
 class BadUpstreamEvent(HostError):
@@ -86,7 +85,9 @@ class SSEParser:
             if payload == b"[DONE]":
                 self.done = True
                 return None
-            if b'"error"' in payload or (self._observe is not None and any(m in payload for m in _OBSERVED)):
+            if b'"error"' in payload or (self._observe is not None and (
+                    b'"usage"' in payload or b'"timings"' in payload or b'"finish_reason":"' in payload
+                    or b'"finish_reason": "' in payload)):
                 try:
                     obj = _decode_any(payload)
                 except msgspec.DecodeError as exc:
