@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 MAX_LINE = 8192  # longer log lines are cut so one huge line cannot stall the reader or bloat the buffer
 PORT_TAKEN = ("couldn't bind", "address already in use", "failed to bind", "bind failed")
 #: Flags whose value is a secret: shown as ``***`` wherever a command line is logged or shown.
-SECRET_FLAGS = ("--api-key", "--hf-token", "-hft")
+SECRET_FLAGS = ("--api-key", "--hf-token", "-hft", "--request-path")
 #: Log text waiting for the runner's log file while a write is under way; beyond it new lines are dropped (counted).
 PENDING_LOG_BYTES = 1 << 20
 LOG_FILE_BYTES = 10 * 2**20  # then the file rotates, as the host's own log does
@@ -249,12 +249,13 @@ class ProcessRunner:
 
     def __init__(self, model: ModelSpec, argv_for, *, env: Mapping[str, str] | None = None,
                  health_path: str = "/health", log_dir: str | Path | None = None, headers: Mapping[str, str] | None = None,
-                 port_attempts: int = 3) -> None:
+                 port_attempts: int = 3, base_path: str = "") -> None:
         self.model = model
         self._argv_for = argv_for
         self._env = dict(env or {})
         self._health_path = health_path
         self.headers = dict(headers or {})
+        self._base_path = base_path  # a prefix of every route (``base_url`` ends with it)
         self.logs = LogBuffer()
         self.pid: int | None = None
         self.port = 0
@@ -275,7 +276,7 @@ class ProcessRunner:
         deadline = time.monotonic() + timeout
         for attempt in range(self._attempts):
             self.port = free_port()
-            self.base_url = f"http://127.0.0.1:{self.port}"
+            self.base_url = f"http://127.0.0.1:{self.port}{self._base_path}"
             try:
                 await self._spawn_and_wait(deadline)
                 return

@@ -420,7 +420,7 @@ class Scheduler:
         entry.state, entry.error, entry.log_tail, entry.failures = "loaded", None, [], 0
         entry.watcher = asyncio.create_task(self._watch(entry, runner))
         log.info("model %s loaded in %.2fs (pid %s, %s)", entry.spec.name, entry.load_seconds, runner.pid,
-                 runner.base_url)
+                 "/".join(runner.base_url.split("/")[:3]))  # a path on it may be a secret (whisper-server's)
         self.host.emit(ModelLoaded(model=entry.spec.name, load_seconds=entry.load_seconds, pid=runner.pid))
         self._schedule_idle(entry)
         self._notify()
