@@ -117,12 +117,12 @@ class RunnerLogFile:
     the runner: what does not fit is dropped and counted, and one summary line per burst says how much.
     """
 
-    def __init__(self, path: Path, model: str, buffer: LogBuffer, *, max_pending: int = PENDING_LOG_BYTES,
+    def __init__(self, path: Path, model: str, buffer: LogBuffer, *, max_pending: int | None = None,
                  max_bytes: int = LOG_FILE_BYTES, backups: int = LOG_FILE_BACKUPS) -> None:
         self.path = path
         self.model = model
         self.buffer = buffer
-        self.max_pending = max_pending
+        self.max_pending = max_pending or PENDING_LOG_BYTES
         self.max_bytes = max_bytes
         self.backups = backups
         self._pending: list[str] = []
