@@ -196,3 +196,19 @@ def test_runner_lines_over_the_limit_are_cut(tmp_path, caplog):
 
 if sys.platform != "linux":
     pytestmark = pytest.mark.skip("psutil RSS figures and the fake runner's pipes are checked on Linux")
+
+
+def test_the_metric_sums_the_dropped_lines_per_model():
+    from prometheus_client import generate_latest
+
+    from llama_host.types import RunnerLogDropped
+    from llama_host_metrics.exposition import registry_for
+    from llama_host_metrics.recorder import Recorder
+    from llama_host_metrics.settings import Settings
+
+    rec = Recorder(Settings())
+    for n in (3, 4):
+        rec.record(RunnerLogDropped(model="m", lines=n))
+    text = generate_latest(registry_for(rec)).decode()
+    assert 'llama_host_runner_log_lines_dropped_total{model="m"} 7.0' in text
+    assert rec.summary()["models"]["m"]["log_lines_dropped"] == 7
