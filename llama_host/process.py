@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from llama_host.errors import RunnerStartError
+from llama_host.types import RunnerBase
 
 if TYPE_CHECKING:
     from llama_host.types import ModelSpec
@@ -242,7 +243,7 @@ class _RunnerProtocol(asyncio.subprocess.SubprocessStreamProtocol):
         self.ended.set()
 
 
-class ProcessRunner:
+class ProcessRunner(RunnerBase):
     """A local server process for one model; ``argv_for(port)`` builds its command line for a given port."""
 
     local = True

@@ -43,6 +43,20 @@ def estimate_memory(spec: ModelSpec, runtime: RuntimeInfo | None = None, host: H
     return model_facts(spec, runtime, host).memory
 
 
+#: The lifecycle of a model's runner; any other change is a bug, raised as InvalidTransition.
+TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
+    "unloaded": frozenset({"loading"}),
+    "loading": frozenset({"loaded", "failed"}),
+    "loaded": frozenset({"stopping", "failed"}),  # failed: the runner crashed
+    "stopping": frozenset({"unloaded"}),
+    "failed": frozenset({"loading", "unloaded"}),  # unloaded: the host stops
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A model's state was asked to change in a way its lifecycle does not allow."""
+
+
 class Entry:
     """The scheduler's bookkeeping for one model."""
 
@@ -72,9 +86,15 @@ class Entry:
         self.timer: asyncio.TimerHandle | None = None
         self.logs = LogBuffer()
 
+    def move(self, to: ModelState) -> None:
+        """Change the state along the lifecycle (``TRANSITIONS``); anything else raises InvalidTransition."""
+        if to not in TRANSITIONS[self.state]:
+            raise InvalidTransition(f"model '{self.spec.name}': {self.state} -> {to} is not a transition")
+        self.state = to
+
     @property
     def stopping(self) -> bool:
-        return self.stop_task is not None and not self.stop_task.done()
+        return self.state == "stopping"
 
     @property
     def occupies(self) -> bool:
@@ -200,7 +220,7 @@ class Scheduler:
         load_params = applicable_load_params(self.runtimes.get(entry.spec.runtime), load_params)
         started = time.monotonic()
         self._check_alive(entry)
-        ready = (entry.state == "loaded" and not entry.stopping and not entry.drainers
+        ready = (entry.state == "loaded" and not entry.drainers
                  and (not load_params or self._params_match(entry, load_params))
                  and can_admit(entry.in_flight, entry.spec.max_concurrent))
         loaded_at = entry.loaded_at
@@ -295,7 +315,7 @@ class Scheduler:
                     await asyncio.shield(entry.ready)
                 finally:
                     entry.pending -= 1
-                if entry.state == "loaded" and not entry.stopping and (
+                if entry.state == "loaded" and (
                         not load_params or self._params_match(entry, load_params)):
                     return
                 continue
@@ -319,7 +339,7 @@ class Scheduler:
             entry.runner = self._make_runner(spec)
             drain = self._plan_room(entry)
             if drain is None:
-                entry.state = "loading"
+                entry.move("loading")
                 entry.active_params = load_params
                 entry.running_facts = facts
                 entry.ready = asyncio.create_task(self._start(entry))
@@ -348,7 +368,7 @@ class Scheduler:
         """Apply the placement policy (llama_host.placement) for starting ``entry`` now: unload the idle models it
         chooses. ``None`` = start now; else the models to wait for (busy ones draining, or a start in progress).
         Raises when the model can never fit."""
-        running = [_slot(e) for e in self.entries.values() if e is not entry and e.occupies and not e.stopping]
+        running = [_slot(e) for e in self.entries.values() if e is not entry and e.occupies]
         decision = plan(_slot(entry), running, self.limits)
         if decision.action == "refuse":
             raise ModelTooLarge(decision.reason)
@@ -372,7 +392,8 @@ class Scheduler:
         except BaseException as exc:
             error = exc if isinstance(exc, HostError) else RunnerStartError(
                 f"model '{entry.spec.name}': {type(exc).__name__}: {exc}", log_tail=runner.logs.tail())
-            entry.state, entry.error, entry.log_tail = "failed", error.message, error.log_tail
+            entry.move("failed")
+            entry.error, entry.log_tail = error.message, error.log_tail
             entry.failures += 1
             entry.failed_at = time.monotonic()
             if entry.failures >= 2 and isinstance(error, RunnerStartError):  # say when the next start may happen
@@ -390,7 +411,8 @@ class Scheduler:
         entry.load_seconds = time.monotonic() - t0
         entry.loaded_at = time.time()
         entry.last_used = entry.last_used or entry.loaded_at
-        entry.state, entry.error, entry.log_tail, entry.failures = "loaded", None, [], 0
+        entry.move("loaded")
+        entry.error, entry.log_tail, entry.failures = None, [], 0
         entry.watcher = asyncio.create_task(self._watch(entry, runner))
         log.info("model %s loaded in %.2fs (pid %s, %s)", entry.spec.name, entry.load_seconds, runner.pid,
                  "/".join(runner.base_url.split("/")[:3]))  # a path on it may be a secret (whisper-server's)
@@ -400,23 +422,23 @@ class Scheduler:
 
     async def _watch(self, entry: Entry, runner: Runner) -> None:
         code = await runner.wait()
-        if entry.runner is not runner or entry.stopping or entry.state != "loaded" or self._closed:
+        if entry.runner is not runner or entry.state != "loaded" or self._closed:
             return
         self._crashed(entry, runner, code)
 
     def _check_alive(self, entry: Entry) -> None:
         """A loaded runner whose process has already ended (the watcher may not have run yet) is marked crashed, so
         the request asking now starts a new one instead of failing against a dead port."""
-        exited = getattr(entry.runner, "exited", None)
-        if entry.state == "loaded" and not entry.stopping and not self._closed and exited is not None and exited():
-            self._crashed(entry, entry.runner, getattr(entry.runner, "returncode", None))
+        runner = entry.runner
+        if entry.state == "loaded" and not self._closed and runner is not None and runner.exited():
+            self._crashed(entry, runner, runner.exit_status())
 
     async def reacquire(self, lease: Lease, why: str) -> None:
         """The lease's runner failed before serving anything (it refuses connections, or it has exited). Mark it
         crashed, stop it, and move the lease to a new runner of the same model."""
         entry, runner = lease._entry, lease.runner
-        if entry.runner is runner and entry.state == "loaded" and not entry.stopping:
-            self._crashed(entry, runner, getattr(runner, "returncode", None), why)
+        if entry.runner is runner and entry.state == "loaded":
+            self._crashed(entry, runner, runner.exit_status(), why)
             await runner.stop(1.0)
         lease.release()
         lease.move_to(await self.acquire(entry.spec.name, ttl=lease.ttl))
@@ -425,11 +447,10 @@ class Scheduler:
         """How a local runner's process ended (exit code, or minus the signal), waiting up to ``within`` seconds for
         it to end; ``None`` if it still runs (or cannot tell). A SIGKILLed runner closes its sockets a moment before
         the kernel reports it gone, so a refused or reset connection can come first."""
-        status = getattr(runner, "exit_status", None)
-        if status is None or not runner.local:
+        if not runner.local:
             return None
         deadline = time.monotonic() + within
-        while (code := status()) is None:
+        while (code := runner.exit_status()) is None:
             if time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(0.005)
@@ -437,7 +458,8 @@ class Scheduler:
 
     def _crashed(self, entry: Entry, runner: Runner, code: int | None, why: str | None = None) -> None:
         tail = runner.logs.tail()
-        entry.state, entry.log_tail = "failed", tail
+        entry.move("failed")
+        entry.log_tail = tail
         entry.error = f"model '{entry.spec.name}': runner {why or f'exited unexpectedly (code {code})'}"
         entry.failures += 1
         entry.failed_at = time.monotonic()
@@ -450,6 +472,7 @@ class Scheduler:
     def _begin_unload(self, entry: Entry, reason: UnloadReason) -> asyncio.Task:
         if entry.stopping:
             return entry.stop_task
+        entry.move("stopping")
         entry.stop_task = asyncio.create_task(self._unload(entry, reason))
         self._stops.add(entry.stop_task)
         entry.stop_task.add_done_callback(self._stops.discard)
@@ -464,7 +487,8 @@ class Scheduler:
             await runner.stop(self.settings.stop_grace)
         if entry.watcher:
             entry.watcher.cancel()
-        entry.state, entry.expires_at, entry.active_params, entry.running_facts = "unloaded", None, {}, None
+        entry.move("unloaded")
+        entry.expires_at, entry.active_params, entry.running_facts = None, {}, None
         entry.memory = entry.facts.memory
         entry.ttl_override = None
         log.info("model %s unloaded (%s)", entry.spec.name, reason)
@@ -507,7 +531,7 @@ class Scheduler:
 
     def _expire(self, entry: Entry) -> None:
         entry.timer = None
-        if entry.state == "loaded" and entry.in_flight == 0 and not entry.stopping:
+        if entry.state == "loaded" and entry.in_flight == 0:
             self._begin_unload(entry, "ttl")
 
     @staticmethod
@@ -551,30 +575,35 @@ class Scheduler:
     async def shutdown(self) -> None:
         self._closed = True
         self._notify()
-        tasks = []
+        tasks = [asyncio.shield(t) for t in self._stops]  # stops already under way finish first
         for entry in self.entries.values():
             self._cancel_timer(entry)
             if entry.ready and not entry.ready.done():
                 entry.ready.cancel()
             if entry.runner is not None and entry.state in ("loading", "loaded"):
-                was_loaded = entry.state == "loaded"
-                tasks.append(self._shutdown_one(entry, was_loaded))
+                tasks.append(self._shutdown_one(entry))
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _shutdown_one(self, entry: Entry, was_loaded: bool) -> None:
+    async def _shutdown_one(self, entry: Entry) -> None:
+        was_loaded = entry.state == "loaded"
+        if was_loaded:
+            entry.move("stopping")
+        assert entry.runner is not None
         await entry.runner.stop(self.settings.stop_grace)
         if entry.watcher:
             entry.watcher.cancel()
-        entry.state = "unloaded"
+        if entry.ready is not None:
+            await asyncio.wait([entry.ready])  # a start cancelled above ends as failed
+        if entry.state in ("stopping", "failed"):
+            entry.move("unloaded")
         if was_loaded:
             self.host.emit(ModelUnloaded(model=entry.spec.name, reason="shutdown"))
 
     def kill_all(self) -> None:
         """Synchronous last resort (interpreter exit): SIGKILL every local runner still alive."""
         for entry in self.entries.values():
-            kill = getattr(entry.runner, "kill_now", None)
-            if kill:
-                kill()
+            if entry.runner is not None:
+                entry.runner.kill_now()
 
 
 def _slot(e: Entry) -> Slot:

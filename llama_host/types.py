@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from llama_host.host import Host
     from llama_host.process import LogBuffer
 
-ModelState = Literal["unloaded", "loading", "loaded", "failed"]
+ModelState = Literal["unloaded", "loading", "loaded", "stopping", "failed"]
 UnloadReason = Literal["ttl", "evicted", "requested", "crashed", "shutdown", "reload"]
 
 
@@ -98,6 +98,35 @@ class Runner(Protocol):
     async def stop(self, grace: float) -> None: ...
 
     async def wait(self) -> int | None: ...
+
+    def exited(self) -> bool:
+        """True once the runner has ended on its own, even before ``wait`` has noticed (never, without a process)."""
+        ...
+
+    def exit_status(self) -> int | None:
+        """How it ended — exit code, or minus the signal — once it has; ``None`` while it runs or without a process."""
+        ...
+
+    def kill_now(self) -> None:
+        """Synchronous last resort at interpreter exit: end the runner's process at once (nothing without one)."""
+        ...
+
+
+class RunnerBase:
+    """Defaults of the :class:`Runner` abilities for a runner without a process of its own (a remote server, an
+    in-process server): it never ends on its own and there is nothing to kill. Subclass it and write the rest."""
+
+    local = False
+    pid: int | None = None
+
+    def exited(self) -> bool:
+        return False
+
+    def exit_status(self) -> int | None:
+        return None
+
+    def kill_now(self) -> None:
+        return None
 
 
 RuntimeFactory = Callable[[ModelSpec, "Host"], Runner]
