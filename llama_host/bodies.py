@@ -2,12 +2,12 @@
 surface's dialect), never a 500 and never a traceback in the log.
 
 Refused: invalid JSON or UTF-8, nesting deeper than ``MAX_DEPTH``, numbers out of range (``1e400``), values of the
-wrong type for the surface's typed view, and negative values in the count fields a surface names.
+wrong type for the surface's typed view, and count fields below the minimum a surface names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any, TypeVar, overload
 
 import msgspec
@@ -23,19 +23,19 @@ _decode_any = msgspec.json.Decoder().decode
 
 
 @overload
-def decode_json(raw: bytes, type: None = None, *, nonnegative: Iterable[str] = ()) -> Any: ...
+def decode_json(raw: bytes, type: None = None, *, minimums: Mapping[str, int] | None = None) -> Any: ...
 
 
 @overload
-def decode_json(raw: bytes, type: type[T], *, nonnegative: Iterable[str] = ()) -> T: ...
+def decode_json(raw: bytes, type: type[T], *, minimums: Mapping[str, int] | None = None) -> T: ...
 
 
-def decode_json(raw: bytes, type: Any = None, *, nonnegative: Iterable[str] = ()) -> Any:
+def decode_json(raw: bytes, type: Any = None, *, minimums: Mapping[str, int] | None = None) -> Any:
     """Decode a client's JSON body (as ``type`` when given, else as plain JSON values).
 
     :param raw: the body bytes.
     :param type: a msgspec-convertible type (a request Struct) or ``None`` for any JSON value.
-    :param nonnegative: top-level keys whose numbers must not be negative (``max_tokens``, ``n``...).
+    :param minimums: top-level count keys and their least value (``{"n": 1, "max_tokens": -1}``: -1 = no limit).
     :raises BadRequest: with a message fit for the client.
     """
     if not raw.strip():
@@ -50,8 +50,8 @@ def decode_json(raw: bytes, type: Any = None, *, nonnegative: Iterable[str] = ()
         raise BadRequest(f"the request body is nested more than {MAX_DEPTH} levels deep") from None
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:  # only then can the value be too deep: most bodies skip the walk
         _check_depth(value if type is None else msgspec.to_builtins(value))
-    if nonnegative:
-        _check_nonnegative(value, nonnegative)
+    if minimums:
+        _check_minimums(value, minimums)
     return value
 
 
@@ -65,9 +65,9 @@ def _check_depth(value: Any) -> None:
         stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
 
 
-def _check_nonnegative(value: Any, keys: Iterable[str]) -> None:
+def _check_minimums(value: Any, minimums: Mapping[str, int]) -> None:
     get = value.get if isinstance(value, dict) else lambda k: getattr(value, k, None)
-    for key in keys:
+    for key, least in minimums.items():
         number = get(key)
-        if isinstance(number, int | float) and not isinstance(number, bool) and number < 0:
-            raise BadRequest(f"'{key}' must not be negative (got {number})", param=key)
+        if isinstance(number, int | float) and not isinstance(number, bool) and number < least:
+            raise BadRequest(f"'{key}' must be at least {least} (got {number})", param=key)

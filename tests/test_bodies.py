@@ -47,9 +47,12 @@ def test_typed_view_checks_types_and_depth():
         decode_json(deep, Typed)
 
 
-def test_negative_counts_are_refused_by_name():
-    assert decode_json(b'{"max_tokens": -1}')["max_tokens"] == -1  # not a count field here
-    with pytest.raises(BadRequest, match="max_tokens") as info:
-        decode_json(b'{"max_tokens": -1}', nonnegative=("max_tokens",))
+def test_counts_below_their_minimum_are_refused_by_name():
+    assert decode_json(b'{"max_tokens": -5}')["max_tokens"] == -5  # not a count field here
+    with pytest.raises(BadRequest, match="'max_tokens' must be at least -1") as info:
+        decode_json(b'{"max_tokens": -2}', minimums={"max_tokens": -1})
     assert info.value.param == "max_tokens"
-    assert decode_json(b'{"max_tokens": 0, "stream": true}', nonnegative=("max_tokens", "stream"))["max_tokens"] == 0
+    with pytest.raises(BadRequest, match="'n' must be at least 1"):
+        decode_json(b'{"n": 0}', minimums={"n": 1})
+    counts = {"max_tokens": -1, "stream": 0}
+    assert decode_json(b'{"max_tokens": -1, "stream": true}', minimums=counts)["max_tokens"] == -1  # -1: no limit

@@ -20,8 +20,9 @@ from llama_host.request import Exchange, run
 from llama_host.scheduler import Lease
 
 NAME = "openai_api"
-#: OpenAI count parameters; a negative one is refused here rather than passed to the runner
-COUNT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "top_logprobs", "logprobs")
+#: OpenAI count parameters and their least values (-1: no limit, as llama-server and LM Studio take it); a value
+#: below is refused here rather than passed to the runner
+COUNTS = {"max_tokens": -1, "max_completion_tokens": -1, "n": 1, "top_logprobs": 0}
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -109,7 +110,7 @@ class Passthrough(Exchange):
 
 async def relay(request: Request, host: HostDep, path: str, endpoint: str) -> Response:
     body = await request.body()
-    obj = decode_json(body, nonnegative=COUNT_FIELDS)
+    obj = decode_json(body, minimums=COUNTS)
     if not isinstance(obj, dict):
         raise BadRequest("the request body must be a JSON object")
     requested = obj.get("model") or host.site.default_model
