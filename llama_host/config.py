@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jsonschema
 import msgspec
@@ -30,10 +30,28 @@ class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     stop_grace: float = 5.0
 
 
+class LimitSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Connection limits of every listener (slow or oversized requests from the network)."""
+
+    header_timeout: Annotated[float, msgspec.Meta(
+        gt=0, description="seconds a connection may take to send a request's line and headers (slowloris)")] = 10.0
+    max_headers: Annotated[int, msgspec.Meta(gt=0, description="header fields of one request; more get 431")] = 100
+    max_header_bytes: Annotated[int, msgspec.Meta(
+        gt=0, description="bytes of one request's line and headers; more get 431")] = 64 * 2**10
+    keep_alive_timeout: Annotated[float, msgspec.Meta(
+        gt=0, description="idle seconds a kept-alive connection waits for its next request")] = 30.0
+
+
 class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: list[str] = []
+    allowed_origins: Annotated[list[str], msgspec.Meta(description=(
+        "browser origins allowed besides the listener's own and loopback pages; '*' in a pattern matches any text "
+        "('*' alone: every origin), as OLLAMA_ORIGINS"))] = []
+    allowed_hosts: Annotated[list[str], msgspec.Meta(description=(
+        "Host names served besides loopback names ('*' matches any text); needed to reach the host by a DNS name"))] = []
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     log_level: LogLevel = "info"
     log_dir: str = "logs"
     default_model: str | None = None
@@ -203,6 +221,12 @@ def validate(data: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     for error in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
         problems.extend(_describe(error))
     # Meaning checks the schema cannot express.
+    keys = data.get("api_keys")
+    for i, key in enumerate(keys if isinstance(keys, list) else []):
+        if isinstance(key, str) and not key.strip():
+            problems.append(f"api_keys[{i}]: empty key (an unset variable? an empty key would let anyone in)")
+        elif isinstance(key, str) and key != key.strip():
+            problems.append(f"api_keys[{i}]: the key has leading or trailing white space (it could never match)")
     sched = data.get("scheduler") or {}
     if isinstance(sched, dict) and sched.get("memory_budget") is not None:
         try:
@@ -251,10 +275,14 @@ def plugin_settings(site: SiteConfig, name: str, kind: type[msgspec.Struct]) -> 
 SECRET_KEYS = {"api_keys", "api_key"}
 
 
+def _mask(value: Any) -> Any:
+    return "***" if value else value  # an empty secret stays visible: it is a mistake to see, not a secret
+
+
 def redact(tree: Any) -> Any:
     """A copy of a config tree with secrets replaced by ``"***"``."""
     if isinstance(tree, dict):
-        return {k: (("***" if not isinstance(v, list) else ["***"] * len(v)) if k in SECRET_KEYS and v else redact(v))
+        return {k: (([_mask(x) for x in v] if isinstance(v, list) else _mask(v)) if k in SECRET_KEYS else redact(v))
                 for k, v in tree.items()}
     if isinstance(tree, list):
         return [redact(v) for v in tree]

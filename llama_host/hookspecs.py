@@ -83,15 +83,19 @@ def register_surfaces(host: Host) -> list[Surface] | None:
 def register_runtimes(register: RegisterRuntime) -> None:
     """Register runtimes: ways to run a model (``llama-server``, ``command``, ``remote``, third-party ones).
 
-    :param register: call ``register(name, factory, description="...")`` once per runtime; ``factory(spec, host)``
-        returns a :class:`llama_host.types.Runner`. A name registered twice is an error naming both plugins.
+    :param register: call ``register(name, factory, description="...", check=None)`` once per runtime;
+        ``factory(spec, host)`` returns a :class:`llama_host.types.Runner`. ``check(spec)``, when given, returns the
+        problems that keep the runtime from ever starting ``spec`` (``"path: ..."``): the host reports them for
+        configured models as configuration errors (``models.<name>.path: ...``) and skips discovered models that
+        have any. A name registered twice is an error naming both plugins.
     :returns: nothing.
 
     Example::
 
         @hookimpl
         def register_runtimes(register):
-            register("echo", lambda spec, host: EchoRunner(spec), description="answers with the prompt")
+            register("echo", lambda spec, host: EchoRunner(spec), description="answers with the prompt",
+                     check=lambda spec: [] if spec.params.get("voice") else ["params.voice: required by 'echo'"])
     """
 
 

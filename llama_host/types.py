@@ -6,7 +6,7 @@ Everything a hook returns or receives is declared here, so a plugin author reads
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -95,8 +95,10 @@ class Runner(Protocol):
 
 
 RuntimeFactory = Callable[[ModelSpec, "Host"], Runner]
+RuntimeCheck = Callable[[ModelSpec], Iterable[str]]
+"""``check(spec)`` → problems that keep the runtime from ever starting ``spec``, each ``"<key>: <message>"``."""
 RegisterRuntime = Callable[..., None]
-"""``register(name, factory, *, description="")``: passed to ``register_runtimes``."""
+"""``register(name, factory, *, description="", check=None)``: passed to ``register_runtimes``."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class RuntimeInfo:
     factory: RuntimeFactory
     plugin: str
     description: str = ""
+    check: RuntimeCheck | None = None
 
 
 # --- events -------------------------------------------------------------------------------------------------------
