@@ -53,3 +53,22 @@ def test_negative_counts_are_refused_by_name():
         decode_json(b'{"max_tokens": -1}', nonnegative=("max_tokens",))
     assert info.value.param == "max_tokens"
     assert decode_json(b'{"max_tokens": 0, "stream": true}', nonnegative=("max_tokens", "stream"))["max_tokens"] == 0
+
+
+def test_integers_beyond_64_bits_are_refused():
+    for raw in (b'{"max_tokens": 1' + b"0" * 400 + b"}", b'{"a": [[-1' + b"0" * 19 + b"]]}"):
+        with pytest.raises(BadRequest, match="out of range"):
+            decode_json(raw)
+    with pytest.raises(BadRequest, match="out of range"):
+        decode_json(b'{"model": "m", "options": {"seed": 1' + b"0" * 30 + b"}}", Typed)
+    assert decode_json(b'{"seed": 18446744073709551615, "n": -9223372036854775808}')["seed"] == 2**64 - 1
+    assert decode_json(b'{"prompt": "' + b"1" * 40 + b'"}')["prompt"] == "1" * 40  # digits in a string are text
+
+
+def test_negative_counts_inside_an_object():
+    typed = decode_json(b'{"model": "m", "options": {"num_ctx": 8}}', Typed, nonnegative=("options.num_ctx",))
+    assert typed.options == {"num_ctx": 8}
+    with pytest.raises(BadRequest, match="options.num_ctx") as info:
+        decode_json(b'{"model": "m", "options": {"num_ctx": -5}}', Typed, nonnegative=("options.num_ctx",))
+    assert info.value.param == "options.num_ctx"
+    assert decode_json(b'{"options": null}', nonnegative=("options.num_ctx",)) == {"options": None}

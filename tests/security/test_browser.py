@@ -8,7 +8,7 @@ import pytest
 from llama_host.security import BrowserPolicy
 from llama_host.testing import serve_host, tiny_site
 
-from .conftest import site
+from security_kit import site
 
 EVIL = "http://evil.example"
 #: One route per listener and dialect, and how its 403 must look.
@@ -111,8 +111,8 @@ def test_cross_site_subresource_without_origin_is_refused(host):
 
 
 def test_site_keys_widen_origins_and_hosts(tmp_path):
-    config = site(tmp_path, allowed_origins=["https://*.example.com", "http://webui.lan:8080"],
-                  allowed_hosts=["llm.home.lan"])
+    config = {"log_dir": str(tmp_path), "allowed_origins": ["https://*.example.com", "http://webui.lan:8080"],
+              "allowed_hosts": ["llm.home.lan"]}
     with serve_host(config, ["openai_api"]) as rh, rh.client() as c:
         for origin, status in (("https://chat.example.com", 200), ("http://webui.lan:8080", 200),
                                ("http://webui.lan:8081", 403), ("https://example.com.evil.example", 403)):
@@ -121,8 +121,8 @@ def test_site_keys_widen_origins_and_hosts(tmp_path):
         assert c.get("/v1/models", headers={"Host": f"llm.home.lan:{rh.port()}",
                                             "Origin": f"http://llm.home.lan:{rh.port()}"}).status_code == 200
         assert c.get("/v1/models", headers={"Host": "other.home.lan"}).status_code == 421
-    with serve_host(site(tmp_path, allowed_origins=["*"], allowed_hosts=["*"]), ["openai_api"]) as rh, \
-            rh.client() as c:
+    config = {"log_dir": str(tmp_path), "allowed_origins": ["*"], "allowed_hosts": ["*"]}
+    with serve_host(config, ["openai_api"]) as rh, rh.client() as c:
         assert c.get("/v1/models", headers={"Origin": EVIL, "Host": "attacker.example"}).status_code == 200
 
 
