@@ -197,13 +197,13 @@ def browser_guard(policy: BrowserPolicy):
             host = origin = fetch_site = None
             for name, value in scope["headers"]:
                 if name == b"host":
-                    host = value
+                    host = value if host is None else b"\x00"  # two Host headers: refused as malformed
                 elif name == b"origin":
-                    origin = value
+                    origin = value if origin is None else b"\x00"
                 elif name == b"sec-fetch-site":
                     fetch_site = value
             if host is not None and not policy.host_allowed(host):
-                raise HostNotAllowed(f"host '{host.decode('latin-1')[:100]}' is not served here (it is not a loopback "
+                raise HostNotAllowed(f"host '{host.decode('latin-1')[:100]!s}' is not served here (it is not a loopback "
                                      f"name; add it to 'allowed_hosts' in the site file to serve it)")
             if origin is None:
                 # A cross-site subresource (<img>, <script>) carries no Origin, but modern browsers say cross-site.

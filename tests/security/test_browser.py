@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
 
@@ -160,3 +162,14 @@ def test_text_plain_posts_from_a_foreign_page_load_nothing(tmp_path, tiny_model,
             r = main.post("/api/v1/models/tiny/load", content=body,
                           headers={"Origin": "http://localhost:3000", "Content-Type": "text/plain"})
             assert r.status_code == 200 and rh.host.scheduler.status("tiny").state == "loaded"
+
+
+def test_two_origin_or_host_headers_are_refused(host):
+    with host.client() as c:
+        r = c.get("/v1/models", headers=[("Origin", "http://localhost:3000"), ("Origin", EVIL)])
+        assert r.status_code == 403
+    with socket.create_connection(("127.0.0.1", host.port()), timeout=10) as sock:  # httpx refuses to send it
+        sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:{host.port()}\r\nHost: attacker.example\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        reply = sock.recv(65536)
+    assert reply.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 421 ")), reply[:100]  # the parser or the check: not served
