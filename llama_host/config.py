@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -236,6 +237,7 @@ def validate(data: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     for error in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
         problems.extend(_describe(error))
     # Meaning checks the schema cannot express.
+    problems += _browser_problems(data)
     keys = data.get("api_keys")
     for i, key in enumerate(keys if isinstance(keys, list) else []):
         if isinstance(key, str) and not key.strip():
@@ -256,6 +258,30 @@ def validate(data: dict[str, Any], schema: dict[str, Any]) -> list[str]:
                 parse_size(spec["memory"])
             except ValueError as exc:
                 problems.append(f"models.{name}.memory: {exc}")
+    return problems
+
+
+def _is_ipv6(value: str) -> bool:
+    try:
+        ipaddress.IPv6Address(value.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _browser_problems(data: dict[str, Any]) -> list[str]:
+    """Patterns that could never match a browser's ``Origin`` or a ``Host`` name (a path, a scheme, a port)."""
+    problems = []
+    origins, hosts = data.get("allowed_origins"), data.get("allowed_hosts")
+    for i, value in enumerate(origins if isinstance(origins, list) else []):
+        if isinstance(value, str) and value.strip() != "*":
+            scheme, sep, rest = value.partition("://")
+            if not sep or not scheme or not rest or "/" in rest:
+                problems.append(f"allowed_origins[{i}]: {value!r} is not an origin (scheme://host[:port], no path; "
+                                f"'*' for any)")
+    for i, value in enumerate(hosts if isinstance(hosts, list) else []):
+        if isinstance(value, str) and (not value.strip() or "/" in value or (":" in value and not _is_ipv6(value))):
+            problems.append(f"allowed_hosts[{i}]: {value!r} is not a host name (no scheme, port or path)")
     return problems
 
 

@@ -177,6 +177,13 @@ def test_security_keys_are_typed_and_checked():
     assert host.site.allowed_origins == ["https://*.example.com"] and host.site.allowed_hosts == ["llm.lan"]
     assert host.site.limits.header_timeout == 2.5 and host.site.limits.max_headers == 50
     assert host.site.limits.max_header_bytes == 64 * 2**10 and host.site.limits.keep_alive_timeout == 30
+    problems = problems_of({"allowed_origins": ["https://ok.example", "https://chat.example.com/", "localhost:3000"],
+                            "allowed_hosts": ["llm.lan", "http://llm.lan", "llm.lan:8000"]})
+    assert problems == [
+        "allowed_origins[1]: 'https://chat.example.com/' is not an origin (scheme://host[:port], no path; '*' for any)",
+        "allowed_origins[2]: 'localhost:3000' is not an origin (scheme://host[:port], no path; '*' for any)",
+        "allowed_hosts[1]: 'http://llm.lan' is not a host name (no scheme, port or path)",
+        "allowed_hosts[2]: 'llm.lan:8000' is not a host name (no scheme, port or path)"]
     problems = problems_of({"allowed_origins": "*", "limits": {"header_timeout": 0, "max_header": 1}})
     text = "\n".join(problems)
     assert "allowed_origins: '*' is not of type 'array'" in text
