@@ -117,7 +117,7 @@ class BrowserPolicy:
     def __init__(self, bind: str, allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = ()) -> None:
         bind_ip = _ip(bind.strip("[]"))
         self.loopback_only = is_loopback_name(bind.strip("[]").lower()) or (bind_ip is not None and bind_ip.is_loopback)
-        self.allowed_hosts = _patterns(allowed_hosts)
+        self.allowed_hosts = _patterns(h.strip().strip("[]").rstrip(".") for h in allowed_hosts)
         self.allowed_origins = _patterns(allowed_origins)
         self.own_names: set[str] = set()
         if not self.loopback_only:
