@@ -15,9 +15,12 @@ from llama_host import Host, HostDep, Surface, hookimpl
 from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError, ModelNotFound
 from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS, error_event
+from llama_host.openapi import json_body
 from llama_host.proxy import Upstream
 from llama_host.request import Exchange, run
 from llama_host.scheduler import Lease
+
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RerankRequest
 
 NAME = "openai_api"
 #: OpenAI count parameters and their least values (-1: no limit, as llama-server and LM Studio take it); a value
@@ -59,19 +62,19 @@ class OpenAIController(Controller):
             raise ModelNotFound(model.lstrip("/"))
         return model_entry(host, spec.name)
 
-    @post("/v1/chat/completions")
+    @post("/v1/chat/completions", operation_class=json_body(ChatCompletionRequest))
     async def chat(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/chat/completions", "chat")
 
-    @post("/v1/completions")
+    @post("/v1/completions", operation_class=json_body(CompletionRequest))
     async def completions(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/completions", "completions")
 
-    @post("/v1/embeddings")
+    @post("/v1/embeddings", operation_class=json_body(EmbeddingRequest))
     async def embeddings(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/embeddings", "embeddings")
 
-    @post(["/v1/rerank", "/v1/reranking"])
+    @post(["/v1/rerank", "/v1/reranking"], operation_class=json_body(RerankRequest))
     async def rerank(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/rerank", "rerank")
 
