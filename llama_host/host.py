@@ -232,6 +232,9 @@ class Host:
                         await stack.enter_async_context(cm)
                     except Exception as exc:
                         raise PluginError(f"plugin '{impl.plugin_name}' failed to start: {exc}") from exc
+            if self.site.scheduler.preload:  # in the background: listeners bind at once, loads show as events
+                preload = asyncio.create_task(self.scheduler.preload(list(self.site.scheduler.preload)), name="preload")
+                stack.callback(preload.cancel)
             yield self
 
 

@@ -15,6 +15,7 @@ import msgspec
 
 from llama_host.config import SchedulerSettings, parse_size
 from llama_host.errors import HostError, ModelNotFound, ModelTooLarge, QueueFull, QueueTimeout, RunnerStartError
+from llama_host.placement import Group, Limits, Slot, backoff_seconds, can_admit, idle_seconds, plan
 from llama_host.process import LogBuffer
 from llama_host.types import (
     ModelFailed,
@@ -53,18 +54,6 @@ def estimate_memory(spec: ModelSpec) -> int:
     if ctx and layers and heads and width:
         size += 2 * int(layers) * int(ctx) * int(kv_heads or heads) * (int(width) // int(heads)) * KV_BYTES
     return size
-
-
-def backoff_seconds(failures: int) -> float:
-    """How long a model that failed to start ``failures`` times in a row waits before the next start (>= 2)."""
-    return float(min(2 ** (failures - 2), 30))
-
-
-def idle_seconds(ttl: float | None) -> float | None:
-    """Per-request ttl → seconds until unload: ``None`` = never, ``0`` = right after the request."""
-    if ttl is None or ttl < 0:
-        return None
-    return float(ttl)
 
 
 class Entry:
@@ -135,6 +124,9 @@ class Scheduler:
         self.settings = settings
         self.runtimes = runtimes
         self.memory_budget = parse_size(settings.memory_budget) if settings.memory_budget is not None else None
+        self.limits = Limits(max_loaded=settings.max_loaded, memory_budget=self.memory_budget,
+                             groups=[Group(name, frozenset(g.members), swap=g.swap, exclusive=g.exclusive,
+                                           persistent=g.persistent) for name, g in settings.groups.items()])
         self.entries: dict[str, Entry] = {}
         self._index: dict[str, str] = {}
         self._changed = asyncio.Event()
@@ -202,15 +194,19 @@ class Scheduler:
         entry = self._entry(name)
         started = time.monotonic()
         self._check_alive(entry)
-        was_loaded = (entry.state == "loaded" and not entry.stopping and not entry.drainers
-                      and (not load_params or self._params_match(entry, load_params)))
-        if not was_loaded:
+        ready = (entry.state == "loaded" and not entry.stopping and not entry.drainers
+                 and (not load_params or self._params_match(entry, load_params))
+                 and can_admit(entry.in_flight, entry.spec.max_concurrent))
+        loaded_at = entry.loaded_at
+        if not ready:
             if self._waiting >= self.settings.max_queue:
                 raise QueueFull(f"too many requests waiting for models ({self._waiting})", retry_after=5)
             self._waiting += 1
             try:
-                await asyncio.wait_for(self._ensure_loaded(entry, dict(load_params or {})), self.settings.queue_timeout)
-            except asyncio.TimeoutError:
+                # the wait runs in this task, so nothing can take the admitted place before in_flight counts it
+                async with asyncio.timeout(self.settings.queue_timeout):
+                    await self._wait_admitted(entry, dict(load_params or {}))
+            except TimeoutError:
                 raise QueueTimeout(f"model '{entry.spec.name}' was not ready within {self.settings.queue_timeout:g}s",
                                    retry_after=10) from None
             finally:
@@ -220,7 +216,15 @@ class Scheduler:
         entry.expires_at = None
         self._cancel_timer(entry)
         waited = time.monotonic() - started
-        return Lease(self, entry, waited, 0.0 if was_loaded else waited, ttl)
+        return Lease(self, entry, waited, waited if entry.loaded_at != loaded_at else 0.0, ttl)
+
+    async def _wait_admitted(self, entry: Entry, load_params: dict[str, Any]) -> None:
+        """Until the model is loaded (with these load parameters) and below its ``max_concurrent``."""
+        while True:
+            await self._ensure_loaded(entry, load_params)
+            if can_admit(entry.in_flight, entry.spec.max_concurrent):
+                return
+            await self._changed.wait()
 
     def lease(self, name: str, *, ttl: float | None = None, load_params: Mapping[str, Any] | None = None):
         @contextlib.asynccontextmanager
@@ -237,6 +241,14 @@ class Scheduler:
         lease = await self.acquire(name, ttl=ttl)
         lease.release()
         return lease.load_seconds
+
+    async def preload(self, names: list[str]) -> None:
+        """Start ``names`` one after another (``scheduler.preload``); a model that fails is logged and skipped."""
+        for name in names:
+            try:
+                await self.load(name)
+            except HostError as exc:
+                log.error("preload: %s", exc.detail())
 
     async def unload(self, name: str, reason: UnloadReason = "requested") -> bool:
         """Unload a model once its in-flight requests have finished; False when it was not loaded."""
@@ -324,50 +336,20 @@ class Scheduler:
         return info.factory(spec, self.host)
 
     def _plan_room(self, entry: Entry) -> list[Entry] | None:
-        """Decide synchronously whether ``entry`` can start now; unload idle LRU victims when that makes room.
-        ``None`` = start now; else the busy models whose in-flight requests must end first. Raises when the model
-        can never fit."""
-        if not entry.runner.local:
-            return None
-        need = entry.memory
-        budget, limit = self.memory_budget, self.settings.max_loaded
-        if budget is not None and need > budget:
-            raise ModelTooLarge(f"model '{entry.spec.name}' needs about {_gib(need)}, more than the whole memory "
-                                f"budget of {_gib(budget)}")
-        active = [e for e in self.entries.values() if e is not entry and e.occupies and not e.stopping]
-
-        def fits(group: list[Entry]) -> bool:
-            count_ok = limit <= 0 or len(group) + 1 <= limit
-            return count_ok and (budget is None or sum(e.memory for e in group) + need <= budget)
-
-        def is_idle(e: Entry) -> bool:
-            return e.in_flight == 0 and e.pending == 0
-
-        idle = sorted((e for e in active if e.state == "loaded" and is_idle(e) and not e.spec.pinned),
-                      key=lambda e: e.last_used or 0)
-        victims: list[Entry] = []
-        busy = sorted((e for e in active if e.state == "loaded" and not is_idle(e) and not e.spec.pinned),
-                      key=lambda e: e.last_used or 0)
-        drain: list[Entry] = []
-        while not fits(active):
-            if idle:
-                victim = idle.pop(0)
-                victims.append(victim)
-            elif busy:
-                victim = busy.pop(0)
-                drain.append(victim)
-            elif any(e.state == "loading" and not e.spec.pinned for e in active):
-                return []  # a model being loaded will take requests first; wait for it
-            else:
-                pinned = ", ".join(e.spec.name for e in active)
-                raise ModelTooLarge(f"cannot load model '{entry.spec.name}': pinned models ({pinned}) use all the room")
-            active.remove(victim)
-        if drain:
-            return drain
-        for victim in victims:
-            self._begin_unload(victim, "evicted")
+        """Apply the placement policy (llama_host.placement) for starting ``entry`` now: unload the idle models it
+        chooses. ``None`` = start now; else the models to wait for (busy ones draining, or a start in progress).
+        Raises when the model can never fit."""
+        running = [_slot(e) for e in self.entries.values() if e is not entry and e.occupies and not e.stopping]
+        decision = plan(_slot(entry), running, self.limits)
+        if decision.action == "refuse":
+            raise ModelTooLarge(decision.reason)
+        if decision.action == "wait":
+            return []
+        if decision.action == "drain":
+            return [self.entries[name] for name in decision.drain]
+        for name in decision.evict:
+            self._begin_unload(self.entries[name], "evicted")
         return None
-
 
     async def _start(self, entry: Entry) -> None:
         runner = entry.runner
@@ -530,7 +512,8 @@ class Scheduler:
             memory=e.memory, in_flight=e.in_flight, pinned=s.pinned, unlisted=s.unlisted, missing=s.missing,
             ttl=self._idle_for(e), last_used=e.last_used, expires_at=e.expires_at,
             loaded_at=e.loaded_at if e.state == "loaded" else None, load_seconds=e.load_seconds,
-            pid=runner.pid if runner else None, error=e.error, path=s.path, metadata=dict(s.metadata))
+            pid=runner.pid if runner else None, error=e.error, path=s.path, metadata=dict(s.metadata),
+            priority=s.priority, max_concurrent=s.max_concurrent, group=getattr(self.limits.group_of(s.name), "name", None))
 
     def statuses(self) -> list[ModelStatus]:
         return [self.status(name) for name in sorted(self.entries)]
@@ -567,5 +550,9 @@ class Scheduler:
                 kill()
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+def _slot(e: Entry) -> Slot:
+    """An entry as the placement policy sees it."""
+    return Slot(e.spec.name, memory=e.memory, state="loading" if e.state == "loading" else "loaded",
+                in_flight=e.in_flight, pending=e.pending, last_used=e.last_used or 0.0, priority=e.spec.priority,
+                pinned=e.spec.pinned,
+                local=e.runner.local if e.runner is not None else True)

@@ -38,6 +38,10 @@ class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     pinned: bool = False
     unlisted: bool = False
     memory: int | str | None = None
+    #: eviction takes lower priorities first, then the least recently used
+    priority: int = 0
+    #: requests in flight at this model's runner at once (usually its ``--parallel``); more wait in the queue
+    max_concurrent: int | None = None
     params: dict[str, Any] = {}
     args: list[str] = []
     env: dict[str, str] = {}
@@ -206,6 +210,10 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     error: str | None
     path: str | None
     metadata: dict[str, Any]
+    priority: int = 0
+    max_concurrent: int | None = None
+    #: the ``scheduler.groups`` entry this model belongs to
+    group: str | None = None
 
 
 LifespanFactory = Callable[["Host"], Any]

@@ -15,6 +15,7 @@ from litestar.params import FromPath
 from litestar.response import Stream
 
 from llama_host import Host, HostDep, ModelSpec
+from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError, UpstreamError
 from llama_host.proxy import end_request
 
@@ -50,13 +51,7 @@ async def _decode(request: Request, kind: type[T]) -> T:
     body = await request.body()
     if not body.strip():
         raise BadRequest("missing request body")
-    try:
-        value = msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"invalid JSON: {exc}") from None
-    return value
+    return decode_json(body, kind)
 
 
 def _model_of(host: Host, requested: str) -> ModelSpec:

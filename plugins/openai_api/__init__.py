@@ -13,11 +13,13 @@ from litestar.params import FromPath
 from litestar.response import Stream
 
 from llama_host import Host, HostDep, Surface, hookimpl
+from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError, ModelNotFound
 from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS
 
 NAME = "openai_api"
-_decode = msgspec.json.Decoder().decode
+#: OpenAI count parameters; a negative one is refused here rather than passed to the runner
+COUNT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "top_logprobs", "logprobs")
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -99,10 +101,7 @@ class OpenAIController(Controller):
 
 async def relay(request: Request, host: HostDep, path: str, endpoint: str) -> Response:
     body = await request.body()
-    try:
-        obj = _decode(body)
-    except msgspec.DecodeError:
-        raise BadRequest("the request body is not valid JSON") from None
+    obj = decode_json(body, nonnegative=COUNT_FIELDS)
     if not isinstance(obj, dict):
         raise BadRequest("the request body must be a JSON object")
     requested = obj.get("model") or host.site.default_model
