@@ -149,3 +149,23 @@ def variant_spec(name: str, entry: Mapping[str, Any], known: Mapping[str, ModelS
         base, name=name, aliases=[], source=SOURCE, pinned=False, unlisted=False,
         params={**base.params, **load}, system=entry.get("system") or base.system,
         defaults={**base.defaults, **request}, metadata={**base.metadata, "variant": facts})
+
+
+_CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+_COMPLETION_PATHS = ("/v1/completions", "/completions", "/completion")
+
+
+def with_model_defaults(spec: ModelSpec, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A request body with the model's ``system`` prompt (chat requests that bring none) and its ``defaults``
+    (fields the request leaves unset). Pure; other paths and bodies come back unchanged."""
+    chat = path in _CHAT_PATHS
+    if not (chat or path in _COMPLETION_PATHS) or not isinstance(body, dict):
+        return body
+    out = dict(body)
+    messages = out.get("messages")
+    if chat and spec.system and isinstance(messages, list) and not any(
+            isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages):
+        out["messages"] = [{"role": "system", "content": spec.system}, *messages]
+    for key, value in spec.defaults.items():
+        out.setdefault(key, value)
+    return out

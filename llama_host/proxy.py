@@ -17,7 +17,7 @@ from litestar import Response
 from litestar.response import Stream
 
 from llama_host.errors import HostError, RunnerCrashed, UpstreamError
-from llama_host.types import RequestFinished, RequestStarted
+from llama_host.types import ModelSpec, RequestFinished, RequestStarted
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -203,6 +203,17 @@ def error_event(exc: HostError) -> bytes:
     return b"data: " + _encode(body) + b"\n\n"
 
 
+def _model_defaults(spec: ModelSpec, path: str, json: Any, body: bytes | None) -> tuple[Any, bytes | None]:
+    from llama_host.catalogue import with_model_defaults
+
+    if json is None and body:
+        try:
+            json, body = _decode(body), None
+        except msgspec.DecodeError:
+            return None, body
+    return (with_model_defaults(spec, path, json) if json is not None else None), body
+
+
 class Relay:
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -231,6 +242,8 @@ class Relay:
         once: a pooled keep-alive connection that the runner closed (on a fresh connection), and a local runner that
         refuses connections because it just died (on a new runner, through ``scheduler.reacquire``)."""
         hdrs = dict(headers or {})
+        if (lease.model.system or lease.model.defaults) and method == "POST":  # a variant (create/copy)
+            json, body = _model_defaults(lease.model, path, json, body)
         if json is not None:
             body = _encode(json)
             hdrs["Content-Type"] = "application/json"
