@@ -106,16 +106,8 @@ class ManagedModels:
         return self.downloads.pull(name, detached=detached)
 
     async def _installed(self, job: Job) -> None:
-        plan = job.plan
-        assert plan is not None and job.path is not None
-        names = [job.ref.name]
-        if plan.quant:
-            names.append(f"hf.co/{job.ref.repo}:{plan.quant}")
-        if not job.ref.quant:
-            names.append(f"hf.co/{job.ref.repo}")
         async with self.lock:
-            self.catalogue.record_pull(job.path, names=names, repo=job.ref.repo, quant=plan.quant,
-                                       files=[str(f.target) for f in job.files])
+            record_pull(self.catalogue, job)
             await self._save()
         await self.host.rescan_models()
         spec = self.host.scheduler.resolve(job.ref.name, "core")
@@ -263,6 +255,19 @@ class ManagedModels:
             await self._save()
         await self.host.rescan_models()
         return removed
+
+
+def record_pull(catalogue: Catalogue, job: Job) -> None:
+    """Remember the names a finished pull answers to (``hf.co/user/repo:QUANT`` as asked and as resolved)."""
+    plan = job.plan
+    assert plan is not None and job.path is not None
+    names = [job.ref.name]
+    if plan.quant:
+        names.append(f"hf.co/{job.ref.repo}:{plan.quant}")
+    if not job.ref.quant:
+        names.append(f"hf.co/{job.ref.repo}")
+    catalogue.record_pull(job.path, names=names, repo=job.ref.repo, quant=plan.quant,
+                          files=[str(f.target) for f in job.files])
 
 
 def _parts(path: str) -> list[str]:
