@@ -84,3 +84,39 @@ def test_pulled_model_answers_a_chat(hub, tmp_path: Path, llama_server_bin: str,
                                                     "messages": [{"role": "user", "content": "hi"}]})
         assert chat.status_code == 200, chat.text
         assert chat.json()["choices"][0]["message"]["content"]
+
+
+def test_client_disconnect_cancels_and_two_clients_share(hub, tmp_path: Path) -> None:
+    import threading
+    import time
+
+    hub.delay = 0.05
+    with serve_host(site(tmp_path), plugins=["discovery_gguf", "llama_server"]) as rh, rh.client(timeout=60) as c:
+        with c.stream("POST", "/api/v1/models/download", json={"model": f"{REPO}:Q4_K_M"}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:") and json.loads(line[5:])["completed"] > 0:
+                    break  # the only client goes away mid-download
+        deadline = time.monotonic() + 20
+        while c.get("/api/v1/downloads").json()["downloads"][0]["status"] != "cancelled":
+            assert time.monotonic() < deadline, "the download was not cancelled"
+            time.sleep(0.05)
+        assert list((tmp_path / "managed" / ".downloads").glob("*.part"))  # kept for a resume
+        assert not (tmp_path / "managed" / REPO / "tiny-Q4_K_M.gguf").exists()
+
+        hub.delay = 0.2  # the two clients below overlap for a second or more
+        finals: list[dict] = []
+
+        def pull() -> None:
+            with rh.client(timeout=60) as own, own.stream("POST", "/api/v1/models/download",
+                                                         json={"model": f"hf.co/{REPO}:q4_k_m"}) as resp:
+                finals.append(events(resp)[-1])
+
+        threads = [threading.Thread(target=pull) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert [f["status"] for f in finals] == ["success", "success"]
+        assert finals[0]["id"] == finals[1]["id"]
+        gets = hub.gets("tiny-Q4_K_M.gguf")
+        assert len(gets) == 2 and gets[1]["range"].startswith("bytes=")  # the cancelled one, then one resume
