@@ -11,10 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the local hub lives in tests/hub
 
+from hub.names import REPO, SPLIT_REPO, files_under  # noqa: E402
 from hub.server import Hub, HubServer  # noqa: E402
 
-REPO = "test-user/tiny-GGUF"
-SPLIT_REPO = "test-user/split-GGUF"
+__all__ = ["REPO", "SPLIT_REPO", "files_under"]
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +45,3 @@ def hub(gguf_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -> Iterat
         monkeypatch.delenv("HF_TOKEN", raising=False)
         monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
         yield h
-
-
-def files_under(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from conftest import REPO
+from hub.names import REPO
 
 from llama_host.testing import run_cli
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, files_under
+from hub.names import REPO, files_under
 
 from llama_host.testing import serve_host, tiny_site
 

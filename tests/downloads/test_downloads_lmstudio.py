@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import REPO
+from hub.names import REPO
 
 from llama_host.testing import serve_host
 

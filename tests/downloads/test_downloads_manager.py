@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SPLIT_REPO, files_under
+from hub.names import REPO, SPLIT_REPO, files_under
 
 from llama_host.downloads import DownloadManager
 from llama_host.hub import BadModelName, parse_ref

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
-from conftest import REPO
+from hub.names import REPO
 
 from llama_host.testing import serve_host
 
