@@ -248,7 +248,6 @@ class Job:
         self.cancel_flag = threading.Event()
         self.version = 0
         self._waiters: set[asyncio.Event] = set()
-        self._done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self._rate: tuple[float, int] = (time.monotonic(), 0)
         self.bytes_per_second = 0.0
@@ -277,8 +276,6 @@ class Job:
         self.version += 1
         for waiter in self._waiters:
             waiter.set()
-        if self.done:
-            self._done.set()
 
     def _advance(self, index: int, completed: int) -> None:
         if self.done:
@@ -365,9 +362,9 @@ class DownloadManager:
         job = Job(self, ref, detached=detached)
         self._active[ref.key] = job
         self.jobs[job.id] = job
-        for old in [j for j in self.jobs.values() if j.done][:-self._keep_finished or None]:
-            if len(self.jobs) > self._keep_finished:
-                self.jobs.pop(old.id, None)
+        finished = [j for j in self.jobs.values() if j.done]
+        for old in finished[: max(0, len(finished) - self._keep_finished)]:
+            self.jobs.pop(old.id, None)
         job.task = asyncio.ensure_future(self._pull(job))
         return job
 

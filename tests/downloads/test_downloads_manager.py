@@ -180,3 +180,16 @@ def test_read_only_folder_is_a_clean_error(hub, tmp_path: Path) -> None:
         import shutil
 
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_hf_token_is_sent_when_set(hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub.token = "hf_secret"
+    manager = DownloadManager(tmp_path)
+    denied = await _pull(manager, f"{REPO}:Q4_K_M")
+    assert denied["status"] == "error" and "HF_TOKEN" in denied["error"]
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    final = await _pull(manager, f"{REPO}:Q4_K_M")
+    await manager.close()
+    assert final["status"] == "success", final
+    sent = [h.get("authorization") for _, _, h in hub.requests[-4:]]
+    assert sent and all(a == "Bearer hf_secret" for a in sent)
