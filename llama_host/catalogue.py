@@ -40,7 +40,8 @@ LOAD_PARAMETERS = {"num_ctx": "ctx_size", "num_batch": "batch_size", "num_gpu": 
 REQUEST_PARAMETERS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                       "typical_p": "typical_p", "repeat_penalty": "repeat_penalty", "repeat_last_n": "repeat_last_n",
                       "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty", "seed": "seed",
-                      "stop": "stop", "num_predict": "max_tokens", "mirostat": "mirostat", "mirostat_tau": "mirostat_tau",
+                      "stop": "stop", "num_predict": "max_tokens", "mirostat": "mirostat",
+                      "mirostat_tau": "mirostat_tau",
                       "mirostat_eta": "mirostat_eta", "num_keep": "n_keep"}
 
 

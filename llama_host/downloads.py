@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from llama_host.errors import BadRequest, HostError
+from llama_host.errors import HostError
 from llama_host.hub import HubFile, HubRef, Plan, choose_files, parse_ref
 
 log = logging.getLogger("llama_host.downloads")
@@ -211,7 +211,7 @@ def file_digest(path: Path, f: HubFile, cancel: threading.Event) -> tuple[str, s
     return expected, h.hexdigest()
 
 
-# --- jobs --------------------------------------------------------------------------------------------------------------
+# --- jobs ------------------------------------------------------------------------------------------------------------
 
 
 class FileState:

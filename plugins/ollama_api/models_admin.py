@@ -15,7 +15,7 @@ from litestar import Controller, Request, Response, head, post, route
 from litestar.params import FromPath
 from litestar.response import Stream
 
-from llama_host import Host, HostDep
+from llama_host import HostDep
 from llama_host.bodies import decode_json
 from llama_host.downloads import Job
 from llama_host.errors import BadRequest, HostError
@@ -181,7 +181,3 @@ class OllamaModelsController(Controller):
             raise BadRequest("model is required")
         await host.managed.delete(name)
         return Response(b"", status_code=200)
-
-
-def admin_controllers(host: Host) -> list[type[Controller]]:
-    return [OllamaModelsController]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-
-import sys
 
 import pytest
 
@@ -14,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the loca
 from hub.names import REPO, SPLIT_REPO, files_under  # noqa: E402
 from hub.server import Hub, HubServer  # noqa: E402
 
-__all__ = ["REPO", "SPLIT_REPO", "files_under"]
+__all__ = ["REPO", "SPLIT_REPO", "files_under", "gguf_files", "hub"]
 
 
 @pytest.fixture(scope="session")
