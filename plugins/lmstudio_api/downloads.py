@@ -73,7 +73,8 @@ class LMStudioDownloadsController(Controller):
                 raise BadRequest("give the quantization either in 'model' or in 'quantization'", param="quantization")
             name = f"{name}:{req.quantization}"
         ref = parse_ref(name)
-        if host.scheduler.resolve(ref.name, SURFACE) is not None:
+        present = host.scheduler.resolve(ref.name, SURFACE)
+        if present is not None and not present.missing:
             return {"status": "already_downloaded"}
         job = host.managed.pull(ref, detached=True)  # clients poll the status: no listener keeps it alive
         async with asyncio.timeout(60):

@@ -108,7 +108,8 @@ class OllamaModelsController(Controller):
         if not name:
             raise BadRequest("model is required")
         stream = req.stream is not False
-        if host.scheduler.resolve(name, SURFACE) is not None:  # already here (configured, discovered or pulled)
+        present = host.scheduler.resolve(name, SURFACE)
+        if present is not None and not present.missing:  # already here (configured, discovered or pulled)
             done = _line({"status": "success"})
             return Response(done, media_type=NDJSON) if stream else Response({"status": "success"})
         parse_ref(name)  # a bad name is a 400 before anything starts
