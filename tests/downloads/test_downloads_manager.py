@@ -193,3 +193,26 @@ async def test_hf_token_is_sent_when_set(hub, tmp_path: Path, monkeypatch: pytes
     assert final["status"] == "success", final
     sent = [h.get("authorization") for _, _, h in hub.requests[-4:]]
     assert sent and all(a == "Bearer hf_secret" for a in sent)
+
+
+def test_a_write_that_fails_mid_file_is_a_clean_error(hub, tmp_path: Path) -> None:
+    """A real failing write (a 200 KiB file-size limit in a child process: EFBIG, as a full disk gives ENOSPC):
+    the pull ends with a storage error, the part file is removed and no model file appears."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "models"
+    code = ("import asyncio, resource, signal\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (200 * 1024, 200 * 1024))\n"
+            "from llama_host.downloads import DownloadManager\n"
+            "async def main():\n"
+            f"    m = DownloadManager({str(folder)!r})\n"
+            f"    s = await m.pull({REPO + ':Q4_K_M'!r}).wait()\n"
+            "    await m.close(); print(s['status'], s['error'])\n"
+            "asyncio.run(main())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=str(Path(__file__).resolve().parents[2]))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("error the disk of the managed folder"), out.stdout
+    assert [p for p in files_under(folder)] == []
