@@ -136,7 +136,7 @@ def variant_spec(name: str, entry: Mapping[str, Any], known: Mapping[str, ModelS
     parameters = dict(entry.get("parameters") or {})
     load = {LOAD_PARAMETERS[k]: v for k, v in parameters.items() if k in LOAD_PARAMETERS}
     request = {REQUEST_PARAMETERS[k]: v for k, v in parameters.items() if k in REQUEST_PARAMETERS}
-    facts = {k: entry[k] for k in ("system", "template", "parameters", "from", "created_at") if entry.get(k)}
+    facts = {k: entry[k] for k in ("system", "template", "parameters", "from", "parent", "created_at") if entry.get(k)}
     if entry.get("path"):
         base = ModelSpec(name=name, path=str(entry["path"]))
     else:

@@ -194,7 +194,9 @@ class ManagedModels:
                 raise BlobNotFound(f"blob {blob} not found: upload it first (POST /api/blobs/{blob})")
             entry: dict[str, Any] = {"path": str(path)}
         elif source:
-            entry = self._entry_of(self.host.scheduler.get(source, "core"))
+            origin = self.host.scheduler.get(source, "core")
+            entry = self._entry_of(origin)
+            entry["parent"] = origin.name
         else:
             raise BadRequest("nothing to create from: give 'from' (a model) or 'files' (an uploaded blob)",
                              param="from")
@@ -215,6 +217,7 @@ class ManagedModels:
         spec = self.host.scheduler.get(source, "core")
         name = self._check_new(destination)
         entry = self._entry_of(spec)
+        entry["parent"] = spec.name
         entry["created_at"] = round(time.time(), 3)
         async with self.lock:
             self.catalogue.set_variant(name, entry)

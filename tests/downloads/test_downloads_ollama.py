@@ -82,6 +82,10 @@ def test_blob_create_copy_delete(client: ollama.Client, running, tiny_model: Pat
     names = {m.model for m in client.list().models}
     assert {"mine", "mine-too", "terse"} <= {n.removesuffix(":latest") for n in names}
     assert running.host.scheduler.get("terse").system == "Be terse."
+    shown = client.show("terse")
+    assert shown.details.parent_model == "mine"
+    assert "temperature 0.1" in shown.parameters and "num_ctx 256" in shown.parameters
+    assert httpx.post(f"{base}/api/show", json={"model": "terse"}).json()["system"] == "Be terse."
     assert running.host.scheduler.get("terse").path == str(blob)
 
     assert client.delete("mine").status == "success"
