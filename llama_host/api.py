@@ -105,5 +105,7 @@ async def _log_events(host: HostDep, name: str, history: int) -> AsyncIterator[b
 
 
 def core_surface(host: HostDep) -> Surface:
-    return Surface(name="core", port=host.site.port, route_handlers=[ManagementController],
+    from llama_host.api_downloads import DownloadsController
+
+    return Surface(name="core", port=host.site.port, route_handlers=[ManagementController, DownloadsController],
                    exception_handlers=OPENAI_EXCEPTION_HANDLERS)

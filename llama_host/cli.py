@@ -1,4 +1,4 @@
-"""``llama-host``: serve, check, plugins, schema, discover, import-config."""
+"""``llama-host``: serve, check, plugins, schema, discover, import-config, pull."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from llama_host import __version__
 from llama_host.errors import ConfigError, PluginError
 
 EXIT_USAGE = 2
-COMMANDS = ("serve", "check", "plugins", "schema", "discover", "import-config")
+COMMANDS = ("serve", "check", "plugins", "schema", "discover", "import-config", "pull")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
                    description="Print the JSON Schema of the whole site file (core keys and each plugin's section).")
     sub.add_parser("discover", parents=[common], help="print the models found by discovery plugins",
                    description="Run the discovery plugins once and print the table of models found.")
+    pull = sub.add_parser("pull", parents=[common], help="download a GGUF model from Hugging Face",
+                          description="Download a GGUF model (and its split parts and projector) from the Hugging "
+                                      "Face Hub into the site's managed folder (models_dir), resumable and checked "
+                                      "against the hub's sha256. HF_ENDPOINT and HF_TOKEN are honoured. A running "
+                                      "host serves it after its next rescan.")
+    pull.add_argument("model", help="hf.co/{user}/{repo}[:{quant}] or {user}/{repo}[:{quant}] (quant e.g. Q4_K_M)")
     imp = sub.add_parser("import-config", parents=[common], help="convert the older project's models_config.json",
                          description="Convert llama-runner's models_config.json into a YAML models section.")
     imp.add_argument("legacy", type=Path, help="path of models_config.json")
@@ -202,6 +208,60 @@ def cmd_import_config(args: argparse.Namespace, level: str | None) -> int:
     return 0
 
 
+def cmd_pull(args: argparse.Namespace, level: str | None) -> int:
+    from llama_host import logs
+    from llama_host.catalogue import FILE_NAME, Catalogue
+    from llama_host.config import managed_folder
+    from llama_host.downloads import DownloadManager
+    from llama_host.hub import BadModelName, parse_ref
+    from llama_host.managed import record_pull
+
+    logs.configure(level or "warning")
+    if args.config is not None:
+        host = _host(args)
+        folder = host.site.models_dir or managed_folder(None, args.config)
+        catalogue = Catalogue(args.config.resolve().parent / FILE_NAME)
+    else:
+        folder, catalogue = managed_folder(None, None), Catalogue(None)
+    try:
+        ref = parse_ref(args.model)
+    except BadModelName as exc:
+        print(f"llama-host: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def run():
+        manager = DownloadManager(folder)
+        job = manager.pull(ref)
+        shown: dict[str, int] = {}
+        status = ""
+        try:
+            async for snap in job.follow():
+                if snap["status"] != status:
+                    status = snap["status"]
+                    print(f"{status} {ref.name}", file=sys.stderr)
+                for f in snap["files"]:
+                    step = int(10 * f["completed"] / f["total"]) if f["total"] else 0
+                    if shown.get(f["name"]) != step:
+                        shown[f["name"]] = step
+                        print(f"  {f['name']}: {_bytes(f['completed']) if f['completed'] else '0'} of "
+                              f"{_bytes(f['total'])} ({step * 10}%)", file=sys.stderr)
+        finally:
+            await manager.close()
+        return job
+
+    job = asyncio.run(run())
+    if job.status != "success":
+        print(f"llama-host: pull failed: {job.error.message if job.error else job.status}", file=sys.stderr)
+        return 1
+    catalogue.load()
+    record_pull(catalogue, job)
+    catalogue.save()
+    print(job.path)
+    print(f"pulled {ref.name} into {folder}; a running host serves it after its next rescan "
+          "(POST /api/v1/discovery/rescan, or at once when pulled through the host)", file=sys.stderr)
+    return 0
+
+
 def _count(n: Any) -> str:
     if not n:
         return "-"
@@ -221,7 +281,7 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 
 _COMMANDS = {"serve": cmd_serve, "check": cmd_check, "plugins": cmd_plugins, "schema": cmd_schema,
-             "discover": cmd_discover, "import-config": cmd_import_config}
+             "discover": cmd_discover, "import-config": cmd_import_config, "pull": cmd_pull}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -71,6 +71,8 @@ class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: LogLevel = "info"
     log_dir: str = "logs"
     default_model: str | None = None
+    #: The managed folder: pulled models and uploaded blobs (default: ``models`` next to the site file).
+    models_dir: str | None = None
     shutdown_grace: float = 5.0
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     plugins: dict[str, dict[str, Any]] = {}
@@ -322,7 +324,20 @@ def load_site(path: Path | None, plugin_schemas: Mapping[str, dict[str, Any] | N
             fixed["mmproj"] = str((base / Path(spec.mmproj).expanduser()).resolve())
         models[name] = msgspec.structs.replace(spec, **fixed)
     log_dir = str((base / Path(site.log_dir).expanduser()).resolve())
-    return msgspec.structs.replace(site, models=models, log_dir=log_dir)
+    return msgspec.structs.replace(site, models=models, log_dir=log_dir,
+                                   models_dir=managed_folder(site.models_dir, path))
+
+
+def managed_folder(value: str | None, site_file: Path | None) -> str:
+    """The managed folder: ``models_dir`` relative to the site file; by default ``models`` next to the site file, or
+    ``$XDG_DATA_HOME/llama-host/models`` (``~/.local/share/...``) for a host built without one."""
+    if value:
+        base = site_file.parent if site_file else Path.cwd()
+        return str((base / Path(value).expanduser()).resolve())
+    if site_file is not None:
+        return str((site_file.parent / "models").resolve())
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(data) / "llama-host" / "models")
 
 
 def plugin_settings(site: SiteConfig, name: str, kind: type[msgspec.Struct]) -> Any:

@@ -12,6 +12,7 @@ work as pluggy documents them. ``LLAMA_HOST_TRACE_HOOKS=1`` logs every hook call
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +120,22 @@ def discover_models(host: Host) -> list[ModelSpec] | None:
         @hookimpl
         def discover_models(host):
             return [ModelSpec(name="tiny", path="/models/tiny.gguf", source="my_scanner")]
+    """
+
+
+@hookspec
+def rescan_models(host: Host) -> Awaitable[Any] | None:
+    """Files arrived in (or left) the managed folder (``host.site.models_dir``): rescan now.
+
+    :param host: the host; called by ``host.rescan_models()`` after a pull finishes or a model is deleted.
+    :returns: an awaitable the host waits for before it refreshes its models (``host.refresh_models()``), or
+        ``None``. The scan itself must not block the event loop (run it in a thread).
+
+    Example::
+
+        @hookimpl
+        def rescan_models(host):
+            return my_scanner(host).rescan()   # a coroutine scanning in a worker thread
     """
 
 

@@ -91,6 +91,10 @@ class Host:
         self.scheduler.set_models(site.models, [])
         self._check_models(site.models.values(), "models")
         self.relay = Relay(self)
+        from llama_host.managed import ManagedModels
+
+        #: pulled models, uploaded blobs and variants (create/copy/delete), in the managed folder ``site.models_dir``
+        self.managed = ManagedModels(self)
         self.surfaces = self._collect_surfaces()
         self._listeners = _listeners_of(self.surfaces)  # once, after the surfaces: route collisions fail here
 
@@ -202,7 +206,16 @@ class Host:
                             "; ".join(problems))
             else:
                 known.append(s)
-        self.scheduler.set_models(self.site.models, known)
+        configured, known = await self.managed.apply(self.site.models, known)
+        self.scheduler.set_models(configured, known)
+
+    async def rescan_models(self) -> None:
+        """Files changed in the managed folder: every ``rescan_models`` hook rescans, then the models refresh."""
+        waits = [r for r in self.pm.hook.rescan_models(host=self) if r is not None]
+        for result in await asyncio.gather(*waits, return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.error("rescan after a change in the managed folder failed: %s", result)
+        await self.refresh_models()
 
     def plugin_states(self) -> list[dict[str, Any]]:
         return [p.as_dict() for p in self.plugins]
@@ -248,6 +261,7 @@ class Host:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.relay)
             stack.push_async_callback(self.scheduler.shutdown)
+            stack.push_async_callback(self.managed.close)
             await self.refresh_models()
             for plugin, call in self.per_plugin("lifespan"):
                 for cm in call(host=self):

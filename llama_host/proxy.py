@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import msgspec
 from llama_host.errors import RunnerCrashed, UpstreamError
-from llama_host.types import RequestFinished, RequestStarted
+from llama_host.types import ModelSpec, RequestFinished, RequestStarted
 
 if TYPE_CHECKING:
     from llama_host.host import Host
@@ -143,6 +143,17 @@ class RequestMeter:
             predicted_ms=t.get("predicted_ms"), stop_reason=self.stop_reason, error=error))
 
 
+def _model_defaults(spec: ModelSpec, path: str, json: Any, body: bytes | None) -> tuple[Any, bytes | None]:
+    from llama_host.catalogue import with_model_defaults
+
+    if json is None and body:
+        try:
+            json, body = _decode(body), None
+        except msgspec.DecodeError:
+            return None, body
+    return (with_model_defaults(spec, path, json) if json is not None else None), body
+
+
 class Relay:
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -180,6 +191,8 @@ class Relay:
         segfault) may have been crashed by this very request: it is not sent to a new runner, its error is the
         answer (the next request gets a new runner). A body that is a stream (``data``) is never sent twice."""
         hdrs = dict(headers or {})
+        if (lease.model.system or lease.model.defaults) and method == "POST":  # a variant (create/copy)
+            json, body = _model_defaults(lease.model, path, json, body)
         if json is not None:
             body = _encode(json)
             hdrs["Content-Type"] = "application/json"

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from llama_host.catalogue import NameIndex, merge
+from llama_host.models import NameIndex, merge
 from llama_host.config import SchedulerSettings, parse_size
 from llama_host.errors import (
     HostError,
@@ -184,7 +184,7 @@ class Scheduler:
         return {name: e.spec for name, e in self.entries.items()}
 
     def set_models(self, configured: Mapping[str, ModelSpec], discovered: list[ModelSpec]) -> None:
-        """Take the merged catalogue (llama_host.catalogue); running models keep their runner and start with the new
+        """Take the merged models (llama_host.models); running models keep their runner and start with the new
         spec next time; a model gone from the catalogue is dropped once it is not running."""
         merged = merge(configured, discovered)
         for name, spec in merged.items():

@@ -52,6 +52,11 @@ class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     url: str | None = None
     api_key: str | None = None
     mmproj: str | None = None
+    #: A system prompt given to chat requests that bring none (Ollama ``create`` variants set it).
+    system: str | None = None
+    #: Request fields (OpenAI/llama-server names: temperature, top_p, stop, max_tokens, ...) used when a request
+    #: does not set them.
+    defaults: dict[str, Any] = {}
     # Filled by discovery plugins: GGUF facts (architecture, parameter_count, quantization, context_length, ...).
     metadata: dict[str, Any] = {}
     # Where the spec came from: "config" or the discovering plugin's name.

@@ -45,8 +45,11 @@ def controllers(state: SurfaceState) -> list[type[Controller]]:
     def provide() -> SurfaceState:
         return state
 
+    from .downloads import LMStudioDownloadsController
+
     deps = {"lms": Provide(provide, sync_to_thread=False)}
     return [
+        LMStudioDownloadsController,
         type("LMStudioV0Controller", (LMStudioV0Controller,), {"dependencies": deps}),
         type("LMStudioV1Controller", (LMStudioV1Controller,), {"dependencies": deps}),
     ]

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, route
-from litestar.params import FromPath
 
 from llama_host import Host, HostDep, ModelSpec
 from llama_host.bodies import decode_json
@@ -32,12 +31,6 @@ log = logging.getLogger("llama_host.ollama_api")
 NDJSON = "application/x-ndjson"
 _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
-
-
-class NotSupported(HostError):
-    """A model-management call llama-host does not do (pull, push, create, copy, delete)."""
-
-    status, code, type = 501, "not_supported", "invalid_request_error"
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -201,50 +194,12 @@ class OllamaController(Controller):
         return await _embeddings(host, spec, "embeddings", [req.prompt] if req.prompt else [], ttl, load_params,
                                  shape)
 
-    # --- model management llama-host does not do -----------------------------------------------------------------
-
-    @post("/api/pull", status_code=200)
-    async def api_pull(self, request: Request, host: HostDep) -> Response:
-        req = await _decode(request, ShowRequest)
-        if req.requested and host.scheduler.resolve(req.requested, SURFACE) is not None:
-            # Already here: tools that "make sure the model is pulled" carry on.
-            return Response(content=tr.ndjson({"status": "success"}), media_type=NDJSON)
-        raise NotSupported(_manage_hint(host, f"cannot pull '{req.requested}': llama-host does not download models"))
-
-    @post("/api/push", status_code=200)
-    async def api_push(self, host: HostDep) -> Response:
-        raise NotSupported(_manage_hint(host, "llama-host does not push models"))
-
-    @post("/api/create", status_code=200)
-    async def api_create(self, host: HostDep) -> Response:
-        raise NotSupported(_manage_hint(host, "llama-host does not create models from Modelfiles"))
-
-    @route("/api/blobs/{digest:str}", http_method=["HEAD", "POST"], status_code=200)
-    async def api_blobs(self, host: HostDep, digest: FromPath[str]) -> Response:
-        raise NotSupported(_manage_hint(host, "llama-host does not store model blobs"))
-
-    @post("/api/copy", status_code=200)
-    async def api_copy(self, host: HostDep) -> Response:
-        raise NotSupported(_manage_hint(
-            host, "llama-host does not copy models; to serve a model under another name add it to 'aliases' "
-                  "of its entry under 'models:' in the site file"))
-
-    @route("/api/delete", http_method=["DELETE", "POST"], status_code=200)
-    async def api_delete(self, host: HostDep) -> Response:
-        raise NotSupported(_manage_hint(
-            host, "llama-host does not delete models; remove the GGUF file or its entry under 'models:' in the "
-                  "site file"))
+    # pull, push, create, copy, delete and blobs: models_admin.py
 
 
 def _can_generate(host: Host, spec: ModelSpec, requested: str, what: str) -> None:
     if host.scheduler.facts(spec.name).embedding:
         raise BadRequest(f'"{requested}" does not support {what}: it is an embedding model')
-
-
-def _manage_hint(host: Host, what: str) -> str:
-    where = f" ({host.config_path})" if host.config_path else ""
-    return (f"{what}. To add a model, place its GGUF file in a discovery folder (plugins.discovery_gguf.dirs) "
-            f"or add it under 'models:' in the site file{where}.")
 
 
 async def _load_or_unload(host: Host, spec: ModelSpec, echo: str, ttl: float | None, load_params: dict[str, Any],

@@ -1,6 +1,6 @@
-"""The catalogue without a host: merging configured over discovered models, and name lookup."""
+"""The known models without a host: merging configured over discovered models, and name lookup."""
 
-from llama_host.catalogue import NameIndex, merge
+from llama_host.models import NameIndex, merge
 from llama_host.types import ModelSpec
 
 
