@@ -123,14 +123,31 @@ class SSEParser:
             b'"usage"' in complete or b'"timings"' in complete or b'"finish_reason":"' in complete
             or b'"finish_reason": "' in complete)) and complete.count(b"\n") == 2 * (len(blocks) - 1)
 
+    @staticmethod
+    def _array(complete: bytes, blocks: list[bytes]) -> bytes | None:
+        """A quick read made only of ``data: {...}`` events, as one JSON array, so that one msgspec call checks (or
+        decodes) them all; ``None`` for any other read. A raw newline never occurs inside JSON, so ``\\n\\ndata: ``
+        only separates events."""
+        n = len(blocks) - 1
+        if blocks[-1] or not complete.startswith(b"data: {") or complete.count(b"\n\ndata: {") != n - 1:
+            return None
+        return b"[" + complete[6:-2].replace(b"\n\ndata: ", b",") + b"]"
+
     def events(self, chunk: bytes) -> list[Any]:
         complete = self._complete(chunk)
         if not complete:
             return []
         blocks = complete.split(b"\n\n")
         quick = self._quick(complete, blocks)
-        out: list[Any] = []
         decode = self._decode
+        if quick and decode is _decode_any:
+            array = self._array(complete, blocks)
+            if array is not None:
+                try:
+                    return _decode_any(array)
+                except msgspec.DecodeError:
+                    pass  # one of them is not JSON: find which, one by one
+        out: list[Any] = []
         for block in blocks:
             if quick and block.startswith(b"data: {"):
                 try:
@@ -156,6 +173,14 @@ class SSEParser:
             return b""
         blocks = complete.split(b"\n\n")
         quick = self._quick(complete, blocks)
+        if quick:
+            array = self._array(complete, blocks)
+            if array is not None:
+                try:
+                    _validate(array)
+                    return complete
+                except msgspec.DecodeError:
+                    pass  # one of them is not JSON: find which, one by one
         offset = 0
         for block in blocks:
             if quick and block.startswith(b"data: {"):
