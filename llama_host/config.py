@@ -20,6 +20,18 @@ from llama_host.types import ModelSpec
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
+class GroupSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``scheduler.groups.<name>``: models with rules for running together (see llama_host.placement.Group)."""
+
+    members: list[str]
+    swap: bool = True
+    """At most one member runs at a time: starting one unloads the others."""
+    exclusive: bool = False
+    """Starting a member unloads every model outside the group (but pinned and persistent ones)."""
+    persistent: bool = False
+    """Members are never unloaded to make room for a model outside the group."""
+
+
 class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_loaded: int = msgspec.field(default=1)
     memory_budget: int | str | None = None
@@ -28,6 +40,9 @@ class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     queue_timeout: float = 600.0
     max_queue: int = 256
     stop_grace: float = 5.0
+    groups: dict[str, GroupSettings] = {}
+    preload: list[str] = []
+    """Models started at startup, one after another, in this order."""
 
 
 class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -209,12 +224,29 @@ def validate(data: dict[str, Any], schema: dict[str, Any]) -> list[str]:
             parse_size(sched["memory_budget"])
         except ValueError as exc:
             problems.append(f"scheduler.memory_budget: {exc}")
+    if isinstance(sched, dict) and isinstance(sched.get("groups"), dict):
+        problems += _group_problems(sched["groups"])
     for name, spec in (data.get("models") or {}).items():
         if isinstance(spec, dict) and spec.get("memory") is not None:
             try:
                 parse_size(spec["memory"])
             except ValueError as exc:
                 problems.append(f"models.{name}.memory: {exc}")
+    return problems
+
+
+def _group_problems(groups: dict[str, Any]) -> list[str]:
+    """A model may belong to one group only (its rules would otherwise contradict each other)."""
+    owner: dict[str, str] = {}
+    problems = []
+    for group, body in groups.items():
+        members = body.get("members") if isinstance(body, dict) else None
+        for i, member in enumerate(members if isinstance(members, list) else ()):
+            if not isinstance(member, str):
+                continue
+            if owner.setdefault(member, group) != group:
+                problems.append(f"scheduler.groups.{group}.members[{i}]: model '{member}' is already in group "
+                                f"'{owner[member]}' (a model belongs to one group)")
     return problems
 
 

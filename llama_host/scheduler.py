@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -14,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from llama_host.config import SchedulerSettings, parse_size
+from llama_host.facts import ModelFacts, applicable_load_params, model_facts, params_match, with_load_params
 from llama_host.errors import HostError, ModelNotFound, ModelTooLarge, QueueFull, QueueTimeout, RunnerStartError
+from llama_host.placement import Group, Limits, Slot, backoff_seconds, can_admit, idle_seconds, plan
 from llama_host.process import LogBuffer
 from llama_host.types import (
     ModelFailed,
@@ -34,38 +35,12 @@ if TYPE_CHECKING:
     from llama_host.host import Host
 
 log = logging.getLogger(__name__)
-KV_BYTES = 2  # f16 K and V cache entries
 
 
-def estimate_memory(spec: ModelSpec) -> int:
-    """``memory:`` when configured; else file size (+ projector) + the KV cache at the configured context."""
-    if spec.memory is not None:
-        return parse_size(spec.memory)
-    if spec.runtime == "remote":
-        return 0
-    md = spec.metadata
-    size = int(md.get("size") or 0)
-    for path in ([] if size else [spec.path]) + [spec.mmproj]:
-        if path:
-            with contextlib.suppress(OSError):
-                size += os.stat(path).st_size
-    ctx = spec.params.get("ctx_size") or spec.params.get("c") or md.get("context_length") or 0
-    layers, heads, kv_heads, width = (md.get(k) or 0 for k in ("block_count", "head_count", "head_count_kv", "embedding_length"))
-    if ctx and layers and heads and width:
-        size += 2 * int(layers) * int(ctx) * int(kv_heads or heads) * (int(width) // int(heads)) * KV_BYTES
-    return size
-
-
-def backoff_seconds(failures: int) -> float:
-    """How long a model that failed to start ``failures`` times in a row waits before the next start (>= 2)."""
-    return float(min(2 ** (failures - 2), 30))
-
-
-def idle_seconds(ttl: float | None) -> float | None:
-    """Per-request ttl → seconds until unload: ``None`` = never, ``0`` = right after the request."""
-    if ttl is None or ttl < 0:
-        return None
-    return float(ttl)
+def estimate_memory(spec: ModelSpec, runtime: RuntimeInfo | None = None, host: Host | None = None) -> int:
+    """``memory:`` when configured; else file size (+ projector) + the KV cache at the context the runner runs with
+    (see :mod:`llama_host.facts`)."""
+    return model_facts(spec, runtime, host).memory
 
 
 class Entry:
@@ -85,6 +60,8 @@ class Entry:
         self.load_seconds: float | None = None
         self.ttl_override: float | None = None
         self.active_params: dict[str, Any] = {}
+        self.facts = ModelFacts()  # the spec's facts (configured), see llama_host.facts
+        self.running_facts: ModelFacts | None = None  # the facts of the runner started (with its load params)
         self.error: str | None = None
         self.log_tail: list[str] = []
         self.failures = 0
@@ -150,6 +127,9 @@ class Scheduler:
         self.settings = settings
         self.runtimes = runtimes
         self.memory_budget = parse_size(settings.memory_budget) if settings.memory_budget is not None else None
+        self.limits = Limits(max_loaded=settings.max_loaded, memory_budget=self.memory_budget,
+                             groups=[Group(name, frozenset(g.members), swap=g.swap, exclusive=g.exclusive,
+                                           persistent=g.persistent) for name, g in settings.groups.items()])
         self.entries: dict[str, Entry] = {}
         self._index: dict[str, str] = {}
         self._changed = asyncio.Event()
@@ -182,7 +162,9 @@ class Scheduler:
                 self.entries[name].spec = spec
             else:
                 self.entries[name] = Entry(spec)
-            self.entries[name].memory = estimate_memory(spec)  # once per catalogue change, not per request
+            entry = self.entries[name]
+            entry.facts = model_facts(spec, self.runtimes.get(spec.runtime), self.host)  # once per catalogue change
+            entry.memory = entry.facts.memory
         for name in [n for n, e in self.entries.items() if n not in merged and e.state in ("unloaded", "failed")]:
             del self.entries[name]
         index: dict[str, str] = {}
@@ -215,17 +197,22 @@ class Scheduler:
     async def acquire(self, name: str, *, ttl: float | None = None,
                       load_params: Mapping[str, Any] | None = None) -> Lease:
         entry = self._entry(name)
+        load_params = applicable_load_params(self.runtimes.get(entry.spec.runtime), load_params)
         started = time.monotonic()
         self._check_alive(entry)
-        was_loaded = (entry.state == "loaded" and not entry.stopping and not entry.drainers
-                      and (not load_params or self._params_match(entry, load_params)))
-        if not was_loaded:
+        ready = (entry.state == "loaded" and not entry.stopping and not entry.drainers
+                 and (not load_params or self._params_match(entry, load_params))
+                 and can_admit(entry.in_flight, entry.spec.max_concurrent))
+        loaded_at = entry.loaded_at
+        if not ready:
             if self._waiting >= self.settings.max_queue:
                 raise QueueFull(f"too many requests waiting for models ({self._waiting})", retry_after=5)
             self._waiting += 1
             try:
-                await asyncio.wait_for(self._ensure_loaded(entry, dict(load_params or {})), self.settings.queue_timeout)
-            except asyncio.TimeoutError:
+                # the wait runs in this task, so nothing can take the admitted place before in_flight counts it
+                async with asyncio.timeout(self.settings.queue_timeout):
+                    await self._wait_admitted(entry, dict(load_params or {}))
+            except TimeoutError:
                 raise QueueTimeout(f"model '{entry.spec.name}' was not ready within {self.settings.queue_timeout:g}s",
                                    retry_after=10) from None
             finally:
@@ -235,7 +222,15 @@ class Scheduler:
         entry.expires_at = None
         self._cancel_timer(entry)
         waited = time.monotonic() - started
-        return Lease(self, entry, waited, 0.0 if was_loaded else waited, ttl)
+        return Lease(self, entry, waited, waited if entry.loaded_at != loaded_at else 0.0, ttl)
+
+    async def _wait_admitted(self, entry: Entry, load_params: dict[str, Any]) -> None:
+        """Until the model is loaded (with these load parameters) and below its ``max_concurrent``."""
+        while True:
+            await self._ensure_loaded(entry, load_params)
+            if can_admit(entry.in_flight, entry.spec.max_concurrent):
+                return
+            await self._changed.wait()
 
     def lease(self, name: str, *, ttl: float | None = None, load_params: Mapping[str, Any] | None = None):
         @contextlib.asynccontextmanager
@@ -252,6 +247,14 @@ class Scheduler:
         lease = await self.acquire(name, ttl=ttl)
         lease.release()
         return lease.load_seconds
+
+    async def preload(self, names: list[str]) -> None:
+        """Start ``names`` one after another (``scheduler.preload``); a model that fails is logged and skipped."""
+        for name in names:
+            try:
+                await self.load(name)
+            except HostError as exc:
+                log.error("preload: %s", exc.detail())
 
     async def unload(self, name: str, reason: UnloadReason = "requested") -> bool:
         """Unload a model once its in-flight requests have finished; False when it was not loaded."""
@@ -277,8 +280,7 @@ class Scheduler:
         return entry
 
     def _params_match(self, entry: Entry, load_params: Mapping[str, Any]) -> bool:
-        effective = {**entry.spec.params, **entry.active_params}
-        return all(effective.get(k) == v for k, v in load_params.items())
+        return params_match(entry.running_facts or entry.facts, load_params)
 
     async def _ensure_loaded(self, entry: Entry, load_params: dict[str, Any]) -> None:
         while True:
@@ -311,14 +313,15 @@ class Scheduler:
                     raise RunnerStartError(f"model '{entry.spec.name}' failed to start {entry.failures} times in a "
                                            f"row; next try in {wait:.0f}s. Last error: {entry.error}",
                                            retry_after=wait, log_tail=entry.log_tail)
-            spec = entry.spec
-            if load_params:
-                spec = msgspec.structs.replace(spec, params={**spec.params, **load_params})
+            spec = with_load_params(entry.spec, load_params)
+            facts = model_facts(spec, self.runtimes.get(spec.runtime), self.host) if load_params else entry.facts
+            entry.memory = facts.memory  # the room this start needs: at the context it will run with
             entry.runner = self._make_runner(spec)
             drain = self._plan_room(entry)
             if drain is None:
                 entry.state = "loading"
                 entry.active_params = load_params
+                entry.running_facts = facts
                 entry.ready = asyncio.create_task(self._start(entry))
                 entry.ready.add_done_callback(lambda t: t.cancelled() or t.exception())
                 continue
@@ -342,50 +345,20 @@ class Scheduler:
         return runner
 
     def _plan_room(self, entry: Entry) -> list[Entry] | None:
-        """Decide synchronously whether ``entry`` can start now; unload idle LRU victims when that makes room.
-        ``None`` = start now; else the busy models whose in-flight requests must end first. Raises when the model
-        can never fit."""
-        if not entry.runner.local:
-            return None
-        need = entry.memory
-        budget, limit = self.memory_budget, self.settings.max_loaded
-        if budget is not None and need > budget:
-            raise ModelTooLarge(f"model '{entry.spec.name}' needs about {_gib(need)}, more than the whole memory "
-                                f"budget of {_gib(budget)}")
-        active = [e for e in self.entries.values() if e is not entry and e.occupies and not e.stopping]
-
-        def fits(group: list[Entry]) -> bool:
-            count_ok = limit <= 0 or len(group) + 1 <= limit
-            return count_ok and (budget is None or sum(e.memory for e in group) + need <= budget)
-
-        def is_idle(e: Entry) -> bool:
-            return e.in_flight == 0 and e.pending == 0
-
-        idle = sorted((e for e in active if e.state == "loaded" and is_idle(e) and not e.spec.pinned),
-                      key=lambda e: e.last_used or 0)
-        victims: list[Entry] = []
-        busy = sorted((e for e in active if e.state == "loaded" and not is_idle(e) and not e.spec.pinned),
-                      key=lambda e: e.last_used or 0)
-        drain: list[Entry] = []
-        while not fits(active):
-            if idle:
-                victim = idle.pop(0)
-                victims.append(victim)
-            elif busy:
-                victim = busy.pop(0)
-                drain.append(victim)
-            elif any(e.state == "loading" and not e.spec.pinned for e in active):
-                return []  # a model being loaded will take requests first; wait for it
-            else:
-                pinned = ", ".join(e.spec.name for e in active)
-                raise ModelTooLarge(f"cannot load model '{entry.spec.name}': pinned models ({pinned}) use all the room")
-            active.remove(victim)
-        if drain:
-            return drain
-        for victim in victims:
-            self._begin_unload(victim, "evicted")
+        """Apply the placement policy (llama_host.placement) for starting ``entry`` now: unload the idle models it
+        chooses. ``None`` = start now; else the models to wait for (busy ones draining, or a start in progress).
+        Raises when the model can never fit."""
+        running = [_slot(e) for e in self.entries.values() if e is not entry and e.occupies and not e.stopping]
+        decision = plan(_slot(entry), running, self.limits)
+        if decision.action == "refuse":
+            raise ModelTooLarge(decision.reason)
+        if decision.action == "wait":
+            return []
+        if decision.action == "drain":
+            return [self.entries[name] for name in decision.drain]
+        for name in decision.evict:
+            self._begin_unload(self.entries[name], "evicted")
         return None
-
 
     async def _start(self, entry: Entry) -> None:
         runner = entry.runner
@@ -491,7 +464,8 @@ class Scheduler:
             await runner.stop(self.settings.stop_grace)
         if entry.watcher:
             entry.watcher.cancel()
-        entry.state, entry.expires_at, entry.active_params = "unloaded", None, {}
+        entry.state, entry.expires_at, entry.active_params, entry.running_facts = "unloaded", None, {}, None
+        entry.memory = entry.facts.memory
         entry.ttl_override = None
         log.info("model %s unloaded (%s)", entry.spec.name, reason)
         self.host.emit(ModelUnloaded(model=entry.spec.name, reason=reason))
@@ -557,7 +531,16 @@ class Scheduler:
             memory=e.memory, in_flight=e.in_flight, pinned=s.pinned, unlisted=s.unlisted, missing=s.missing,
             ttl=self._idle_for(e), last_used=e.last_used, expires_at=e.expires_at,
             loaded_at=e.loaded_at if e.state == "loaded" else None, load_seconds=e.load_seconds,
-            pid=runner.pid if runner else None, error=e.error, path=s.path, metadata=dict(s.metadata))
+            pid=runner.pid if runner else None, error=e.error, path=s.path, metadata=dict(s.metadata),
+            priority=s.priority, max_concurrent=s.max_concurrent, group=getattr(self.limits.group_of(s.name), "name", None),
+            facts=self.facts(name))
+
+    def facts(self, name: str) -> ModelFacts:
+        """What the model runs with now (its runner's facts, load parameters included), else what it would."""
+        e = self._entry(name)
+        if e.running_facts is not None and e.state in ("loading", "loaded"):
+            return e.running_facts
+        return e.facts
 
     def statuses(self) -> list[ModelStatus]:
         return [self.status(name) for name in sorted(self.entries)]
@@ -594,5 +577,9 @@ class Scheduler:
                 kill()
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+def _slot(e: Entry) -> Slot:
+    """An entry as the placement policy sees it."""
+    return Slot(e.spec.name, memory=e.memory, state="loading" if e.state == "loading" else "loaded",
+                in_flight=e.in_flight, pending=e.pending, last_used=e.last_used or 0.0, priority=e.spec.priority,
+                pinned=e.spec.pinned,
+                local=e.runner.local if e.runner is not None else True)

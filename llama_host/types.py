@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from llama_host.facts import ModelFacts
+
 if TYPE_CHECKING:
     from litestar.types import ExceptionHandlersMap
 
@@ -38,6 +40,10 @@ class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     pinned: bool = False
     unlisted: bool = False
     memory: int | str | None = None
+    #: eviction takes lower priorities first, then the least recently used
+    priority: int = 0
+    #: requests in flight at this model's runner at once (usually its ``--parallel``); more wait in the queue
+    max_concurrent: int | None = None
     params: dict[str, Any] = {}
     args: list[str] = []
     env: dict[str, str] = {}
@@ -96,7 +102,7 @@ class Runner(Protocol):
 
 RuntimeFactory = Callable[[ModelSpec, "Host"], Runner]
 RegisterRuntime = Callable[..., None]
-"""``register(name, factory, *, description="")``: passed to ``register_runtimes``."""
+"""``register(name, factory, *, description="", facts=None, **more)``: passed to ``register_runtimes``."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,9 @@ class RuntimeInfo:
     factory: RuntimeFactory
     plugin: str
     description: str = ""
+    #: ``facts(spec, host) -> llama_host.facts.RuntimeFacts``: the runtime's part of a model's facts (its effective
+    #: flags, the context they give); ``None`` for a runtime that takes no flags (load parameters are dropped)
+    facts: Callable[..., Any] | None = None
 
 
 # --- events -------------------------------------------------------------------------------------------------------
@@ -210,6 +219,12 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     error: str | None
     path: str | None
     metadata: dict[str, Any]
+    priority: int = 0
+    max_concurrent: int | None = None
+    #: the ``scheduler.groups`` entry this model belongs to
+    group: str | None = None
+    #: what the model runs (or will run) with and can do: the one source every surface reads
+    facts: ModelFacts | None = None
 
 
 LifespanFactory = Callable[["Host"], Any]

@@ -1,4 +1,4 @@
-"""Reading a client's request and opening the runner's, shared by the v0 and v1 routes."""
+"""Reading a client's request, shared by the v0 and v1 routes."""
 
 from __future__ import annotations
 
@@ -8,24 +8,21 @@ import msgspec
 from litestar import Request
 
 from llama_host import Host
+from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest
-from llama_host.proxy import Upstream
-from llama_host.scheduler import Lease
 from llama_host.types import ModelSpec
 
 SURFACE = "lmstudio_api"
 AnyRequest = Request[Any, Any, Any]
 T = TypeVar("T")
-_decode = msgspec.json.Decoder().decode
+#: count parameters of LM Studio requests; a negative one is refused rather than passed to the runner
+COUNT_FIELDS = ("max_tokens", "max_output_tokens", "context_length", "top_logprobs")
 
 
 async def read_body(request: AnyRequest, kind: type[T]) -> tuple[dict[str, Any], T]:
     """The JSON object of the request, and its typed view (unknown keys are kept in the dict, ignored by ``kind``)."""
     raw = await request.body()
-    try:
-        body = _decode(raw) if raw else {}
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    body = decode_json(raw, nonnegative=COUNT_FIELDS) if raw.strip() else {}
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     try:
@@ -39,10 +36,3 @@ def resolve(host: Host, requested: str | None) -> ModelSpec:
     if not name:
         raise BadRequest("'model' is required", param="model")
     return host.scheduler.get(name, SURFACE)
-
-
-async def open_or_fail(host: Host, lease: Lease, path: str, body: dict[str, Any]) -> Upstream:
-    """Send ``body``; an error status from the runner is raised (with its status) before anything is streamed."""
-    up = await host.relay.open(lease, "POST", path, json=body)
-    await up.raise_for_status()
-    return up
