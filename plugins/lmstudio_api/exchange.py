@@ -16,7 +16,9 @@ SURFACE = "lmstudio_api"
 AnyRequest = Request[Any, Any, Any]
 T = TypeVar("T")
 #: count parameters of LM Studio requests; a negative one is refused rather than passed to the runner
-COUNT_FIELDS = ("max_tokens", "max_output_tokens", "context_length", "top_logprobs")
+COUNT_FIELDS = ("max_output_tokens", "context_length", "top_logprobs")
+#: ``max_tokens: -1`` is LM Studio's "no limit" (v0); below that it is refused
+UNLIMITED = -1
 
 
 async def read_body(request: AnyRequest, kind: type[T]) -> tuple[dict[str, Any], T]:
@@ -25,6 +27,9 @@ async def read_body(request: AnyRequest, kind: type[T]) -> tuple[dict[str, Any],
     body = decode_json(raw, nonnegative=COUNT_FIELDS) if raw.strip() else {}
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
+    limit = body.get("max_tokens")
+    if isinstance(limit, int | float) and not isinstance(limit, bool) and limit < UNLIMITED:
+        raise BadRequest(f"'max_tokens' must be -1 (no limit) or more (got {limit})", param="max_tokens")
     try:
         return body, msgspec.convert(body, kind)
     except msgspec.ValidationError as exc:
