@@ -6,6 +6,8 @@ A client probes ``GET /lmstudio-greeting`` and opens one WebSocket per namespace
     → {"authVersion": 1, "clientIdentifier": "...", "clientPasskey": "..."}
     ← {"success": true}                      or {"success": false, "error": "..."} and a close (1008)
 
+(the Python SDK 1.5 wants that refusal's ``error`` as a serialized error object, see ``Session._refuse_auth``).
+
 Then every frame is a JSON object whose ``type`` says what it is; one socket multiplexes:
 
 - RPC: ``rpcCall {endpoint, callId, parameter}`` → ``rpcResult {callId, result}`` (no ``result`` for a void call)
@@ -331,7 +333,10 @@ class Session:
         return True
 
     async def _refuse_auth(self, why: str) -> None:
-        await self.send({"success": False, "error": why})
+        # The JavaScript SDK reads the refusal's error as a string (the protocol's schema); the Python SDK (1.5)
+        # reads it as a serialized error object and fails on a string. Its requests say which client it is.
+        python_sdk = self.socket.headers.get("user-agent", "").startswith("python-httpx/")
+        await self.send({"success": False, "error": ProtocolError(why).serialized() if python_sdk else why})
         await self.close(CLOSE_POLICY, "authentication failed")
 
     async def warn(self, warning: str) -> None:
