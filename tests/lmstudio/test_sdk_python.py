@@ -131,6 +131,15 @@ def test_model_info_and_context_length(running: RunningHost, client: lms.Client)
     assert model.get_load_config().context_length == info.context_length
 
 
+def test_load_with_a_context_length(running: RunningHost, client: lms.Client) -> None:
+    model = client.llm.load_new_instance("tiny", config={"contextLength": 2048}, ttl=60)
+    props = httpx.get(running.url() + "/upstream/tiny/props").json()
+    assert props["default_generation_settings"]["n_ctx"] == 2048  # the runner restarted with it
+    assert model.get_context_length() == 2048
+    assert running.host.scheduler.status("tiny").ttl == 60
+    unload(running, "tiny")  # the next load goes back to the configured context
+
+
 def test_respond_whole_reply_and_stats(client: lms.Client, recorder: Recorder) -> None:
     model = client.llm.model("tiny")
     seen = len(recorder.finished)
