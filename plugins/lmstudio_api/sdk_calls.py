@@ -1,8 +1,8 @@
 """The runner calls behind the SDK protocol, one function per call: lease the model (loading it on demand), send one
 request to its runner, record the request, release the model.
 
-This is the only module of the SDK protocol that talks to a runner; the request lifecycle (lease → upstream → meter →
-``end_request``) lives here once, so it moves to the core's request primitive as one piece.
+This is the only module of the SDK protocol that talks to a runner; the request lifecycle (lease → upstream →
+meter → ``end_request``) lives here once, so it moves to the core's request primitive as one piece.
 """
 
 from __future__ import annotations

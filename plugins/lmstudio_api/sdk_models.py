@@ -219,9 +219,9 @@ def find_by_key(ctx: Context, key: str) -> ModelSpec:
     return _check_domain(spec, ctx.namespace, key)
 
 
-def find(ctx: Context, specifier: Specifier, *, loaded_only: bool = False) -> ModelSpec:
+def find(ctx: Context, specifier: Specifier) -> ModelSpec:
     """The model a specifier names. A query without identifier or path takes a loaded model of the socket's domain
-    (the most recently used); a named one is found whether it is loaded or not, unless ``loaded_only``."""
+    (the most recently used); a named one is found whether it is loaded or not (its calls load it on demand)."""
     domain = ctx.namespace
     if specifier.type == "instanceReference":
         key = specifier.instance_reference or ""
@@ -231,7 +231,7 @@ def find(ctx: Context, specifier: Specifier, *, loaded_only: bool = False) -> Mo
         key = query.identifier or query.path or ""
     if key:
         spec = _by_key(ctx, key)
-        if spec is not None and (not loaded_only or describe.is_loaded(ctx.host.scheduler.status(spec.name))):
+        if spec is not None:
             return _check_domain(spec, domain, key)
     else:
         loaded = sorted(_loaded(ctx, domain), key=lambda pair: pair[1].last_used or 0.0, reverse=True)
@@ -293,7 +293,6 @@ async def unload_model(ctx: Context, param: Any) -> None:
         raise ProtocolError(f"No loaded model with identifier '{p.identifier}'",
                             display={"code": "generic.identifierNotFound", "identifier": p.identifier,
                                      "loadedModelsSample": sample, "totalLoadedModels": total})
-    return None
 
 
 async def _load(ctx: Context, channel: Channel, spec: ModelSpec, ttl: float | None,
@@ -342,7 +341,6 @@ async def version(ctx: Context, _param: Any) -> dict[str, Any]:
 async def notify(ctx: Context, param: Any) -> None:
     title = param.get("title") if isinstance(param, dict) else None
     log.info("lmstudio sdk notification: %s", str(title)[:200])
-    return None
 
 
 async def experiment_flags(ctx: Context, _param: Any) -> list[str]:

@@ -81,8 +81,9 @@ def serialize_error(exc: BaseException, where: str) -> dict[str, Any]:
     """The serialized error for ``exc`` (``where`` names the endpoint, for the log of unexpected failures)."""
     if isinstance(exc, ProtocolError):
         return exc.serialized()
-    if isinstance(exc, HostError):
-        return ProtocolError(exc.detail(), data={"code": exc.code, "status": exc.status}).serialized()
+    if isinstance(exc, HostError):  # a runner's last log lines are the error's cause
+        return ProtocolError(exc.message, cause="last log lines:\n" + "\n".join(exc.log_tail) if exc.log_tail else None,
+                             data={"code": exc.code, "status": exc.status}).serialized()
     log.error("lmstudio sdk: %s failed", where, exc_info=exc)
     return ProtocolError(f"internal error in {where}: {type(exc).__name__}").serialized()
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from llama_host_lmstudio_api.sdk_ws import MAX_OPEN
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -24,8 +25,6 @@ from llama_host import hookimpl
 from llama_host.testing import RunningHost, serve_host
 from llama_host.tinymodel import write_tiny_model
 from llama_host.types import RequestFinished
-
-from llama_host_lmstudio_api.sdk_ws import MAX_OPEN
 
 AUTH = {"authVersion": 1, "clientIdentifier": "test-client", "clientPasskey": "test-passkey"}
 SETTLE_S = 30
@@ -73,9 +72,9 @@ def test_malformed_frames_get_the_protocols_errors_and_the_socket_stays(bare: Ru
         reply = exchange(ws, {"type": "channelCreate", "channelId": 3})
         assert reply["type"] == "channelError" and reply["channelId"] == 3
         reply = exchange(ws, {"type": "rpcCall", "callId": 8, "endpoint": "noSuchEndpoint"})
+        title = "No Rpc endpoint with name noSuchEndpoint"
         assert reply == {"type": "rpcError", "callId": 8, "error": {
-            "title": "No Rpc endpoint with name noSuchEndpoint", "rootTitle": "No Rpc endpoint with name noSuchEndpoint",
-            "cause": "namespace 'system' of this server has no such endpoint"}}
+            "title": title, "rootTitle": title, "cause": "namespace 'system' of this server has no such endpoint"}}
         reply = exchange(ws, {"type": "channelCreate", "channelId": 4, "endpoint": "predict"})
         assert reply["type"] == "channelError" and "No channel endpoint with name predict" in reply["error"]["title"]
         reply = exchange(ws, {"type": "signalSubscribe", "subscribeId": 0, "endpoint": "x", "creationParameter": None})
@@ -171,7 +170,8 @@ def test_api_keys_by_passkey_token_or_header() -> None:
             refusal = json.loads(ws.recv(10))
             assert refusal["success"] is False and "API key" in refusal["error"]
         # LM Studio's API tokens: sk-lm-<identifier>:<passkey>
-    with serve_host({"api_keys": ["sk-lm-abcdefgh:0123456789abcdefghij"], "models": {}}, plugins=["lmstudio_api"]) as rh:
+    token = "sk-lm-abcdefgh:0123456789abcdefghij"
+    with serve_host({"api_keys": [token], "models": {}}, plugins=["lmstudio_api"]) as rh:
         token_auth = {"authVersion": 1, "clientIdentifier": "abcdefgh", "clientPasskey": "0123456789abcdefghij"}
         with open_socket(rh, "system", token_auth) as ws:
             assert exchange(ws, {"type": "keepAlive"}) == {"type": "keepAliveAck"}

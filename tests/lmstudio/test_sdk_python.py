@@ -63,6 +63,8 @@ def running(tmp_path_factory: pytest.TempPathFactory, llama_server_bin: str,
     folder = tmp_path_factory.mktemp("sdk-models")
     chat = write_tiny_model(folder / "tiny.gguf", context_length=32768)
     embed = write_tiny_model(folder / "tiny-embed.gguf", name="tiny-embed", embedding=True)
+    broken = folder / "broken.gguf"
+    broken.write_bytes(b"GGUF but not really")
     config = {
         "scheduler": {"max_loaded": 3, "ttl": 300, "startup_timeout": 60},
         "plugins": {"llama_server": {"binary": llama_server_bin}},
@@ -71,6 +73,9 @@ def running(tmp_path_factory: pytest.TempPathFactory, llama_server_bin: str,
             "tiny-embed": {"path": str(embed), "params": {"ctx_size": 512, "embeddings": True, "pooling": "mean"}},
             # a long context and one slot: a generation without a limit runs for seconds, to be cancelled
             "tiny-long": {"path": str(chat), "params": {"ctx_size": 32768, "parallel": 1}, "unlisted": True},
+            # a context too short for most prompts, and a file that is no model
+            "tiny-short": {"path": str(chat), "params": {"ctx_size": 64}, "unlisted": True},
+            "broken": {"path": str(broken), "unlisted": True},
         },
     }
     with serve_host(config, plugins=PLUGINS, extra=[("recorder", recorder)]) as rh:
@@ -275,6 +280,17 @@ def test_errors_in_the_sdks_shape(client: lms.Client) -> None:
     with pytest.raises(lms.LMStudioServerError, match="No Rpc endpoint"):
         client.llm.remote_call("noSuchEndpoint")
     assert unknown.respond("still fine", config={"maxTokens": 1}).stats.predicted_tokens_count == 1
+
+
+def test_runner_errors_are_the_sdks_errors(running: RunningHost, client: lms.Client) -> None:
+    short = client.llm.model("tiny-short")
+    with pytest.raises(lms.LMStudioServerError, match="context"):
+        short.respond("word " * 200, config={"maxTokens": 4})  # the prompt does not fit 64 tokens
+    assert short.respond("hi", config={"maxTokens": 2}).stats.predicted_tokens_count == 2
+    with pytest.raises(lms.LMStudioServerError, match="broken"):
+        client.llm.model("broken")  # the runner cannot start: its error, with the runner's last log lines
+    assert state(running, "broken") == "failed"
+    unload(running, "tiny-short")
 
 
 def test_concurrent_predictions_on_one_socket(client: lms.Client) -> None:

@@ -6,9 +6,8 @@ from typing import Any
 
 import msgspec
 import pytest
-
 from llama_host_lmstudio_api.sdk_llm import PredictParam, openai_messages, runner_request
-from llama_host_lmstudio_api.sdk_ws import ProtocolError, auth_keys, AuthPacket, header_keys, key_accepted
+from llama_host_lmstudio_api.sdk_ws import AuthPacket, ProtocolError, auth_keys, header_keys, key_accepted
 
 
 def param(*layers: tuple[str, dict[str, Any]], messages: list[dict[str, Any]] | None = None,
