@@ -20,6 +20,7 @@ from . import describe, sdk_calls
 from .exchange import SURFACE
 from .routes_v1 import model_size
 from .sdk_ws import Channel, Context, ProtocolError, convert
+from .wire import V1Capabilities
 
 log = logging.getLogger(__name__)
 Domain = Literal["llm", "embedding"]
@@ -155,9 +156,8 @@ def model_info(ctx: Context, spec: ModelSpec, status: ModelStatus | None = None,
         size_bytes=v1.size_bytes, max_context_length=v1.max_context_length, params_string=v1.params_string,
         architecture=describe.architecture(meta),
         quantization=Quantization(quant.name, int(bits)) if quant is not None and quant.name and bits else None)
-    if v1.type == "llm":
-        info.vision = describe.model_kind(spec, meta) == "vlm"
-        info.trained_for_tool_use = bool(meta.get("tools"))
+    if isinstance(v1.capabilities, V1Capabilities):  # LLMs only
+        info.vision, info.trained_for_tool_use = v1.capabilities.vision, v1.capabilities.trained_for_tool_use
     if instance:
         info.identifier = info.instance_reference = spec.name
         info.context_length = context_length(ctx, spec, status)

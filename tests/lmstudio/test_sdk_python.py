@@ -322,3 +322,38 @@ def test_api_keys(tmp_path: Path, llama_server_bin: str) -> None:
             wrong.list_downloaded_models()
         with lms.Client(f"sekrit@127.0.0.1:{port}") as keyed:
             assert [m.model_key for m in keyed.list_downloaded_models()] == ["tiny"]
+
+
+def test_model_facts_are_the_rest_apis(tmp_path: Path, llama_server_bin: str) -> None:
+    """Models discovered in LM Studio's folder layout: the SDK shows the facts ``/api/v1/models`` shows."""
+    home = tmp_path / ".lmstudio" / "models" / "acme"
+    for repo in ("Tiny-GGUF", "Embed-GGUF"):
+        (home / repo).mkdir(parents=True)
+    write_tiny_model(home / "Tiny-GGUF" / "tiny-chat.gguf", context_length=4096)
+    write_tiny_model(home / "Embed-GGUF" / "tiny-embed.gguf", name="tiny-embed", embedding=True)
+    config = {"plugins": {"llama_server": {"binary": llama_server_bin},
+                          "discovery_gguf": {"dirs": [str(home.parent)], "params": {"ctx_size": 512}}}}
+    with serve_host(config, plugins=[*PLUGINS, "discovery_gguf"]) as rh, \
+            lms.Client(f"127.0.0.1:{rh.port('lmstudio_api')}") as client:
+        rest = {m["key"]: m for m in httpx.get(rh.url("lmstudio_api") + "/api/v1/models").json()["models"]}
+        sdk = {m.model_key: m.info for m in client.list_downloaded_models()}
+        assert set(sdk) == set(rest) == {"tiny-chat", "tiny-embed"}
+        for key, info in sdk.items():
+            v1 = rest[key]
+            assert (info.type, info.display_name, info.size_bytes, info.max_context_length, info.params_string) == (
+                v1["type"], v1["display_name"], v1["size_bytes"], v1["max_context_length"], v1["params_string"])
+            assert info.path == str(home / ("Tiny-GGUF/tiny-chat.gguf" if key == "tiny-chat"
+                                            else "Embed-GGUF/tiny-embed.gguf"))
+        # the Python SDK's structs drop the quantization: the raw reply has it, as LM Studio's schema writes it
+        raw = {m["modelKey"]: m for m in client.system.remote_call("listDownloadedModels")}
+        assert {k: m["quantization"] for k, m in raw.items()} == {
+            k: {"name": m["quantization"]["name"], "bits": m["quantization"]["bits_per_weight"]} for k, m in rest.items()}
+        chat = sdk["tiny-chat"]
+        assert (chat.architecture, chat.max_context_length) == ("llama", 4096)
+        assert (chat.vision, chat.trained_for_tool_use) == (
+            rest["tiny-chat"]["capabilities"]["vision"], rest["tiny-chat"]["capabilities"]["trained_for_tool_use"])
+        model = client.llm.model("tiny-chat")
+        assert model.get_context_length() == 512  # the loaded instance runs with the discovered ctx_size
+        loaded = httpx.get(rh.url("lmstudio_api") + "/api/v1/models").json()["models"]
+        assert [m["loaded_instances"] for m in loaded if m["key"] == "tiny-chat"] == [
+            [{"id": "tiny-chat", "config": {"context_length": 512}}]]
