@@ -347,7 +347,8 @@ def test_model_facts_are_the_rest_apis(tmp_path: Path, llama_server_bin: str) ->
         # the Python SDK's structs drop the quantization: the raw reply has it, as LM Studio's schema writes it
         raw = {m["modelKey"]: m for m in client.system.remote_call("listDownloadedModels")}
         assert {k: m["quantization"] for k, m in raw.items()} == {
-            k: {"name": m["quantization"]["name"], "bits": m["quantization"]["bits_per_weight"]} for k, m in rest.items()}
+            k: {"name": m["quantization"]["name"], "bits": m["quantization"]["bits_per_weight"]}
+            for k, m in rest.items()}
         chat = sdk["tiny-chat"]
         assert (chat.architecture, chat.max_context_length) == ("llama", 4096)
         assert (chat.vision, chat.trained_for_tool_use) == (
