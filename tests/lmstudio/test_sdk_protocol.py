@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -216,10 +217,13 @@ def test_a_client_vanishing_mid_prediction_stops_the_runner(tmp_path: Path, llam
         assert [e.status for e in recorder.finished] == [499]
         wait_for(lambda: rh.host.scheduler.status("tiny-long").in_flight == 0, "the lease released")
 
-        def slots_idle() -> bool:
-            return not any(s["is_processing"] for s in httpx.get(rh.url() + "/upstream/tiny-long/slots").json())
+        def released() -> list[str]:
+            return [line for line in rh.host.scheduler.logs("tiny-long").tail(1000)
+                    if "stop processing: n_tokens" in line]
 
-        wait_for(slots_idle, "llama-server stopped generating")
+        wait_for(released, "llama-server released the slot")
+        # it held far fewer tokens than the 32k context it would have filled had it not stopped
+        assert int(re.search(r"n_tokens = (\d+)", released()[-1]).group(1)) < 16000
         # the host and the runner serve the next client
         with open_socket(rh, "llm") as ws2:
             ws2.send(json.dumps(predict_frame(1, "tiny-long", max_tokens=3)))
