@@ -142,6 +142,23 @@ def test_model_loads_on_demand_with_ttl_and_the_state_is_the_hosts(running: Runn
     assert client.llm.model().identifier == "tiny"
 
 
+def test_the_readmes_convenience_api(running: RunningHost) -> None:
+    """The SDK README's own lines, on the default client pointed at this port."""
+    lms.configure_default_client(f"127.0.0.1:{running.port('lmstudio_api')}")
+    try:
+        lms.llm("tiny")
+        model = lms.llm()  # an already loaded LLM
+        assert model.complete("Once upon a time,", config={"maxTokens": 3}).stats.predicted_tokens_count == 3
+        chat = lms.Chat("You are a helpful shopkeeper assisting a foreign traveller")
+        chat.add_user_message("My hovercraft is full of eels!")
+        response = model.respond(chat, config={"maxTokens": 3})
+        chat.add_assistant_response(response)
+        assert str(response) == response.content and response.content
+        assert "tiny" in [m.identifier for m in lms.list_loaded_models("llm")]
+    finally:
+        lms.sync_api._reset_default_client()
+
+
 def test_model_info_and_context_length(running: RunningHost, client: lms.Client) -> None:
     model = client.llm.model("tiny")
     info = model.get_info()
