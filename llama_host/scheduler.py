@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from llama_host.config import SchedulerSettings, parse_size
+from llama_host.facts import ModelFacts, applicable_load_params, model_facts, params_match, with_load_params
 from llama_host.errors import HostError, ModelNotFound, ModelTooLarge, QueueFull, QueueTimeout, RunnerStartError
 from llama_host.placement import Group, Limits, Slot, backoff_seconds, can_admit, idle_seconds, plan
 from llama_host.process import LogBuffer
@@ -26,6 +26,7 @@ from llama_host.types import (
     ModelStatus,
     ModelUnloaded,
     Runner,
+    RunnerLogDropped,
     RuntimeInfo,
     UnloadReason,
 )
@@ -34,26 +35,26 @@ if TYPE_CHECKING:
     from llama_host.host import Host
 
 log = logging.getLogger(__name__)
-KV_BYTES = 2  # f16 K and V cache entries
 
 
-def estimate_memory(spec: ModelSpec) -> int:
-    """``memory:`` when configured; else file size (+ projector) + the KV cache at the configured context."""
-    if spec.memory is not None:
-        return parse_size(spec.memory)
-    if spec.runtime == "remote":
-        return 0
-    md = spec.metadata
-    size = int(md.get("size") or 0)
-    for path in ([] if size else [spec.path]) + [spec.mmproj]:
-        if path:
-            with contextlib.suppress(OSError):
-                size += os.stat(path).st_size
-    ctx = spec.params.get("ctx_size") or spec.params.get("c") or md.get("context_length") or 0
-    layers, heads, kv_heads, width = (md.get(k) or 0 for k in ("block_count", "head_count", "head_count_kv", "embedding_length"))
-    if ctx and layers and heads and width:
-        size += 2 * int(layers) * int(ctx) * int(kv_heads or heads) * (int(width) // int(heads)) * KV_BYTES
-    return size
+def estimate_memory(spec: ModelSpec, runtime: RuntimeInfo | None = None, host: Host | None = None) -> int:
+    """``memory:`` when configured; else file size (+ projector) + the KV cache at the context the runner runs with
+    (see :mod:`llama_host.facts`)."""
+    return model_facts(spec, runtime, host).memory
+
+
+#: The lifecycle of a model's runner; any other change is a bug, raised as InvalidTransition.
+TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
+    "unloaded": frozenset({"loading"}),
+    "loading": frozenset({"loaded", "failed"}),
+    "loaded": frozenset({"stopping", "failed"}),  # failed: the runner crashed
+    "stopping": frozenset({"unloaded"}),
+    "failed": frozenset({"loading", "unloaded"}),  # unloaded: the host stops
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A model's state was asked to change in a way its lifecycle does not allow."""
 
 
 class Entry:
@@ -73,6 +74,8 @@ class Entry:
         self.load_seconds: float | None = None
         self.ttl_override: float | None = None
         self.active_params: dict[str, Any] = {}
+        self.facts = ModelFacts()  # the spec's facts (configured), see llama_host.facts
+        self.running_facts: ModelFacts | None = None  # the facts of the runner started (with its load params)
         self.error: str | None = None
         self.log_tail: list[str] = []
         self.failures = 0
@@ -83,9 +86,15 @@ class Entry:
         self.timer: asyncio.TimerHandle | None = None
         self.logs = LogBuffer()
 
+    def move(self, to: ModelState) -> None:
+        """Change the state along the lifecycle (``TRANSITIONS``); anything else raises InvalidTransition."""
+        if to not in TRANSITIONS[self.state]:
+            raise InvalidTransition(f"model '{self.spec.name}': {self.state} -> {to} is not a transition")
+        self.state = to
+
     @property
     def stopping(self) -> bool:
-        return self.stop_task is not None and not self.stop_task.done()
+        return self.state == "stopping"
 
     @property
     def occupies(self) -> bool:
@@ -106,10 +115,24 @@ class Lease:
         self._ttl = ttl
         self._released = False
 
+    @property
+    def ttl(self) -> float | None:
+        return self._ttl
+
     def release(self) -> None:
         if not self._released:
             self._released = True
             self._scheduler._release(self._entry, self._ttl)
+
+    def move_to(self, fresh: Lease) -> None:
+        """Continue on ``fresh``'s runner (a new runner of the same model, after this lease's failed): this lease,
+        already released, takes over ``fresh``'s hold, and the time ``fresh`` waited counts for this request too."""
+        if not self._released or fresh._released:
+            raise RuntimeError("move_to: this lease must be released and the new one held")
+        self._entry, self.runner = fresh._entry, fresh.runner
+        self.queue_wait += fresh.queue_wait
+        self.load_seconds += fresh.load_seconds
+        self._released, fresh._released = False, True
 
     async def __aenter__(self) -> Lease:
         return self
@@ -159,7 +182,9 @@ class Scheduler:
                 self.entries[name].spec = spec
             else:
                 self.entries[name] = Entry(spec)
-            self.entries[name].memory = estimate_memory(spec)  # once per catalogue change, not per request
+            entry = self.entries[name]
+            entry.facts = model_facts(spec, self.runtimes.get(spec.runtime), self.host)  # once per catalogue change
+            entry.memory = entry.facts.memory
         for name in [n for n, e in self.entries.items() if n not in merged and e.state in ("unloaded", "failed")]:
             del self.entries[name]
         index: dict[str, str] = {}
@@ -192,9 +217,10 @@ class Scheduler:
     async def acquire(self, name: str, *, ttl: float | None = None,
                       load_params: Mapping[str, Any] | None = None) -> Lease:
         entry = self._entry(name)
+        load_params = applicable_load_params(self.runtimes.get(entry.spec.runtime), load_params)
         started = time.monotonic()
         self._check_alive(entry)
-        ready = (entry.state == "loaded" and not entry.stopping and not entry.drainers
+        ready = (entry.state == "loaded" and not entry.drainers
                  and (not load_params or self._params_match(entry, load_params))
                  and can_admit(entry.in_flight, entry.spec.max_concurrent))
         loaded_at = entry.loaded_at
@@ -274,8 +300,7 @@ class Scheduler:
         return entry
 
     def _params_match(self, entry: Entry, load_params: Mapping[str, Any]) -> bool:
-        effective = {**entry.spec.params, **entry.active_params}
-        return all(effective.get(k) == v for k, v in load_params.items())
+        return params_match(entry.running_facts or entry.facts, load_params)
 
     async def _ensure_loaded(self, entry: Entry, load_params: dict[str, Any]) -> None:
         while True:
@@ -290,7 +315,7 @@ class Scheduler:
                     await asyncio.shield(entry.ready)
                 finally:
                     entry.pending -= 1
-                if entry.state == "loaded" and not entry.stopping and (
+                if entry.state == "loaded" and (
                         not load_params or self._params_match(entry, load_params)):
                     return
                 continue
@@ -308,14 +333,15 @@ class Scheduler:
                     raise RunnerStartError(f"model '{entry.spec.name}' failed to start {entry.failures} times in a "
                                            f"row; next try in {wait:.0f}s. Last error: {entry.error}",
                                            retry_after=wait, log_tail=entry.log_tail)
-            spec = entry.spec
-            if load_params:
-                spec = msgspec.structs.replace(spec, params={**spec.params, **load_params})
+            spec = with_load_params(entry.spec, load_params)
+            facts = model_facts(spec, self.runtimes.get(spec.runtime), self.host) if load_params else entry.facts
+            entry.memory = facts.memory  # the room this start needs: at the context it will run with
             entry.runner = self._make_runner(spec)
             drain = self._plan_room(entry)
             if drain is None:
-                entry.state = "loading"
+                entry.move("loading")
                 entry.active_params = load_params
+                entry.running_facts = facts
                 entry.ready = asyncio.create_task(self._start(entry))
                 entry.ready.add_done_callback(lambda t: t.cancelled() or t.exception())
                 continue
@@ -333,13 +359,16 @@ class Scheduler:
         info = self.runtimes.get(spec.runtime)
         if info is None:
             raise RunnerStartError(f"model '{spec.name}': unknown runtime '{spec.runtime}'")
-        return info.factory(spec, self.host)
+        runner = info.factory(spec, self.host)
+        if isinstance(runner.logs, LogBuffer):
+            runner.logs.on_dropped = lambda n: self.host.emit(RunnerLogDropped(model=spec.name, lines=n))
+        return runner
 
     def _plan_room(self, entry: Entry) -> list[Entry] | None:
         """Apply the placement policy (llama_host.placement) for starting ``entry`` now: unload the idle models it
         chooses. ``None`` = start now; else the models to wait for (busy ones draining, or a start in progress).
         Raises when the model can never fit."""
-        running = [_slot(e) for e in self.entries.values() if e is not entry and e.occupies and not e.stopping]
+        running = [_slot(e) for e in self.entries.values() if e is not entry and e.occupies]
         decision = plan(_slot(entry), running, self.limits)
         if decision.action == "refuse":
             raise ModelTooLarge(decision.reason)
@@ -363,7 +392,8 @@ class Scheduler:
         except BaseException as exc:
             error = exc if isinstance(exc, HostError) else RunnerStartError(
                 f"model '{entry.spec.name}': {type(exc).__name__}: {exc}", log_tail=runner.logs.tail())
-            entry.state, entry.error, entry.log_tail = "failed", error.message, error.log_tail
+            entry.move("failed")
+            entry.error, entry.log_tail = error.message, error.log_tail
             entry.failures += 1
             entry.failed_at = time.monotonic()
             if entry.failures >= 2 and isinstance(error, RunnerStartError):  # say when the next start may happen
@@ -381,45 +411,55 @@ class Scheduler:
         entry.load_seconds = time.monotonic() - t0
         entry.loaded_at = time.time()
         entry.last_used = entry.last_used or entry.loaded_at
-        entry.state, entry.error, entry.log_tail, entry.failures = "loaded", None, [], 0
+        entry.move("loaded")
+        entry.error, entry.log_tail, entry.failures = None, [], 0
         entry.watcher = asyncio.create_task(self._watch(entry, runner))
         log.info("model %s loaded in %.2fs (pid %s, %s)", entry.spec.name, entry.load_seconds, runner.pid,
-                 runner.base_url)
+                 "/".join(runner.base_url.split("/")[:3]))  # a path on it may be a secret (whisper-server's)
         self.host.emit(ModelLoaded(model=entry.spec.name, load_seconds=entry.load_seconds, pid=runner.pid))
         self._schedule_idle(entry)
         self._notify()
 
     async def _watch(self, entry: Entry, runner: Runner) -> None:
         code = await runner.wait()
-        if entry.runner is not runner or entry.stopping or entry.state != "loaded" or self._closed:
+        if entry.runner is not runner or entry.state != "loaded" or self._closed:
             return
         self._crashed(entry, runner, code)
 
     def _check_alive(self, entry: Entry) -> None:
         """A loaded runner whose process has already ended (the watcher may not have run yet) is marked crashed, so
         the request asking now starts a new one instead of failing against a dead port."""
-        exited = getattr(entry.runner, "exited", None)
-        if entry.state == "loaded" and not entry.stopping and not self._closed and exited is not None and exited():
-            self._crashed(entry, entry.runner, getattr(entry.runner, "returncode", None))
+        runner = entry.runner
+        if entry.state == "loaded" and not self._closed and runner is not None and runner.exited():
+            self._crashed(entry, runner, runner.exit_status())
 
     async def reacquire(self, lease: Lease, why: str) -> None:
-        """The lease's runner failed before serving anything (e.g. it refuses connections: it just died). Mark it
+        """The lease's runner failed before serving anything (it refuses connections, or it has exited). Mark it
         crashed, stop it, and move the lease to a new runner of the same model."""
         entry, runner = lease._entry, lease.runner
-        if entry.runner is runner and entry.state == "loaded" and not entry.stopping:
-            self._crashed(entry, runner, None, why)
+        if entry.runner is runner and entry.state == "loaded":
+            self._crashed(entry, runner, runner.exit_status(), why)
             await runner.stop(1.0)
-        ttl = lease._ttl
         lease.release()
-        fresh = await self.acquire(entry.spec.name, ttl=ttl)
-        fresh._released = True  # the caller's lease object takes over this hold
-        lease.runner, lease.queue_wait = fresh.runner, lease.queue_wait + fresh.queue_wait
-        lease.load_seconds += fresh.load_seconds
-        lease._released = False
+        lease.move_to(await self.acquire(entry.spec.name, ttl=lease.ttl))
+
+    async def runner_exit_status(self, runner: Runner, within: float = 0.0) -> int | None:
+        """How a local runner's process ended (exit code, or minus the signal), waiting up to ``within`` seconds for
+        it to end; ``None`` if it still runs (or cannot tell). A SIGKILLed runner closes its sockets a moment before
+        the kernel reports it gone, so a refused or reset connection can come first."""
+        if not runner.local:
+            return None
+        deadline = time.monotonic() + within
+        while (code := runner.exit_status()) is None:
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.005)
+        return code
 
     def _crashed(self, entry: Entry, runner: Runner, code: int | None, why: str | None = None) -> None:
         tail = runner.logs.tail()
-        entry.state, entry.log_tail = "failed", tail
+        entry.move("failed")
+        entry.log_tail = tail
         entry.error = f"model '{entry.spec.name}': runner {why or f'exited unexpectedly (code {code})'}"
         entry.failures += 1
         entry.failed_at = time.monotonic()
@@ -432,6 +472,7 @@ class Scheduler:
     def _begin_unload(self, entry: Entry, reason: UnloadReason) -> asyncio.Task:
         if entry.stopping:
             return entry.stop_task
+        entry.move("stopping")
         entry.stop_task = asyncio.create_task(self._unload(entry, reason))
         self._stops.add(entry.stop_task)
         entry.stop_task.add_done_callback(self._stops.discard)
@@ -446,7 +487,9 @@ class Scheduler:
             await runner.stop(self.settings.stop_grace)
         if entry.watcher:
             entry.watcher.cancel()
-        entry.state, entry.expires_at, entry.active_params = "unloaded", None, {}
+        entry.move("unloaded")
+        entry.expires_at, entry.active_params, entry.running_facts = None, {}, None
+        entry.memory = entry.facts.memory
         entry.ttl_override = None
         log.info("model %s unloaded (%s)", entry.spec.name, reason)
         self.host.emit(ModelUnloaded(model=entry.spec.name, reason=reason))
@@ -488,7 +531,7 @@ class Scheduler:
 
     def _expire(self, entry: Entry) -> None:
         entry.timer = None
-        if entry.state == "loaded" and entry.in_flight == 0 and not entry.stopping:
+        if entry.state == "loaded" and entry.in_flight == 0:
             self._begin_unload(entry, "ttl")
 
     @staticmethod
@@ -513,7 +556,15 @@ class Scheduler:
             ttl=self._idle_for(e), last_used=e.last_used, expires_at=e.expires_at,
             loaded_at=e.loaded_at if e.state == "loaded" else None, load_seconds=e.load_seconds,
             pid=runner.pid if runner else None, error=e.error, path=s.path, metadata=dict(s.metadata),
-            priority=s.priority, max_concurrent=s.max_concurrent, group=getattr(self.limits.group_of(s.name), "name", None))
+            priority=s.priority, max_concurrent=s.max_concurrent, group=getattr(self.limits.group_of(s.name), "name", None),
+            facts=self.facts(name))
+
+    def facts(self, name: str) -> ModelFacts:
+        """What the model runs with now (its runner's facts, load parameters included), else what it would."""
+        e = self._entry(name)
+        if e.running_facts is not None and e.state in ("loading", "loaded"):
+            return e.running_facts
+        return e.facts
 
     def statuses(self) -> list[ModelStatus]:
         return [self.status(name) for name in sorted(self.entries)]
@@ -524,30 +575,35 @@ class Scheduler:
     async def shutdown(self) -> None:
         self._closed = True
         self._notify()
-        tasks = []
+        tasks = [asyncio.shield(t) for t in self._stops]  # stops already under way finish first
         for entry in self.entries.values():
             self._cancel_timer(entry)
             if entry.ready and not entry.ready.done():
                 entry.ready.cancel()
             if entry.runner is not None and entry.state in ("loading", "loaded"):
-                was_loaded = entry.state == "loaded"
-                tasks.append(self._shutdown_one(entry, was_loaded))
+                tasks.append(self._shutdown_one(entry))
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _shutdown_one(self, entry: Entry, was_loaded: bool) -> None:
+    async def _shutdown_one(self, entry: Entry) -> None:
+        was_loaded = entry.state == "loaded"
+        if was_loaded:
+            entry.move("stopping")
+        assert entry.runner is not None
         await entry.runner.stop(self.settings.stop_grace)
         if entry.watcher:
             entry.watcher.cancel()
-        entry.state = "unloaded"
+        if entry.ready is not None:
+            await asyncio.wait([entry.ready])  # a start cancelled above ends as failed
+        if entry.state in ("stopping", "failed"):
+            entry.move("unloaded")
         if was_loaded:
             self.host.emit(ModelUnloaded(model=entry.spec.name, reason="shutdown"))
 
     def kill_all(self) -> None:
         """Synchronous last resort (interpreter exit): SIGKILL every local runner still alive."""
         for entry in self.entries.values():
-            kill = getattr(entry.runner, "kill_now", None)
-            if kill:
-                kill()
+            if entry.runner is not None:
+                entry.runner.kill_now()
 
 
 def _slot(e: Entry) -> Slot:

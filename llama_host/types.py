@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from llama_host.facts import ModelFacts
+
 if TYPE_CHECKING:
     from litestar.types import ExceptionHandlersMap
 
     from llama_host.host import Host
     from llama_host.process import LogBuffer
 
-ModelState = Literal["unloaded", "loading", "loaded", "failed"]
+ModelState = Literal["unloaded", "loading", "loaded", "stopping", "failed"]
 UnloadReason = Literal["ttl", "evicted", "requested", "crashed", "shutdown", "reload"]
 
 
@@ -97,10 +99,39 @@ class Runner(Protocol):
 
     async def wait(self) -> int | None: ...
 
+    def exited(self) -> bool:
+        """True once the runner has ended on its own, even before ``wait`` has noticed (never, without a process)."""
+        ...
+
+    def exit_status(self) -> int | None:
+        """How it ended — exit code, or minus the signal — once it has; ``None`` while it runs or without a process."""
+        ...
+
+    def kill_now(self) -> None:
+        """Synchronous last resort at interpreter exit: end the runner's process at once (nothing without one)."""
+        ...
+
+
+class RunnerBase:
+    """Defaults of the :class:`Runner` abilities for a runner without a process of its own (a remote server, an
+    in-process server): it never ends on its own and there is nothing to kill. Subclass it and write the rest."""
+
+    local = False
+    pid: int | None = None
+
+    def exited(self) -> bool:
+        return False
+
+    def exit_status(self) -> int | None:
+        return None
+
+    def kill_now(self) -> None:
+        return None
+
 
 RuntimeFactory = Callable[[ModelSpec, "Host"], Runner]
 RegisterRuntime = Callable[..., None]
-"""``register(name, factory, *, description="")``: passed to ``register_runtimes``."""
+"""``register(name, factory, *, description="", facts=None, **more)``: passed to ``register_runtimes``."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +140,9 @@ class RuntimeInfo:
     factory: RuntimeFactory
     plugin: str
     description: str = ""
+    #: ``facts(spec, host) -> llama_host.facts.RuntimeFacts``: the runtime's part of a model's facts (its effective
+    #: flags, the context they give); ``None`` for a runtime that takes no flags (load parameters are dropped)
+    facts: Callable[..., Any] | None = None
 
 
 # --- events -------------------------------------------------------------------------------------------------------
@@ -172,6 +206,14 @@ class ModelFailed(Event, tag="model_failed"):
     log_tail: list[str] = []
 
 
+class RunnerLogDropped(Event, tag="runner_log_dropped"):
+    """Lines of a runner's log that its log file could not take (the runner wrote faster than the disk), one event
+    per burst; the in-memory recent lines are complete."""
+
+    model: str
+    lines: int
+
+
 class ModelsChanged(Event, tag="models_changed"):
     """The set of known models changed (a rescan found new, changed or missing files)."""
 
@@ -180,7 +222,8 @@ class ModelsChanged(Event, tag="models_changed"):
     missing: list[str] = []
 
 
-AnyEvent = RequestStarted | RequestFinished | ModelLoading | ModelLoaded | ModelUnloaded | ModelFailed | ModelsChanged
+AnyEvent = (RequestStarted | RequestFinished | ModelLoading | ModelLoaded | ModelUnloaded | ModelFailed | ModelsChanged
+            | RunnerLogDropped)
 
 
 class ModelStatus(msgspec.Struct, kw_only=True):
@@ -209,6 +252,8 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     max_concurrent: int | None = None
     #: the ``scheduler.groups`` entry this model belongs to
     group: str | None = None
+    #: what the model runs (or will run) with and can do: the one source every surface reads
+    facts: ModelFacts | None = None
 
 
 LifespanFactory = Callable[["Host"], Any]

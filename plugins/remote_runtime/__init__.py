@@ -10,9 +10,10 @@ import aiohttp
 from llama_host import Host, ModelSpec, hookimpl
 from llama_host.errors import RunnerStartError
 from llama_host.process import LogBuffer
+from llama_host.types import RunnerBase
 
 
-class RemoteRunner:
+class RemoteRunner(RunnerBase):
     local = False
     pid = None
 
