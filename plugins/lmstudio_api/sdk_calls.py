@@ -1,105 +1,87 @@
-"""The runner calls behind the SDK protocol, one function per call: lease the model (loading it on demand), send one
-request to its runner, record the request, release the model.
+"""The runner calls behind the SDK protocol, one function per call, each through the core's request primitive
+(:mod:`llama_host.request`: lease, upstream, status check, SSE parsing, metering, ``request_finished``).
 
-This is the only module of the SDK protocol that talks to a runner; the request lifecycle (lease → upstream →
-meter → ``end_request``) lives here once, so it moves to the core's request primitive as one piece.
+A WebSocket is no HTTP response, so these drive the primitive's :class:`~llama_host.request.ModelCall` directly:
+:func:`stream` yields the runner's events one by one (the exchange hands each over as it is parsed), and the other
+calls take the runner's JSON reply in one piece (the exchange keeps it).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from llama_host import Host
 from llama_host.errors import HostError, UpstreamError
-from llama_host.proxy import RequestMeter, Upstream, end_request
-from llama_host.scheduler import Lease
+from llama_host.request import Exchange, ModelCall, run
 from llama_host.types import ModelSpec
 
-from .exchange import SURFACE, open_or_fail
-from .state import RunnerFacts, SurfaceState, runner_facts
+from .exchange import SURFACE
 
 
 @dataclass
 class CallFacts:
-    """What a streamed call learned before its first chunk: its wait, the model's load time, the runner's facts."""
+    """What a streamed call learned before its first event: its wait and the model's load time."""
 
-    started: float = 0.0
     queue_wait: float = 0.0
     load_seconds: float = 0.0
-    runner: RunnerFacts | None = None
 
 
-async def _acquire(host: Host, spec: ModelSpec, meter: RequestMeter, ttl: float | None,
-                   load_params: Mapping[str, Any] | None) -> Lease:
-    lease = await host.scheduler.acquire(spec.name, ttl=ttl, load_params=load_params)
-    meter.queue_wait = lease.queue_wait
-    return lease
+class _Call(Exchange):
+    surface = SURFACE
+
+    def __init__(self, spec: ModelSpec, path: str, body: dict[str, Any], endpoint: str, stream: bool) -> None:
+        self.model, self.path, self.endpoint, self.stream = spec.name, path, endpoint, stream
+        self._body = body
+        self.events: list[Any] = []
+        self.result: Any = None
+        self.failure: HostError | None = None
+
+    def body(self) -> dict[str, Any]:
+        return self._body
+
+    def event(self, event: Any) -> bytes:
+        self.events.append(event)
+        return b"\n"  # a marker: events are waiting (the bytes themselves go nowhere)
+
+    def reply(self, reply: Any, up: Any) -> bytes:
+        self.result = reply
+        return b""
+
+    def error(self, exc: HostError) -> bytes:
+        self.failure = exc
+        return b""
 
 
-async def stream(host: Host, lms: SurfaceState, spec: ModelSpec, path: str, body: dict[str, Any], endpoint: str,
+async def stream(host: Host, spec: ModelSpec, path: str, body: dict[str, Any], endpoint: str,
                  facts: CallFacts) -> AsyncIterator[dict[str, Any]]:
-    """POST a streaming body (``/v1/chat/completions`` or ``/v1/completions``) and yield the runner's chunks.
+    """POST a streaming body (``/v1/chat/completions`` or ``/v1/completions``) and yield the runner's events.
 
     Closing the generator early (the client cancelled, or went away) closes the runner's connection, which stops the
     generation there; the request is then recorded with status 499.
     """
-    meter = host.meter(SURFACE, endpoint, spec.name, True)
-    facts.started = time.monotonic()
-    lease: Lease | None = None
-    up: Upstream | None = None
-    status, error = 200, None
+    ex = _Call(spec, path, body, endpoint, True)
+    call = ModelCall(host, ex)
+    await call.open()  # a failure here is raised (and recorded) before anything is sent
+    assert call.lease is not None
+    facts.queue_wait, facts.load_seconds = call.lease.queue_wait, call.lease.load_seconds
+    events = call.events()
     try:
-        lease = await _acquire(host, spec, meter, None, None)
-        facts.queue_wait, facts.load_seconds = lease.queue_wait, lease.load_seconds
-        facts.runner = await runner_facts(host, lms, lease)
-        up = await open_or_fail(host, lease, path, body)
-        async for chunk in up.iter_sse():
-            if chunk.get("choices"):
-                meter.first_token()
-            meter.observe(chunk)
-            yield chunk
-    except HostError as exc:
-        status, error = exc.status, exc.message
-        raise
-    except BaseException:  # cancelled by the client, or the socket closed
-        status, error = 499, "cancelled by the client"
-        raise
+        async for _ in events:
+            pending, ex.events = ex.events, []
+            for event in pending:
+                yield event
+            if ex.failure is not None:
+                raise ex.failure
     finally:
-        if up is not None and lease is not None:
-            end_request(up, lease, meter, status, error)
-        else:
-            if lease is not None:
-                lease.release()
-            meter.finish(status, error)
+        await events.aclose()
 
 
 async def _post_json(host: Host, spec: ModelSpec, path: str, body: dict[str, Any], endpoint: str) -> Any:
-    meter = host.meter(SURFACE, endpoint, spec.name)
-    lease: Lease | None = None
-    up: Upstream | None = None
-    status, error = 200, None
-    try:
-        lease = await _acquire(host, spec, meter, None, None)
-        up = await open_or_fail(host, lease, path, body)
-        reply = await up.json()
-        meter.observe(reply)
-        return reply
-    except HostError as exc:
-        status, error = exc.status, exc.message
-        raise
-    except BaseException:
-        status, error = 499, "cancelled by the client"
-        raise
-    finally:
-        if up is not None and lease is not None:
-            end_request(up, lease, meter, status, error)
-        else:
-            if lease is not None:
-                lease.release()
-            meter.finish(status, error)
+    ex = _Call(spec, path, body, endpoint, False)
+    await run(host, ex)
+    return ex.result
 
 
 async def tokenize(host: Host, spec: ModelSpec, text: str, endpoint: str) -> list[int]:
@@ -130,12 +112,9 @@ async def embed(host: Host, spec: ModelSpec, text: str, endpoint: str) -> list[f
     return vector
 
 
-async def load(host: Host, lms: SurfaceState, spec: ModelSpec, *, ttl: float | None,
-               load_params: Mapping[str, Any] | None) -> tuple[float, RunnerFacts]:
-    """Start the model (with ``load_params``) unless it runs so already; its load time and the runner's facts.
-    ``ttl`` becomes the model's idle time until it is unloaded."""
+async def load(host: Host, spec: ModelSpec, *, ttl: float | None, load_params: Mapping[str, Any] | None) -> float:
+    """Start the model (with ``load_params``) unless it runs so already; its load time. ``ttl`` becomes the model's
+    idle time until it is unloaded."""
     lease = await host.scheduler.acquire(spec.name, ttl=ttl, load_params=load_params)
-    try:
-        return lease.load_seconds, await runner_facts(host, lms, lease)
-    finally:
-        lease.release()
+    lease.release()
+    return lease.load_seconds

@@ -239,7 +239,8 @@ def _fragment(text: str, reasoning: str) -> dict[str, Any]:
                                              "reasoningType": reasoning, "isStructural": False}}
 
 
-def prediction_stats(fold: Fold, facts: sdk_calls.CallFacts, request: Request, cancelled: bool) -> dict[str, Any]:
+def prediction_stats(fold: Fold, facts: sdk_calls.CallFacts, request: Request, cancelled: bool,
+                     started: float) -> dict[str, Any]:
     timings = fold.timings
     predicted = stats.output_tokens(timings, fold.usage) or fold.fragments
     prompt = stats.input_tokens(timings, fold.usage)
@@ -249,14 +250,14 @@ def prediction_stats(fold: Fold, facts: sdk_calls.CallFacts, request: Request, c
         predicted_n = timings.get("predicted_n") if timings else None
         reason = stats.stop_reason(fold.finish_reason, max_tokens=request.max_tokens,
                                    predicted_n=predicted_n if isinstance(predicted_n, int) else predicted)
-    out: dict[str, Any] = {"stopReason": reason, "totalTimeSec": time.monotonic() - facts.started,
+    out: dict[str, Any] = {"stopReason": reason, "totalTimeSec": time.monotonic() - started,
                            "predictedTokensCount": predicted, "promptTokensCount": prompt,
                            "totalTokensCount": prompt + predicted}
     if timings:
         out["tokensPerSecond"] = stats.tokens_per_second(timings)
         out["timeToFirstTokenSec"] = stats.time_to_first_token(timings, facts.queue_wait - facts.load_seconds)
     elif fold.first_at is not None:
-        out["timeToFirstTokenSec"] = fold.first_at - facts.started - facts.load_seconds
+        out["timeToFirstTokenSec"] = fold.first_at - started - facts.load_seconds
     return out
 
 
@@ -267,10 +268,11 @@ async def predict(ctx: Context, channel: Channel, param: Any) -> None:
     facts = sdk_calls.CallFacts()
     fold = Fold()
     endpoint = f"/{ctx.namespace} predict"
+    started = time.monotonic()
 
     async def pump() -> None:
-        async with contextlib.aclosing(sdk_calls.stream(ctx.host, ctx.lms, spec, request.path, request.body,
-                                                        endpoint, facts)) as chunks:
+        async with contextlib.aclosing(sdk_calls.stream(ctx.host, spec, request.path, request.body, endpoint,
+                                                        facts)) as chunks:
             async for chunk in chunks:
                 for message in fold.feed(chunk):
                     await channel.send(message)
@@ -287,9 +289,7 @@ async def predict(ctx: Context, channel: Channel, param: Any) -> None:
     cancelled = task.cancelled()
     if not cancelled:
         task.result()  # the runner's error becomes the channel's error
-    if not facts.started:
-        facts.started = time.monotonic()
-    await channel.send({"type": "success", "stats": prediction_stats(fold, facts, request, cancelled),
+    await channel.send({"type": "success", "stats": prediction_stats(fold, facts, request, cancelled, started),
                         "modelInfo": await one_info(ctx, spec), "loadModelConfig": load_config(ctx, spec),
                         "predictionConfig": {"fields": [{"key": k, "value": v} for k, v in
                                                         p.prediction_config_stack.flat().items()]}})

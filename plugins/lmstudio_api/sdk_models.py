@@ -2,7 +2,8 @@
 
 Every model is one instance here: its ``modelKey``, ``identifier`` and ``instanceReference`` are the model's name.
 Loaded state is the scheduler's (what every dialect shows); a handle's calls load the model again on demand, as
-every other surface of this host does. Model facts come from :mod:`.describe`, the same ones ``/api/v1/models`` shows.
+every other surface of this host does. Model facts are the core's (``host.scheduler.facts``), described by
+:mod:`.describe` as ``/api/v1/models`` shows them.
 """
 
 from __future__ import annotations
@@ -121,8 +122,8 @@ class UnloadParam(msgspec.Struct, kw_only=True):
 
 # --- model views ------------------------------------------------------------------------------------------------
 
-def domain_of(spec: ModelSpec, status: ModelStatus | None = None) -> Domain:
-    return describe.v1_type(spec, status)
+def domain_of(ctx: Context, spec: ModelSpec) -> Domain:
+    return describe.v1_type(ctx.host.scheduler.facts(spec.name))
 
 
 def _listed(ctx: Context) -> list[tuple[ModelSpec, ModelStatus]]:
@@ -133,21 +134,20 @@ def _listed(ctx: Context) -> list[tuple[ModelSpec, ModelStatus]]:
 
 def _loaded(ctx: Context, domain: str | None) -> list[tuple[ModelSpec, ModelStatus]]:
     return [(spec, s) for spec, s in _listed(ctx)
-            if describe.is_loaded(s) and (domain is None or domain_of(spec, s) == domain)]
+            if describe.is_loaded(s) and (domain is None or domain_of(ctx, spec) == domain)]
 
 
-def context_length(ctx: Context, spec: ModelSpec, status: ModelStatus | None = None) -> int:
-    """The context the model runs (or will run) with: what its runner reported, else the configured one."""
-    status = status or ctx.host.scheduler.status(spec.name)
-    facts = ctx.lms.known_facts(spec.name, status.pid) if describe.is_loaded(status) else None
-    return describe.loaded_context(spec, describe.facts(spec, status), facts.n_ctx if facts else None)
+def context_length(ctx: Context, spec: ModelSpec) -> int:
+    """The context the model runs (or will run) with, load parameters included."""
+    return describe.loaded_context(ctx.host.scheduler.facts(spec.name))
 
 
 def model_info(ctx: Context, spec: ModelSpec, status: ModelStatus | None = None, *, size: int | None = None,
                instance: bool = True) -> ModelInfo:
     """The SDK's view of a model (``instance``: with ``identifier``, ``instanceReference`` and ``contextLength``)."""
     status = status or ctx.host.scheduler.status(spec.name)
-    v1 = describe.v1_model(spec, status, default_publisher=ctx.lms.settings.default_publisher, size_bytes=size)
+    v1 = describe.v1_model(spec, status, ctx.host.scheduler.facts(spec.name),
+                           default_publisher=ctx.lms.settings.default_publisher, size_bytes=size)
     meta = describe.facts(spec, status)
     quant = v1.quantization
     bits = quant.bits_per_weight if quant is not None else None
@@ -160,7 +160,7 @@ def model_info(ctx: Context, spec: ModelSpec, status: ModelStatus | None = None,
         info.vision, info.trained_for_tool_use = v1.capabilities.vision, v1.capabilities.trained_for_tool_use
     if instance:
         info.identifier = info.instance_reference = spec.name
-        info.context_length = context_length(ctx, spec, status)
+        info.context_length = context_length(ctx, spec)
     return info
 
 
@@ -176,7 +176,7 @@ async def one_info(ctx: Context, spec: ModelSpec, *, instance: bool = True) -> M
 
 def load_config(ctx: Context, spec: ModelSpec) -> dict[str, Any]:
     """The model's load config as a KV config: its context length (the one fact this host controls per load)."""
-    return {"fields": [{"key": f"{domain_of(spec)}.load.contextLength", "value": context_length(ctx, spec)}]}
+    return {"fields": [{"key": f"{domain_of(ctx, spec)}.load.contextLength", "value": context_length(ctx, spec)}]}
 
 
 # --- finding models ---------------------------------------------------------------------------------------------
@@ -198,8 +198,8 @@ def _by_key(ctx: Context, key: str) -> ModelSpec | None:
     return None
 
 
-def _check_domain(spec: ModelSpec, domain: str, asked: str) -> ModelSpec:
-    actual = domain_of(spec)
+def _check_domain(ctx: Context, spec: ModelSpec, domain: str, asked: str) -> ModelSpec:
+    actual = domain_of(ctx, spec)
     if actual != domain:
         raise ProtocolError(f"'{asked}' is an {actual} model, not an {domain} model",
                             display={"code": "generic.domainMismatch", "path": spec.path or spec.name,
@@ -216,7 +216,7 @@ def find_by_key(ctx: Context, key: str) -> ModelSpec:
         raise ProtocolError(f"Cannot find a model with key or path '{key}'",
                             display={"code": "generic.pathNotFound", "path": key,
                                      "availablePathsSample": paths[:SAMPLE], "totalModels": len(paths)})
-    return _check_domain(spec, ctx.namespace, key)
+    return _check_domain(ctx, spec, ctx.namespace, key)
 
 
 def find(ctx: Context, specifier: Specifier) -> ModelSpec:
@@ -232,7 +232,7 @@ def find(ctx: Context, specifier: Specifier) -> ModelSpec:
     if key:
         spec = _by_key(ctx, key)
         if spec is not None:
-            return _check_domain(spec, domain, key)
+            return _check_domain(ctx, spec, domain, key)
     else:
         loaded = sorted(_loaded(ctx, domain), key=lambda pair: pair[1].last_used or 0.0, reverse=True)
         if loaded:
@@ -288,7 +288,7 @@ async def get_load_config(ctx: Context, param: Any) -> dict[str, Any]:
 async def unload_model(ctx: Context, param: Any) -> None:
     p = convert(param, UnloadParam, "unloadModel")
     spec = _by_key(ctx, p.identifier)
-    if spec is None or domain_of(spec) != ctx.namespace or not await ctx.host.scheduler.unload(spec.name):
+    if spec is None or domain_of(ctx, spec) != ctx.namespace or not await ctx.host.scheduler.unload(spec.name):
         sample, total = _loaded_sample(ctx, ctx.namespace)
         raise ProtocolError(f"No loaded model with identifier '{p.identifier}'",
                             display={"code": "generic.identifierNotFound", "identifier": p.identifier,
@@ -297,7 +297,7 @@ async def unload_model(ctx: Context, param: Any) -> None:
 
 async def _load(ctx: Context, channel: Channel, spec: ModelSpec, ttl: float | None,
                 params: dict[str, Any] | None) -> ModelInfo:
-    await channel.unless_cancelled(sdk_calls.load(ctx.host, ctx.lms, spec, ttl=ttl, load_params=params),
+    await channel.unless_cancelled(sdk_calls.load(ctx.host, spec, ttl=ttl, load_params=params),
                                    f"loading '{spec.name}' was cancelled")
     return await one_info(ctx, spec)
 
