@@ -1,13 +1,15 @@
 """Client request bodies, decided once for every surface: hostile JSON becomes a ``BadRequest`` (a 4xx in the
 surface's dialect), never a 500 and never a traceback in the log.
 
-Refused: invalid JSON or UTF-8, nesting deeper than ``MAX_DEPTH``, numbers out of range (``1e400``), values of the
-wrong type for the surface's typed view, and negative values in the count fields a surface names.
+Refused: invalid JSON or UTF-8, nesting deeper than ``MAX_DEPTH``, numbers out of range (``1e400``, integers beyond
+64 bits), values of the
+wrong type for the surface's typed view, and count fields below the minimum a surface names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Mapping
 from typing import Any, TypeVar, overload
 
 import msgspec
@@ -19,23 +21,26 @@ from llama_host.errors import BadRequest
 MAX_DEPTH = 64
 
 T = TypeVar("T")
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
 _decode_any = msgspec.json.Decoder().decode
 
 
 @overload
-def decode_json(raw: bytes, type: None = None, *, nonnegative: Iterable[str] = ()) -> Any: ...
+def decode_json(raw: bytes, type: None = None, *, minimums: Mapping[str, int] | None = None) -> Any: ...
 
 
 @overload
-def decode_json(raw: bytes, type: type[T], *, nonnegative: Iterable[str] = ()) -> T: ...
+def decode_json(raw: bytes, type: type[T], *, minimums: Mapping[str, int] | None = None) -> T: ...
 
 
-def decode_json(raw: bytes, type: Any = None, *, nonnegative: Iterable[str] = ()) -> Any:
+def decode_json(raw: bytes, type: Any = None, *, minimums: Mapping[str, int] | None = None) -> Any:
     """Decode a client's JSON body (as ``type`` when given, else as plain JSON values).
 
     :param raw: the body bytes.
     :param type: a msgspec-convertible type (a request Struct) or ``None`` for any JSON value.
-    :param nonnegative: top-level keys whose numbers must not be negative (``max_tokens``, ``n``...).
+    :param minimums: count keys and their least values (``{"n": 1, "max_tokens": -1}``: -1 = no limit); ``a.b``
+        names key ``b`` of the object under ``a`` (``options.num_ctx``).
     :raises BadRequest: with a message fit for the client.
     """
     if not raw.strip():
@@ -48,26 +53,39 @@ def decode_json(raw: bytes, type: Any = None, *, nonnegative: Iterable[str] = ()
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest(f"the request body is nested more than {MAX_DEPTH} levels deep") from None
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:  # only then can the value be too deep: most bodies skip the walk
-        _check_depth(value if type is None else msgspec.to_builtins(value))
-    if nonnegative:
-        _check_nonnegative(value, nonnegative)
+    deep = raw.count(b"[") + raw.count(b"{") > MAX_DEPTH  # only then can the value be too deep
+    huge = _LONG_DIGITS.search(raw) is not None  # only then can an integer be out of range (msgspec keeps big ints)
+    if deep or huge:  # most bodies skip the walk
+        _check_tree(value if type is None else msgspec.to_builtins(value))
+    if minimums:
+        _check_minimums(value, minimums)
     return value
 
 
-def _check_depth(value: Any) -> None:
+def _check_tree(value: Any) -> None:
+    """Depth and integer range (64-bit, what every runner can hold) of a decoded body."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise BadRequest(f"the request body is nested more than {MAX_DEPTH} levels deep")
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+        for child in (node.values() if isinstance(node, dict) else node):
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+            elif isinstance(child, int) and not _INT_MIN <= child <= _UINT_MAX:
+                raise BadRequest("a number in the request body is out of range (integers must fit in 64 bits)")
 
 
-def _check_nonnegative(value: Any, keys: Iterable[str]) -> None:
-    get = value.get if isinstance(value, dict) else lambda k: getattr(value, k, None)
-    for key in keys:
-        number = get(key)
-        if isinstance(number, int | float) and not isinstance(number, bool) and number < 0:
-            raise BadRequest(f"'{key}' must not be negative (got {number})", param=key)
+def _field(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+
+
+def _check_minimums(value: Any, minimums: Mapping[str, int]) -> None:
+    for key, least in minimums.items():
+        number = value
+        for part in key.split("."):  # "options.num_ctx": a key inside an object
+            number = _field(number, part)
+            if number is None:
+                break
+        if isinstance(number, int | float) and not isinstance(number, bool) and number < least:
+            raise BadRequest(f"'{key}' must be at least {least} (got {number})", param=key)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jsonschema
 import msgspec
@@ -45,10 +46,28 @@ class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     """Models started at startup, one after another, in this order."""
 
 
+class LimitSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Connection limits of every listener (slow or oversized requests from the network)."""
+
+    header_timeout: Annotated[float, msgspec.Meta(
+        gt=0, description="seconds a connection may take to send a request's line and headers (slowloris)")] = 10.0
+    max_headers: Annotated[int, msgspec.Meta(gt=0, description="header fields of one request; more get 431")] = 100
+    max_header_bytes: Annotated[int, msgspec.Meta(
+        gt=0, description="bytes of one request's line and headers; more get 431")] = 64 * 2**10
+    keep_alive_timeout: Annotated[float, msgspec.Meta(
+        gt=0, description="idle seconds a kept-alive connection waits for its next request")] = 30.0
+
+
 class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: list[str] = []
+    allowed_origins: Annotated[list[str], msgspec.Meta(description=(
+        "browser origins allowed besides the listener's own and loopback pages; '*' in a pattern matches any text "
+        "('*' alone: every origin), as OLLAMA_ORIGINS"))] = []
+    allowed_hosts: Annotated[list[str], msgspec.Meta(description=(
+        "Host names served besides loopback names ('*' matches any text); needed to reach the host by a DNS name"))] = []
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     log_level: LogLevel = "info"
     log_dir: str = "logs"
     default_model: str | None = None
@@ -218,6 +237,13 @@ def validate(data: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     for error in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
         problems.extend(_describe(error))
     # Meaning checks the schema cannot express.
+    problems += _browser_problems(data)
+    keys = data.get("api_keys")
+    for i, key in enumerate(keys if isinstance(keys, list) else []):
+        if isinstance(key, str) and not key.strip():
+            problems.append(f"api_keys[{i}]: empty key (an unset variable? an empty key would let anyone in)")
+        elif isinstance(key, str) and key != key.strip():
+            problems.append(f"api_keys[{i}]: the key has leading or trailing white space (it could never match)")
     sched = data.get("scheduler") or {}
     if isinstance(sched, dict) and sched.get("memory_budget") is not None:
         try:
@@ -232,6 +258,30 @@ def validate(data: dict[str, Any], schema: dict[str, Any]) -> list[str]:
                 parse_size(spec["memory"])
             except ValueError as exc:
                 problems.append(f"models.{name}.memory: {exc}")
+    return problems
+
+
+def _is_ipv6(value: str) -> bool:
+    try:
+        ipaddress.IPv6Address(value.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _browser_problems(data: dict[str, Any]) -> list[str]:
+    """Patterns that could never match a browser's ``Origin`` or a ``Host`` name (a path, a scheme, a port)."""
+    problems = []
+    origins, hosts = data.get("allowed_origins"), data.get("allowed_hosts")
+    for i, value in enumerate(origins if isinstance(origins, list) else []):
+        if isinstance(value, str) and value.strip() != "*":
+            scheme, sep, rest = value.partition("://")
+            if not sep or not scheme or not rest or "/" in rest:
+                problems.append(f"allowed_origins[{i}]: {value!r} is not an origin (scheme://host[:port], no path; "
+                                f"'*' for any)")
+    for i, value in enumerate(hosts if isinstance(hosts, list) else []):
+        if isinstance(value, str) and (not value.strip() or "/" in value or (":" in value and not _is_ipv6(value))):
+            problems.append(f"allowed_hosts[{i}]: {value!r} is not a host name (no scheme, port or path)")
     return problems
 
 
@@ -283,10 +333,14 @@ def plugin_settings(site: SiteConfig, name: str, kind: type[msgspec.Struct]) -> 
 SECRET_KEYS = {"api_keys", "api_key"}
 
 
+def _mask(value: Any) -> Any:
+    return "***" if value else value  # an empty secret stays visible: it is a mistake to see, not a secret
+
+
 def redact(tree: Any) -> Any:
     """A copy of a config tree with secrets replaced by ``"***"``."""
     if isinstance(tree, dict):
-        return {k: (("***" if not isinstance(v, list) else ["***"] * len(v)) if k in SECRET_KEYS and v else redact(v))
+        return {k: (([_mask(x) for x in v] if isinstance(v, list) else _mask(v)) if k in SECRET_KEYS else redact(v))
                 for k, v in tree.items()}
     if isinstance(tree, list):
         return [redact(v) for v in tree]

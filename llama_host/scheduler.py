@@ -10,12 +10,32 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
+from llama_host.catalogue import NameIndex, merge
 from llama_host.config import SchedulerSettings, parse_size
-from llama_host.facts import ModelFacts, applicable_load_params, model_facts, params_match, with_load_params
-from llama_host.errors import HostError, ModelNotFound, ModelTooLarge, QueueFull, QueueTimeout, RunnerStartError
-from llama_host.placement import Group, Limits, Slot, backoff_seconds, can_admit, idle_seconds, plan
+from llama_host.errors import (
+    HostError,
+    ModelNotFound,
+    ModelTooLarge,
+    QueueFull,
+    QueueTimeout,
+    RunnerStartError,
+)
+from llama_host.facts import (
+    ModelFacts,
+    applicable_load_params,
+    model_facts,
+    params_match,
+    with_load_params,
+)
+from llama_host.placement import (
+    Group,
+    Limits,
+    Slot,
+    backoff_seconds,
+    can_admit,
+    idle_seconds,
+    plan,
+)
 from llama_host.process import LogBuffer
 from llama_host.types import (
     ModelFailed,
@@ -151,7 +171,7 @@ class Scheduler:
                              groups=[Group(name, frozenset(g.members), swap=g.swap, exclusive=g.exclusive,
                                            persistent=g.persistent) for name, g in settings.groups.items()])
         self.entries: dict[str, Entry] = {}
-        self._index: dict[str, str] = {}
+        self._names = NameIndex()
         self._changed = asyncio.Event()
         self._stops: set[asyncio.Task] = set()
         self._waiting = 0
@@ -164,19 +184,9 @@ class Scheduler:
         return {name: e.spec for name, e in self.entries.items()}
 
     def set_models(self, configured: Mapping[str, ModelSpec], discovered: list[ModelSpec]) -> None:
-        """Merge configured and discovered models (a configured name wins); running models keep their runner and
-        start with the new spec next time."""
-        merged: dict[str, ModelSpec] = {}
-        by_path: dict[str, ModelSpec] = {}
-        for spec in discovered:
-            merged.setdefault(spec.name, spec)
-            if spec.path:
-                by_path.setdefault(spec.path, spec)
-        for name, spec in configured.items():
-            found = by_path.get(spec.path or "")
-            if found is not None and not spec.metadata:  # a configured model gets the facts discovery read
-                spec = msgspec.structs.replace(spec, metadata=found.metadata, mmproj=spec.mmproj or found.mmproj)
-            merged[name] = spec
+        """Take the merged catalogue (llama_host.catalogue); running models keep their runner and start with the new
+        spec next time; a model gone from the catalogue is dropped once it is not running."""
+        merged = merge(configured, discovered)
         for name, spec in merged.items():
             if name in self.entries:
                 self.entries[name].spec = spec
@@ -187,24 +197,15 @@ class Scheduler:
             entry.memory = entry.facts.memory
         for name in [n for n, e in self.entries.items() if n not in merged and e.state in ("unloaded", "failed")]:
             del self.entries[name]
-        index: dict[str, str] = {}
-        for name, e in self.entries.items():
-            for key in (name, *e.spec.aliases):
-                index.setdefault(key.lower(), name)
-        self._index = index
+        self._names = NameIndex(e.spec for e in self.entries.values())
 
     def resolve(self, requested: str, surface: str = "") -> ModelSpec | None:
         return self.host.pm.hook.resolve_model(host=self.host, requested=requested, surface=surface)
 
     def default_resolve(self, requested: str) -> ModelSpec | None:
         """Exact name, then case-insensitive name or alias, then without an Ollama ``:latest`` tag."""
-        if requested in self.entries:
-            return self.entries[requested].spec
-        key = requested.lower()
-        for candidate in (key, key.removesuffix(":latest")):
-            if candidate in self._index:
-                return self.entries[self._index[candidate]].spec
-        return None
+        name = self._names.lookup(requested)
+        return self.entries[name].spec if name is not None else None
 
     def get(self, requested: str, surface: str = "") -> ModelSpec:
         spec = self.resolve(requested, surface)

@@ -6,7 +6,7 @@ Everything a hook returns or receives is declared here, so a plugin author reads
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -130,8 +130,10 @@ class RunnerBase:
 
 
 RuntimeFactory = Callable[[ModelSpec, "Host"], Runner]
+RuntimeCheck = Callable[[ModelSpec], Iterable[str]]
+"""``check(spec)`` → problems that keep the runtime from ever starting ``spec``, each ``"<key>: <message>"``."""
 RegisterRuntime = Callable[..., None]
-"""``register(name, factory, *, description="", facts=None, **more)``: passed to ``register_runtimes``."""
+"""``register(name, factory, *, description="", facts=None, check=None, **more)``: passed to ``register_runtimes``."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class RuntimeInfo:
     #: ``facts(spec, host) -> llama_host.facts.RuntimeFacts``: the runtime's part of a model's facts (its effective
     #: flags, the context they give); ``None`` for a runtime that takes no flags (load parameters are dropped)
     facts: Callable[..., Any] | None = None
+    check: RuntimeCheck | None = None
 
 
 # --- events -------------------------------------------------------------------------------------------------------

@@ -47,9 +47,31 @@ def test_typed_view_checks_types_and_depth():
         decode_json(deep, Typed)
 
 
-def test_negative_counts_are_refused_by_name():
-    assert decode_json(b'{"max_tokens": -1}')["max_tokens"] == -1  # not a count field here
-    with pytest.raises(BadRequest, match="max_tokens") as info:
-        decode_json(b'{"max_tokens": -1}', nonnegative=("max_tokens",))
+def test_counts_below_their_minimum_are_refused_by_name():
+    assert decode_json(b'{"max_tokens": -5}')["max_tokens"] == -5  # not a count field here
+    with pytest.raises(BadRequest, match="'max_tokens' must be at least -1") as info:
+        decode_json(b'{"max_tokens": -2}', minimums={"max_tokens": -1})
     assert info.value.param == "max_tokens"
-    assert decode_json(b'{"max_tokens": 0, "stream": true}', nonnegative=("max_tokens", "stream"))["max_tokens"] == 0
+    with pytest.raises(BadRequest, match="'n' must be at least 1"):
+        decode_json(b'{"n": 0}', minimums={"n": 1})
+    counts = {"max_tokens": -1, "stream": 0}
+    assert decode_json(b'{"max_tokens": -1, "stream": true}', minimums=counts)["max_tokens"] == -1  # -1: no limit
+
+
+def test_integers_beyond_64_bits_are_refused():
+    for raw in (b'{"max_tokens": 1' + b"0" * 400 + b"}", b'{"a": [[-1' + b"0" * 19 + b"]]}"):
+        with pytest.raises(BadRequest, match="out of range"):
+            decode_json(raw)
+    with pytest.raises(BadRequest, match="out of range"):
+        decode_json(b'{"model": "m", "options": {"seed": 1' + b"0" * 30 + b"}}", Typed)
+    assert decode_json(b'{"seed": 18446744073709551615, "n": -9223372036854775808}')["seed"] == 2**64 - 1
+    assert decode_json(b'{"prompt": "' + b"1" * 40 + b'"}')["prompt"] == "1" * 40  # digits in a string are text
+
+
+def test_negative_counts_inside_an_object():
+    typed = decode_json(b'{"model": "m", "options": {"num_ctx": 8}}', Typed, minimums={"options.num_ctx": 1})
+    assert typed.options == {"num_ctx": 8}
+    with pytest.raises(BadRequest, match="'options.num_ctx' must be at least 1") as info:
+        decode_json(b'{"model": "m", "options": {"num_ctx": -5}}', Typed, minimums={"options.num_ctx": 1})
+    assert info.value.param == "options.num_ctx"
+    assert decode_json(b'{"options": null}', minimums={"options.num_ctx": 1}) == {"options": None}

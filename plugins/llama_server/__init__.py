@@ -137,7 +137,12 @@ def config_schema() -> dict[str, Any]:
     return msgspec.json.schema(Settings)
 
 
+def check(spec: ModelSpec) -> list[str]:
+    """What keeps a model from ever starting (a missing file is not: it may appear later)."""
+    return [] if spec.path else ["path: runtime 'llama-server' needs the path of a GGUF file"]
+
+
 @hookimpl
 def register_runtimes(register) -> None:
     register("llama-server", LlamaServerRunner, description="llama.cpp llama-server, one process per model",
-             facts=runtime_facts)
+             facts=runtime_facts, check=check)

@@ -15,14 +15,14 @@ from llama_host.types import ModelSpec
 SURFACE = "lmstudio_api"
 AnyRequest = Request[Any, Any, Any]
 T = TypeVar("T")
-#: count parameters of LM Studio requests; a negative one is refused rather than passed to the runner
-COUNT_FIELDS = ("max_tokens", "max_output_tokens", "context_length", "top_logprobs")
+#: count parameters of LM Studio requests and their least values (-1: no limit); below is refused, not passed on
+COUNTS = {"max_tokens": -1, "max_output_tokens": -1, "context_length": 1, "top_logprobs": 0}
 
 
 async def read_body(request: AnyRequest, kind: type[T]) -> tuple[dict[str, Any], T]:
     """The JSON object of the request, and its typed view (unknown keys are kept in the dict, ignored by ``kind``)."""
     raw = await request.body()
-    body = decode_json(raw, nonnegative=COUNT_FIELDS) if raw.strip() else {}
+    body = decode_json(raw, minimums=COUNTS) if raw.strip() else {}
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     try:

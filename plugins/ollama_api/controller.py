@@ -44,12 +44,17 @@ def _json(obj: Any, status: int = 200) -> Response:
     return Response(content=_encode(obj), status_code=status, media_type="application/json")
 
 
+#: options that are counts, with their least values (num_predict -1 and -2, repeat_last_n -1, num_keep -1 mean
+#: something, so those are not checked here)
+COUNT_OPTIONS = {"options.num_ctx": 0, "options.num_batch": 0, "options.num_thread": 0}
+
+
 async def _decode(request: Request, kind: type[T]) -> T:
     """The body as ``kind``, with Ollama's messages for a missing body, bad JSON and a missing model."""
     body = await request.body()
     if not body.strip():
         raise BadRequest("missing request body")
-    return decode_json(body, kind)
+    return decode_json(body, kind, minimums=COUNT_OPTIONS)
 
 
 def _model_of(host: Host, requested: str) -> ModelSpec:

@@ -15,13 +15,17 @@ from llama_host import Host, HostDep, Surface, hookimpl
 from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError, ModelNotFound
 from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS, error_event
+from llama_host.openapi import json_body
 from llama_host.proxy import Upstream
 from llama_host.request import Exchange, run
 from llama_host.scheduler import Lease
 
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RerankRequest
+
 NAME = "openai_api"
-#: OpenAI count parameters; a negative one is refused here rather than passed to the runner
-COUNT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "top_logprobs", "logprobs")
+#: OpenAI count parameters and their least values (-1: no limit, as llama-server and LM Studio take it); a value
+#: below is refused here rather than passed to the runner
+COUNTS = {"max_tokens": -1, "max_completion_tokens": -1, "n": 1, "top_logprobs": 0}
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -58,19 +62,19 @@ class OpenAIController(Controller):
             raise ModelNotFound(model.lstrip("/"))
         return model_entry(host, spec.name)
 
-    @post("/v1/chat/completions")
+    @post("/v1/chat/completions", operation_class=json_body(ChatCompletionRequest))
     async def chat(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/chat/completions", "chat")
 
-    @post("/v1/completions")
+    @post("/v1/completions", operation_class=json_body(CompletionRequest))
     async def completions(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/completions", "completions")
 
-    @post("/v1/embeddings")
+    @post("/v1/embeddings", operation_class=json_body(EmbeddingRequest))
     async def embeddings(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/embeddings", "embeddings")
 
-    @post(["/v1/rerank", "/v1/reranking"])
+    @post(["/v1/rerank", "/v1/reranking"], operation_class=json_body(RerankRequest))
     async def rerank(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/rerank", "rerank")
 
@@ -109,7 +113,7 @@ class Passthrough(Exchange):
 
 async def relay(request: Request, host: HostDep, path: str, endpoint: str) -> Response:
     body = await request.body()
-    obj = decode_json(body, nonnegative=COUNT_FIELDS)
+    obj = decode_json(body, minimums=COUNTS)
     if not isinstance(obj, dict):
         raise BadRequest("the request body must be a JSON object")
     requested = obj.get("model") or host.site.default_model

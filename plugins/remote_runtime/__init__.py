@@ -51,6 +51,15 @@ class RemoteRunner(RunnerBase):
         return None
 
 
+def check(spec: ModelSpec) -> list[str]:
+    url = (spec.url or "").strip()
+    if not url:
+        return ["url: runtime 'remote' needs the base URL of an OpenAI-compatible server"]
+    if not url.startswith(("http://", "https://")):
+        return [f"url: {url!r} is not an http:// or https:// URL"]
+    return []
+
+
 @hookimpl
 def register_runtimes(register) -> None:
-    register("remote", RemoteRunner, description="an OpenAI-compatible server elsewhere, at url")
+    register("remote", RemoteRunner, description="an OpenAI-compatible server elsewhere, at url", check=check)
