@@ -122,6 +122,17 @@ def test_namespaces_this_server_does_not_serve(bare: RunningHost) -> None:
     assert httpx.get(bare.url("lmstudio_api") + "/lmstudio-greeting").json() == {"lmstudio": True}
 
 
+def test_browsers_on_foreign_sites_cannot_open_a_socket(bare: RunningHost) -> None:
+    """The SDKs send no Origin; a page on a local origin may connect; a page on another site may not."""
+    url = f"ws://127.0.0.1:{bare.port('lmstudio_api')}/system"
+    with pytest.raises(InvalidStatus) as refused, connect(url, origin="http://evil.example", open_timeout=10):
+        pass
+    assert refused.value.response.status_code == 403
+    with connect(url, origin="http://localhost:3000", open_timeout=10) as ws:
+        ws.send(json.dumps(AUTH))
+        assert json.loads(ws.recv(10)) == {"success": True}
+
+
 def test_authentication_frame_is_required_first(bare: RunningHost) -> None:
     url = f"ws://127.0.0.1:{bare.port('lmstudio_api')}/system"
     for first in ('{"type": "keepAlive"}', "garbage", json.dumps({**AUTH, "authVersion": "one"})):
