@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from llama_host.facts import ModelFacts
+
 if TYPE_CHECKING:
     from litestar.types import ExceptionHandlersMap
 
@@ -100,7 +102,7 @@ class Runner(Protocol):
 
 RuntimeFactory = Callable[[ModelSpec, "Host"], Runner]
 RegisterRuntime = Callable[..., None]
-"""``register(name, factory, *, description="")``: passed to ``register_runtimes``."""
+"""``register(name, factory, *, description="", facts=None, **more)``: passed to ``register_runtimes``."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,9 @@ class RuntimeInfo:
     factory: RuntimeFactory
     plugin: str
     description: str = ""
+    #: ``facts(spec, host) -> llama_host.facts.RuntimeFacts``: the runtime's part of a model's facts (its effective
+    #: flags, the context they give); ``None`` for a runtime that takes no flags (load parameters are dropped)
+    facts: Callable[..., Any] | None = None
 
 
 # --- events -------------------------------------------------------------------------------------------------------
@@ -209,6 +214,8 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     max_concurrent: int | None = None
     #: the ``scheduler.groups`` entry this model belongs to
     group: str | None = None
+    #: what the model runs (or will run) with and can do: the one source every surface reads
+    facts: ModelFacts | None = None
 
 
 LifespanFactory = Callable[["Host"], Any]

@@ -25,6 +25,15 @@ FAKE_PORT_TAKEN_ONCE=p   the first start (while file ``p`` does not exist) fails
 FAKE_LOG_LINE_BYTES=n    write one log line of ``n`` bytes to stderr at start
 =======================  =============================================================================================
 
+Request-lifecycle faults (the fault matrix of tests/test_fault_matrix.py):
+
+=======================  =============================================================================================
+FAKE_MALFORMED_AFTER=n   after ``n`` content chunks of a stream, send an event that is not JSON (then the rest)
+(also: ``POST /v1/audio/transcriptions`` answers like whisper-server, so the fake can run as a ``whisper-server``)
+FAKE_NO_FINAL_NEWLINE=1  end a stream with a usage chunk (``completion_tokens`` n + 1000, so that a test can tell it
+                         was read) without its trailing newlines, and no [DONE]
+=======================  =============================================================================================
+
 Run it directly (``python fake_llama_server.py -m model.gguf --port 8080``) or through :func:`write_wrapper`, which
 writes an executable script usable as a model's ``binary:``.
 """
@@ -191,6 +200,8 @@ class FakeServer:
             else:
                 await self.complete(request, chat, writer)
             return
+        if await lifecycle_route(self, method, path, writer):
+            return
         await self.send_json(writer, 404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}})
 
     # --- completions --------------------------------------------------------------------------------------------
@@ -254,18 +265,48 @@ class FakeServer:
                 await asyncio.sleep(self.chunk_delay)
             while i == 1 and self.pause_file and os.path.exists(self.pause_file):
                 await asyncio.sleep(0.01)
+            if await lifecycle_fault(i, send):
+                continue
             await event({"index": 0, "delta": {"content": token(i)}, "finish_reason": None} if chat else
                         {"index": 0, "text": token(i), "finish_reason": None})
         prompt_n = self._prompt_tokens(request)
         last = {"index": 0, "delta": {}, "finish_reason": "length"} if chat else {"index": 0, "text": "",
                                                                                   "finish_reason": "length"}
         await event(last, timings=self._timings(n, prompt_n))
+        if os.environ.get("FAKE_NO_FINAL_NEWLINE") == "1":
+            usage = {"prompt_tokens": prompt_n, "completion_tokens": n + 1000, "total_tokens": prompt_n + n + 1000}
+            await send(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode())
+            await send(b"")
+            return
         if (request.get("stream_options") or {}).get("include_usage"):
             await event({}, usage={"prompt_tokens": prompt_n, "completion_tokens": n, "total_tokens": prompt_n + n})
         await send(b"data: [DONE]\n\n")
         if self.chunk_delay:  # the end of the body comes later than [DONE], as over a slow link
             await asyncio.sleep(self.chunk_delay)
         await send(b"")
+
+
+# --- request-lifecycle faults (issue 14) -------------------------------------------------------------------------
+
+
+async def lifecycle_fault(i: int, send) -> bool:
+    """Send the fault due before content chunk ``i``, if any; True: the chunk was replaced by it."""
+    after = os.environ.get("FAKE_MALFORMED_AFTER")
+    if after and i == int(after):
+        await send(b'data: {"choices": [{"index": 0, "delta": {"content": tru\n\n')
+        return True
+    return False
+
+
+async def lifecycle_route(server: FakeServer, method: str, path: str, writer: asyncio.StreamWriter) -> bool:
+    """whisper-server's inference route, so that the fake can stand in for it too (its start, crash and queue
+    faults): ``{"text": " t0 t1"}`` for any upload."""
+    if path == "/v1/audio/transcriptions" and method == "POST":
+        if server.should_crash():
+            await server.crash("transcription")
+        await server.send_json(writer, 200, {"text": reply_text(2)})
+        return True
+    return False
 
 
 async def serve(args: argparse.Namespace, env: dict[str, str]) -> int:

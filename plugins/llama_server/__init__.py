@@ -10,6 +10,7 @@ import msgspec
 from llama_host import Host, ModelSpec, hookimpl
 from llama_host.binaries import find_binary
 from llama_host.errors import RunnerStartError
+from llama_host.facts import RuntimeFacts, truthy
 from llama_host.process import ProcessRunner, flag_args
 
 NAME = "llama_server"
@@ -28,6 +29,32 @@ def build_argv(binary: str, spec: ModelSpec, port: int, defaults: dict[str, Any]
     if spec.mmproj and "mmproj" not in params:
         argv += ["--mmproj", spec.mmproj]
     return argv + flag_args(params) + list(spec.args)
+
+
+_CTX_KEYS = ("ctx_size", "c", "ctx-size", "n_ctx")
+_CTX_FLAGS = ("-c", "--ctx-size")
+_EMBEDDING_KEYS = ("embeddings", "embedding")
+_EMBEDDING_FLAGS = ("--embedding", "--embeddings")
+
+
+def runtime_facts(spec: ModelSpec, host: Host) -> RuntimeFacts:
+    """llama-server's part of a model's facts: the flags it runs with (``plugins.llama_server.params`` < the
+    model's ``params``, which hold any load parameters), the context ``--ctx-size`` gives (``args`` win, as on the
+    command line) and whether ``--embeddings`` is on. ``ctx_size: 0`` means the model's own context."""
+    settings: Settings = host.settings(NAME, Settings) if host is not None else Settings()
+    params = {**settings.params, **spec.params}
+    spellings = [params.pop(key) for key in _CTX_KEYS if key in params]
+    if spellings:  # one spelling, so that a load request's ctx_size compares equal to a configured -c
+        params["ctx_size"] = spellings[0]
+    value = params.get("ctx_size")
+    context = int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) and str(value).isdigit() \
+        and int(value) > 0 else None
+    args = list(spec.args)
+    for i, arg in enumerate(args[:-1]):
+        if arg in _CTX_FLAGS and args[i + 1].isdigit():
+            context = int(args[i + 1]) or None
+    embedding = any(truthy(params.get(k)) for k in _EMBEDDING_KEYS) or any(a in _EMBEDDING_FLAGS for a in args)
+    return RuntimeFacts(params=params, context=context, embedding=embedding)
 
 
 class LlamaServerRunner(ProcessRunner):
@@ -55,4 +82,5 @@ def config_schema() -> dict[str, Any]:
 
 @hookimpl
 def register_runtimes(register) -> None:
-    register("llama-server", LlamaServerRunner, description="llama.cpp llama-server, one process per model")
+    register("llama-server", LlamaServerRunner, description="llama.cpp llama-server, one process per model",
+             facts=runtime_facts)
