@@ -114,7 +114,8 @@ class Messages(Exchange):
 
 class CountTokens(Exchange):
     """``/v1/messages/count_tokens``: the runner applies the model's chat template (``/apply-template``), then
-    tokenizes the prompt (``/tokenize``) — the count the model would see."""
+    tokenizes the prompt (``/tokenize``, special tokens added and parsed as the runner does for a chat) — the count
+    the model would see."""
 
     surface = NAME
     endpoint = "count_tokens"
@@ -136,7 +137,7 @@ class CountTokens(Exchange):
             prompt = (await up.json()).get("prompt", "")
         finally:
             up.close()
-        return await host.relay.open(lease, "POST", "/tokenize", json={"content": prompt, "add_special": False})
+        return await host.relay.open(lease, "POST", "/tokenize", json={"content": prompt, "add_special": True})
 
     def reply(self, reply: Any, up: Upstream) -> bytes:
         tokens = reply.get("tokens") if isinstance(reply, dict) else None

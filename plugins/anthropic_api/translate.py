@@ -246,10 +246,13 @@ def _input_of(arguments: str) -> Any:
 
 
 def _usage(usage: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Anthropic counts prompt tokens read from the cache apart: ``input_tokens`` + ``cache_read_input_tokens`` is
+    the whole prompt."""
     u = usage or {}
-    return {"input_tokens": int(u.get("prompt_tokens") or 0), "output_tokens": int(u.get("completion_tokens") or 0),
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": int((u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)}
+    prompt = int(u.get("prompt_tokens") or 0)
+    cached = min(prompt, int((u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0))
+    return {"input_tokens": prompt - cached, "output_tokens": int(u.get("completion_tokens") or 0),
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}
 
 
 def message_from_chat(req: Mapping[str, Any], reply: Mapping[str, Any], *, model: str,
@@ -353,7 +356,8 @@ class MessageStream:
         out += sse("message_delta", {"type": "message_delta",
                                      "delta": {"stop_reason": reason, "stop_sequence": sequence},
                                      "usage": {"output_tokens": usage["output_tokens"],
-                                               "input_tokens": usage["input_tokens"]}})
+                                               "input_tokens": usage["input_tokens"],
+                                               "cache_read_input_tokens": usage["cache_read_input_tokens"]}})
         return out + sse("message_stop", {"type": "message_stop"})
 
     @staticmethod

@@ -19,6 +19,9 @@ from llama_host.proxy import Upstream
 from llama_host.request import Exchange, run
 from llama_host.scheduler import Lease
 
+from .native import native_controller
+from .responses_surface import controller as responses_controller
+
 NAME = "openai_api"
 #: OpenAI count parameters; a negative one is refused here rather than passed to the runner
 COUNT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "top_logprobs", "logprobs")
@@ -31,6 +34,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Request bodies larger than this get 413."""
     on_api_ports: bool = True
     """Also serve /v1 on the Ollama and LM Studio ports (as those servers do)."""
+    responses_store_entries: int = 1000
+    """Past ``/v1/responses`` replies kept in memory for ``previous_response_id`` (least recently used first out)."""
+    responses_store_bytes: int = 64 * 2**20
+    """The most bytes (JSON) those kept responses and their conversations may take together."""
+    native_routes: bool = True
+    """Serve llama.cpp's own endpoints (``/completion``, ``/infill``, ``/tokenize``, ...) routed by ``model``."""
 
 
 def model_entry(host: HostDep, name: str) -> dict[str, Any]:
@@ -128,5 +137,11 @@ def config_schema() -> dict[str, Any]:
 def register_surfaces(host: HostDep) -> list[Surface]:
     settings: Settings = host.settings(NAME, Settings)
     controller = type("OpenAIController", (OpenAIController,), {"request_max_body_size": settings.max_body_bytes})
-    return [Surface(name=NAME, port=settings.port or host.site.port, route_handlers=[controller],
+    handlers: list[Any] = [controller, responses_controller(host, settings.max_body_bytes,
+                                                            settings.responses_store_entries,
+                                                            settings.responses_store_bytes)]
+    if settings.native_routes:
+        handlers.append(type("NativeController", (native_controller(Passthrough, run),),
+                             {"request_max_body_size": settings.max_body_bytes}))
+    return [Surface(name=NAME, port=settings.port or host.site.port, route_handlers=handlers,
                     exception_handlers=OPENAI_EXCEPTION_HANDLERS, on_api_ports=settings.on_api_ports)]

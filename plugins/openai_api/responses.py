@@ -252,7 +252,7 @@ def usage_of(usage: Mapping[str, Any] | None) -> dict[str, Any]:
     u = usage or {}
     inp, out = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
     cached = int((u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    return {"input_tokens": inp, "input_tokens_details": {"cached_tokens": cached},
+    return {"input_tokens": inp, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
             "output_tokens": out, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": inp + out}
 
 

@@ -20,13 +20,13 @@ def _stream(req, chunks):
     ms = tr.MessageStream(req, "tiny")
     raw = ms.start() + b"".join(ms.feed(c) for c in chunks) + ms.finish()
     events = sse_events(raw)
-    snapshot = None
+    snapshot, bufs = None, {}
     for name, data in events:
         assert name == data["type"]
         if name == "ping":
             continue
         event = EVENT.validate_python(data)
-        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs={})
+        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=bufs)
     return [d for _, d in events], snapshot
 
 
@@ -90,7 +90,8 @@ def test_stream_of_recorded_text_chunks():
     assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert message.content[0].text == text and message.stop_reason == "max_tokens"
-    assert message.usage.output_tokens == 6 and message.usage.input_tokens == 56
+    assert message.usage.output_tokens == 6
+    assert message.usage.input_tokens == 1 and message.usage.cache_read_input_tokens == 55  # recorded: 55 cached
 
 
 def test_stream_of_tool_calls_and_thinking():
