@@ -426,6 +426,8 @@ class ModelCall:
         parser = SSEParser(None, meter.observe)
         async for chunk in up.iter_chunks():
             out = parser.passthrough(chunk)
+            if out and meter.ttft is None:
+                meter.first_token()
             if parser.error is not None:
                 if out:
                     yield out
@@ -436,10 +438,10 @@ class ModelCall:
                 yield out
                 return
             if out:
-                if meter.ttft is None:
-                    meter.first_token()
                 yield out
         out = parser.close_passthrough()
+        if out and meter.ttft is None:
+            meter.first_token()
         if parser.error is not None:
             if out:
                 yield out
