@@ -85,6 +85,9 @@ def register_runtimes(register: RegisterRuntime) -> None:
 
     :param register: call ``register(name, factory, description="...")`` once per runtime; ``factory(spec, host)``
         returns a :class:`llama_host.types.Runner`. A name registered twice is an error naming both plugins.
+        Optional keywords: ``facts=`` (see ``llama_host.facts``) and ``embedding=`` — ``embedding(spec)`` returns
+        the ``params`` that make a runner of ``spec`` serve embeddings (or ``None``); with it the catalogue holds an
+        unlisted ``<name>@embed`` model for each chat model, which embedding requests use (``llama_host.variants``).
     :returns: nothing.
 
     Example::

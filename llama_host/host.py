@@ -125,7 +125,8 @@ class Host:
                 if name in runtimes:
                     problems.append(f"runtime '{name}' is registered by both '{runtimes[name].plugin}' and '{_plugin}'")
                     return
-                runtimes[name] = RuntimeInfo(name, factory, _plugin, description, facts=facts)
+                runtimes[name] = RuntimeInfo(name, factory, _plugin, description, facts=facts,
+                                             embedding=more.get("embedding"))
 
             call(register=register)
         if problems:

@@ -17,6 +17,7 @@ from llama_host.facts import ModelFacts, applicable_load_params, model_facts, pa
 from llama_host.errors import HostError, ModelNotFound, ModelTooLarge, QueueFull, QueueTimeout, RunnerStartError
 from llama_host.placement import Group, Limits, Slot, backoff_seconds, can_admit, idle_seconds, plan
 from llama_host.process import LogBuffer
+from llama_host.variants import embedding_variants
 from llama_host.types import (
     ModelFailed,
     ModelLoaded,
@@ -142,6 +143,7 @@ class Scheduler:
             if found is not None and not spec.metadata:  # a configured model gets the facts discovery read
                 spec = msgspec.structs.replace(spec, metadata=found.metadata, mmproj=spec.mmproj or found.mmproj)
             merged[name] = spec
+        merged.update(embedding_variants(merged, self.runtimes, self.host))  # <name>@embed: see llama_host.variants
         for name, spec in merged.items():
             if name in self.entries:
                 self.entries[name].spec = spec

@@ -114,6 +114,9 @@ class RuntimeInfo:
     #: ``facts(spec, host) -> llama_host.facts.RuntimeFacts``: the runtime's part of a model's facts (its effective
     #: flags, the context they give); ``None`` for a runtime that takes no flags (load parameters are dropped)
     facts: Callable[..., Any] | None = None
+    #: ``embedding(spec) -> params | None``: the ``params`` that make a runner of ``spec`` serve embeddings (see
+    #: ``llama_host.variants``); ``None`` for a runtime that cannot
+    embedding: Callable[..., Any] | None = None
 
 
 # --- events -------------------------------------------------------------------------------------------------------

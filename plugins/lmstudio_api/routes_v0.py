@@ -17,6 +17,7 @@ from llama_host.proxy import Upstream
 from llama_host.request import Exchange, run
 from llama_host.scheduler import Lease
 from llama_host.types import ModelSpec
+from llama_host.variants import for_embeddings
 
 from . import describe, sse
 from .exchange import SURFACE, AnyRequest, read_body, resolve
@@ -75,6 +76,8 @@ class LMStudioV0Controller(Controller):
                      kind: type[V0InferenceRequest], endpoint: str, path: str) -> Response[Any]:
         body, req = await read_body(request, kind)
         spec = resolve(host, req.model)
+        if kind is V0EmbeddingRequest:  # a chat model embeds through its embedding runner (llama_host.variants)
+            spec = for_embeddings(host.scheduler, spec)
         return await run(host, V0Inference(lms, spec, kind, f"/api/v0/{endpoint}", path, body, req))
 
 

@@ -17,6 +17,7 @@ from llama_host import Host, HostDep, ModelSpec
 from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError, UpstreamError
 from llama_host.request import Exchange, run
+from llama_host.variants import for_embeddings
 
 from . import catalog
 from . import translate as tr
@@ -256,7 +257,8 @@ async def _load_or_unload(host: Host, spec: ModelSpec, echo: str, ttl: float | N
 async def _embeddings(host: Host, spec: ModelSpec, endpoint: str, inputs: list[str], ttl: float | None,
                       load_params: dict[str, Any], shape: Callable[[dict[str, Any], int], dict[str, Any]]) -> Response:
     """The runner's ``/v1/embeddings`` reply for ``inputs`` shaped by ``shape(reply, load_ns)``; no inputs: just load
-    the model."""
+    the model. A chat model embeds through its embedding runner (``<name>@embed``), as Ollama embeds with any model."""
+    spec = for_embeddings(host.scheduler, spec)
     if not inputs:
         meter = host.meter(SURFACE, endpoint, spec.name)
         try:

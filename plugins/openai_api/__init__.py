@@ -18,6 +18,7 @@ from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS, error_event
 from llama_host.proxy import Upstream
 from llama_host.request import Exchange, run
 from llama_host.scheduler import Lease
+from llama_host.variants import for_embeddings
 
 from .native import native_controller
 from .responses_surface import controller as responses_controller
@@ -77,7 +78,7 @@ class OpenAIController(Controller):
 
     @post("/v1/embeddings")
     async def embeddings(self, request: Request, host: HostDep) -> Response:
-        return await relay(request, host, "/v1/embeddings", "embeddings")
+        return await relay(request, host, "/v1/embeddings", "embeddings", embeddings=True)
 
     @post(["/v1/rerank", "/v1/reranking"])
     async def rerank(self, request: Request, host: HostDep) -> Response:
@@ -116,7 +117,7 @@ class Passthrough(Exchange):
         return error_event(exc)
 
 
-async def relay(request: Request, host: HostDep, path: str, endpoint: str) -> Response:
+async def relay(request: Request, host: HostDep, path: str, endpoint: str, *, embeddings: bool = False) -> Response:
     body = await request.body()
     obj = decode_json(body, nonnegative=COUNT_FIELDS)
     if not isinstance(obj, dict):
@@ -125,6 +126,8 @@ async def relay(request: Request, host: HostDep, path: str, endpoint: str) -> Re
     if not requested or not isinstance(requested, str):
         raise BadRequest("you must provide a model parameter", param="model")
     spec = host.scheduler.get(requested, NAME)
+    if embeddings:  # a chat model embeds through its embedding runner (llama_host.variants), as in Ollama
+        spec = for_embeddings(host.scheduler, spec)
     return await run(host, Passthrough(spec.name, endpoint, path, body, stream=obj.get("stream") is True))
 
 

@@ -14,6 +14,7 @@ from llama_host import Host, HostDep
 from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest
 from llama_host.request import Exchange
+from llama_host.variants import for_embeddings
 
 #: path → endpoint name in metrics
 NATIVE_PATHS = {"/completion": "native_completion", "/completions": "native_completion", "/infill": "infill",
@@ -33,6 +34,8 @@ async def native(request: Request, host: Host, path: str,
     if not requested or not isinstance(requested, str):
         raise BadRequest("name a model: 'model' in the body (or set default_model in the site file)", param="model")
     spec = host.scheduler.get(requested, "openai_api")
+    if path in ("/embedding", "/embeddings"):  # a chat model embeds through its embedding runner
+        spec = for_embeddings(host.scheduler, spec)
     return await run(host, exchange(spec.name, NATIVE_PATHS[path], path, body, stream=obj.get("stream") is True,
                                     check_status=False))
 

@@ -11,7 +11,7 @@ import pytest
 from llama_host.testing import serve_host, tiny_site
 
 pytestmark = pytest.mark.real
-PLUGINS = ["openai_api", "anthropic_api", "ollama_api", "llama_server"]
+PLUGINS = ["openai_api", "anthropic_api", "ollama_api", "lmstudio_api", "llama_server"]
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 ANTHROPIC_TOOL = {"name": "get_weather", "description": "The weather in a city",
@@ -205,5 +205,29 @@ def test_native_endpoints_routed_by_model(rh):
         assert len(events) >= 3
         missing = c.post("/tokenize", json={"model": "nope", "content": "x"})
         assert missing.status_code == 404
-        r = c.post("/embedding", json={"model": "tiny", "content": "x"})  # the runner's own error, as it sent it
-        assert r.status_code >= 400 and "error" in r.json()
+        r = c.post("/rerank", json={"model": "tiny", "query": "q", "documents": ["d"]})  # not a reranker
+        assert 400 <= r.status_code < 600 and "error" in r.json()  # the runner's own error, as it sent it
+
+
+# --- embeddings from any model ----------------------------------------------------------------------------------
+
+
+def test_embeddings_from_a_chat_model_in_every_dialect(rh, oai):
+    import ollama
+
+    vectors = oai.embeddings.create(model="tiny", input=["first text", "second text"], encoding_format="float")
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 64
+    with ollama.Client(host=rh.url("ollama_api"), timeout=120) as client:
+        assert len(client.embed("tiny", ["first text"]).embeddings[0]) == 64
+        assert len(client.embeddings("tiny", "first text").embedding) == 64
+    with httpx.Client(base_url=rh.url("lmstudio_api"), timeout=60) as c:
+        r = c.post("/api/v0/embeddings", json={"model": "tiny", "input": "first text"})
+        assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 64
+        native = c.post("/embedding", json={"model": "tiny", "content": "first text"})
+        assert native.status_code == 200
+    status = rh.host.scheduler.status("tiny@embed")  # one embedding runner for the same file, scheduled like any
+    assert status.state == "loaded" and status.unlisted and status.memory > 0 and status.ttl == 300
+    assert status.path == rh.host.scheduler.status("tiny").path and status.facts.embedding
+    assert "tiny@embed" not in [m.id for m in oai.models.list()]
+    # a chat request still goes to the chat runner
+    assert oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=2)
