@@ -53,6 +53,8 @@ class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_dir: str = "logs"
     default_model: str | None = None
     shutdown_grace: float = 5.0
+    #: streams show loading progress while their model loads (a model's ``loading_progress`` wins)
+    loading_progress: bool = False
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     plugins: dict[str, dict[str, Any]] = {}
     models: dict[str, ModelSpec] = {}

@@ -99,6 +99,11 @@ class Messages(Exchange):
     def body(self) -> dict[str, Any]:
         return self._body
 
+    def loading(self, seconds: float, last_load: float | None) -> bytes:
+        """``ping`` events while the model loads: the SDKs skip them; the text is in the event's ``loading``."""
+        about = f" (last load took {last_load:.1f} s)" if last_load else ""
+        return tr.sse("ping", {"type": "ping", "loading": f"loading model {self.model}: {seconds:.1f} s{about}"})
+
     def begin(self, lease: Lease) -> bytes:
         return self._stream.start()
 

@@ -332,6 +332,15 @@ class Generation(Exchange):
     def error(self, exc: HostError) -> bytes:
         return tr.error_line(exc.detail())
 
+    def loading(self, seconds: float, last_load: float | None) -> bytes:
+        """While the model loads: a line with empty content and ``done: false`` (clients append nothing; no
+        ``status`` key, which ollama clients read as a pull progress); the text is in its ``loading`` key."""
+        about = f" (last load took {last_load:.1f} s)" if last_load else ""
+        line: dict[str, Any] = {"model": self._echo, "created_at": tr.created_at()}
+        line.update({"message": {"role": "assistant", "content": ""}} if self.endpoint == "chat" else {"response": ""})
+        line.update(done=False, loading=f"loading model {self.model}: {seconds:.1f} s{about}")
+        return tr.ndjson(line)
+
 
 async def _complete(host: Host, spec: ModelSpec, echo: str, endpoint: str, path: str, body: dict[str, Any],
                     ttl: float | None, load_params: dict[str, Any], started: int, *,

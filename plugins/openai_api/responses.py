@@ -363,6 +363,7 @@ class ResponseStream:
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.response: dict[str, Any] | None = None
+        self._created = False
 
     def _event(self, kind: str, **data: Any) -> bytes:
         data["type"] = kind
@@ -374,9 +375,20 @@ class ResponseStream:
         return response_object(self.req, response_id=self.id, created_at=self.created_at, model=self.model,
                                status=status, output=list(self.output), **kw)
 
+    def queued(self, metadata: dict[str, Any]) -> bytes:
+        """The response waits (its model loads): ``response.created`` with status ``queued`` the first time, then
+        ``response.queued``; ``metadata`` says why (shown in the snapshot's ``metadata``)."""
+        snapshot = self._snapshot("queued")
+        snapshot["metadata"] = {**snapshot["metadata"], **metadata}
+        if not self._created:
+            self._created = True
+            return self._event("response.created", response=snapshot)
+        return self._event("response.queued", response=snapshot)
+
     def start(self) -> bytes:
-        return (self._event("response.created", response=self._snapshot("in_progress"))
-                + self._event("response.in_progress", response=self._snapshot("in_progress")))
+        created = b"" if self._created else self._event("response.created", response=self._snapshot("in_progress"))
+        self._created = True
+        return created + self._event("response.in_progress", response=self._snapshot("in_progress"))
 
     def _close(self) -> bytes:
         item = self._open
@@ -480,8 +492,10 @@ class ResponseStream:
 
     def fail(self, message: str, code: str = "server_error") -> bytes:
         error = {"code": "server_error", "message": message}
+        created = b"" if self._created else self._event("response.created", response=self._snapshot("in_progress"))
+        self._created = True
         self.response = self._snapshot("failed", error=error, usage=usage_of(self.usage))
-        return (self._event("error", code=code, message=message, param=None)
+        return (created + self._event("error", code=code, message=message, param=None)
                 + self._event("response.failed", response=self.response))
 
 

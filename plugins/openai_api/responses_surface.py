@@ -16,6 +16,11 @@ from llama_host.request import Exchange, run
 
 from . import responses as rs
 
+
+def loading_text(model: str, seconds: float, last_load: float | None) -> str:
+    about = f" (last load took {last_load:.1f} s)" if last_load else ""
+    return f"loading model {model}: {seconds:.1f} s{about}"
+
 if TYPE_CHECKING:
     from llama_host.proxy import Upstream
     from llama_host.scheduler import Lease
@@ -63,6 +68,11 @@ class Responses(Exchange):
     def _keep(self, response: dict[str, Any]) -> None:
         if self._req.get("store", True) is not False and response.get("status") in ("completed", "incomplete"):
             self._store.put(response, [*self._conversation, *rs.assistant_messages(response["output"])])
+
+    def loading(self, seconds: float, last_load: float | None) -> bytes:
+        """``response.created`` (status ``queued``) once, then ``response.queued`` while the model loads: OpenAI's
+        own events for a response that waits; the text is in ``metadata.loading``."""
+        return self._stream.queued({"loading": loading_text(self.model, seconds, last_load)})
 
     def begin(self, lease: Lease) -> bytes:
         return self._stream.start()
