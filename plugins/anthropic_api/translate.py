@@ -331,11 +331,14 @@ class MessageStream:
                 if self._open != "thinking":
                     out += self._begin("thinking", {"type": "thinking", "thinking": "", "signature": ""})
                 out += self._delta({"type": "thinking_delta", "thinking": delta["reasoning_content"]})
-            if delta.get("content"):
+            content = delta.get("content")
+            if content:
                 if self._open != "text":
                     out += self._begin("text", {"type": "text", "text": ""})
-                self._text.append(delta["content"])
-                out += self._delta({"type": "text_delta", "text": delta["content"]})
+                self._text.append(content)
+                # the hot path (one event per token): only the text encoded
+                out += (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+                        b'"delta":{"type":"text_delta","text":' % self.index + _encode(content) + b"}}\n\n")
             for call in delta.get("tool_calls") or ():
                 index = call.get("index", 0)
                 fn = call.get("function") or {}

@@ -364,6 +364,7 @@ class ResponseStream:
         self.usage: dict[str, Any] | None = None
         self.response: dict[str, Any] | None = None
         self._created = False
+        self._delta_head = b""
 
     def _event(self, kind: str, **data: Any) -> bytes:
         data["type"] = kind
@@ -458,9 +459,14 @@ class ResponseStream:
             if content:
                 if self._open is None or self._open["type"] != "message":
                     out += self._begin(message_item(new_id("msg"), "", status="in_progress"))
+                    self._delta_head = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.'
+                                        b'delta","item_id":"' + self._open["id"].encode()  # type: ignore[index]
+                                        + b'","output_index":%d,"content_index":0,"logprobs":[],"delta":'
+                                        % (len(self.output) - 1))
                 self._text.append(content)
-                out += self._event("response.output_text.delta", item_id=self._open["id"],  # type: ignore[index]
-                                   output_index=len(self.output) - 1, content_index=0, delta=content, logprobs=[])
+                # the hot path (one event per token): a prepared head, only the text and the number encoded
+                out += self._delta_head + _encode(content) + b',"sequence_number":%d}\n\n' % self.seq
+                self.seq += 1
             for call in delta.get("tool_calls") or ():
                 index = call.get("index", 0)
                 fn = call.get("function") or {}
