@@ -43,7 +43,6 @@ LOADING_EVERY = 1.0
 _decode_any = msgspec.json.Decoder().decode
 _validate = msgspec.json.Decoder(msgspec.Raw).decode
 _encode = msgspec.json.Encoder().encode
-_OBSERVED = (b'"usage"', b'"timings"', b'"finish_reason":"', b'"finish_reason": "')
 
 
 class BadUpstreamEvent(HostError):
@@ -89,7 +88,9 @@ class SSEParser:
             if payload == b"[DONE]":
                 self.done = True
                 return None
-            if b'"error"' in payload or (self._observe is not None and any(m in payload for m in _OBSERVED)):
+            if b'"error"' in payload or (self._observe is not None and (
+                    b'"usage"' in payload or b'"timings"' in payload or b'"finish_reason":"' in payload
+                    or b'"finish_reason": "' in payload)):
                 try:
                     obj = _decode_any(payload)
                 except msgspec.DecodeError as exc:
@@ -108,50 +109,81 @@ class SSEParser:
                 self.error = UpstreamError(line[6:].strip().decode("utf-8", "replace"))
         return None
 
-    def _lines(self, chunk: bytes) -> list[bytes]:
+    def _complete(self, chunk: bytes) -> bytes:
+        """The completed lines of the buffer (up to its last newline); the rest waits for the next read."""
         buf = self._buf + chunk if self._buf else chunk
-        if b"\n" not in chunk:
+        cut = buf.rfind(b"\n")
+        if cut < 0:
             self._buf = buf
-            return []
-        *lines, self._buf = buf.split(b"\n")
-        return lines
+            return b""
+        self._buf = buf[cut + 1:]
+        return buf[:cut + 1]
+
+    def _plain(self, payload: bytes) -> bool:
+        """A payload that needs no closer look: not an error, nothing to meter (most token events)."""
+        return b'"error"' not in payload and (self._observe is None or not (
+            b'"usage"' in payload or b'"timings"' in payload or b'"finish_reason":"' in payload
+            or b'"finish_reason": "' in payload))
 
     def events(self, chunk: bytes) -> list[Any]:
-        out = []
+        out: list[Any] = []
         decode = self._decode
-        for line in self._lines(chunk):
-            payload = self._payload(line)
-            if payload is not None:
+        for block in self._complete(chunk).split(b"\n\n"):
+            if not block:
+                continue
+            # the common case first: one `data: {...}` line per event (llama-server's framing)
+            if block.startswith(b"data: {") and b"\n" not in block and self._plain(block):
                 try:
-                    out.append(decode(payload))
+                    out.append(decode(block[6:]))
                 except msgspec.DecodeError as exc:
                     self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
-            if self.done or self.error is not None:
-                break
+                    return out
+                continue
+            for line in block.split(b"\n"):
+                payload = self._payload(line)
+                if payload is not None:
+                    try:
+                        out.append(decode(payload))
+                    except msgspec.DecodeError as exc:
+                        self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
+                if self.done or self.error is not None:
+                    return out
         return out
 
     def passthrough(self, chunk: bytes) -> bytes:
-        lines = self._lines(chunk)
-        if not lines:
+        complete = self._complete(chunk)
+        if not complete:
             return b""
-        kept = 0
-        for i, line in enumerate(lines):
-            payload = self._payload(line)
-            if payload is not None:
+        offset = 0
+        observe = self._observe is not None
+        for block in complete.split(b"\n\n"):
+            if not block:
+                offset += 2
+                continue
+            # the common case inline (once per token): one `data: {...}` line, not an error, nothing to meter
+            if block.startswith(b"data: {") and b"\n" not in block and b'"error"' not in block and not (observe and (
+                    b'"usage"' in block or b'"timings"' in block or b'"finish_reason":"' in block
+                    or b'"finish_reason": "' in block)):
                 try:
-                    _validate(payload)
+                    _validate(block[6:])
                 except msgspec.DecodeError as exc:
                     self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
-            if self.error is not None:
-                break
-            kept = i + 1
-            if self.done:
-                if kept < len(lines) and not lines[kept]:
-                    kept += 1  # the blank line that ends the [DONE] event
-                break
-        if kept == len(lines):
-            return b"\n".join(lines) + b"\n"
-        return b"\n".join(lines[:kept]) + b"\n" if kept else b""
+                    return complete[:offset]
+            else:
+                for line in block.split(b"\n"):
+                    if line and line[0] in b"de":  # data: and error: lines; comments pass as they are
+                        payload = self._payload(line)
+                        if payload is not None:
+                            try:
+                                _validate(payload)
+                            except msgspec.DecodeError as exc:
+                                self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
+                        if self.error is not None:
+                            return complete[:offset]
+                        if self.done:
+                            return complete[:offset + len(block)].rstrip(b"\n") + b"\n\n"
+            offset += len(block) + 2
+        return complete
 
     def close(self) -> list[Any]:
         """The last event of a body that ended without a newline (kept, as the runner sent it)."""
@@ -251,7 +283,7 @@ class Exchange:
 class ModelCall:
     """One request's run through the lifecycle (see the module docstring); made by :func:`run`."""
 
-    __slots__ = ("host", "ex", "meter", "lease", "up", "status", "final", "head")
+    __slots__ = ("host", "ex", "meter", "lease", "up", "status", "head")
 
     def __init__(self, host: Host, ex: Exchange) -> None:
         self.host, self.ex = host, ex
@@ -259,7 +291,6 @@ class ModelCall:
         self.lease: Lease | None = None
         self.up: Upstream | None = None
         self.status = 200
-        self.final = False  # the bytes about to be sent end the reply
         self.head = b""  # what Exchange.begin returned: a stream's first bytes
 
     async def open(self) -> Upstream:
@@ -368,8 +399,8 @@ class ModelCall:
         return Response(content=body, status_code=200, media_type=ex.media_type)
 
     async def events(self, opening: bytes = b"", progress: bool = False) -> AsyncIterator[bytes]:
-        """The reply as a stream: the exchange's bytes as the runner's events arrive (``progress``: with the
-        exchange's loading bytes while the model loads)."""
+        """The reply as a stream: the exchange's bytes as the runner's events arrive (raw: the runner's bytes;
+        ``progress``: with the exchange's loading bytes while the model loads)."""
         ex, meter = self.ex, self.meter
         complete = False
         opened: asyncio.Future | None = None
@@ -398,35 +429,49 @@ class ModelCall:
             assert up is not None
             if self.head:
                 yield self.head
-            if ex.raw:
-                async for out in self._raw(up):
-                    complete = self.final  # the final bytes: the reply is whole once they are sent
-                    yield out
+            chunks = up.iter_chunks()
+            if ex.raw and not up.is_sse:  # not events: the bytes as they come
+                async for chunk in chunks:
+                    if meter.ttft is None:
+                        meter.first_token()
+                    yield chunk
+                self.end(self.status)
                 complete = True
                 return
             parser = SSEParser(ex.decode, meter.observe)
-            event = ex.event
-            async for chunk in up.iter_chunks():
-                out = b"".join([event(e) for e in parser.events(chunk)])
-                if out:
-                    if meter.ttft is None:
-                        meter.first_token()
-                    yield out
-                if parser.error is not None:
-                    raise parser.error
-                if parser.done:
-                    break
-            else:
-                out = b"".join([event(e) for e in parser.close()])
+            translate = None if ex.raw else ex.event
+            out = b""
+            async for chunk in chunks:
+                if translate is None:
+                    out = parser.passthrough(chunk)
+                else:
+                    out = b"".join([translate(e) for e in parser.events(chunk)])
+                if out and meter.ttft is None:
+                    meter.first_token()
                 if parser.error is not None:
                     if out:
                         yield out
                     raise parser.error
+                if parser.done:
+                    await chunks.aclose()  # stop reading here: no finalizer task for the rest of the body
+                    break
                 if out:
                     yield out
-            self.end(200)  # the runner is done: free the model and record the request before the client sees the end
-            complete = True
-            yield ex.end()
+                    out = b""
+            else:  # the body ended without [DONE]: its last event may lack its newline
+                if translate is None:
+                    out = parser.close_passthrough()
+                else:
+                    out = b"".join([translate(e) for e in parser.close()])
+                if out and meter.ttft is None:
+                    meter.first_token()
+                if parser.error is not None:
+                    if out:
+                        yield out
+                    raise parser.error
+            self.end(self.status)  # the runner is done: free the model and record the request before the client
+            complete = True        # sees the end; from here a client that goes away had the whole reply
+            yield out if translate is None else out + ex.end()
         except BaseException as exc:
             err = self.fail(exc, complete)
             if err is None:
@@ -437,44 +482,6 @@ class ModelCall:
                 opened.cancel()  # cancelled open() ends the call itself (a lease it got is released)
             elif not complete:
                 self.fail(asyncio.CancelledError())  # a generator closed before it began (never iterated)
-
-    async def _raw(self, up: Upstream) -> AsyncIterator[bytes]:
-        """The runner's bytes as they come; SSE lines are checked and metered, the last ones flagged
-        (``final``) so that the caller knows the reply is whole."""
-        meter = self.meter
-        if not up.is_sse:
-            async for chunk in up.iter_chunks():
-                if meter.ttft is None:
-                    meter.first_token()
-                yield chunk
-            self.end(up.status)
-            return
-        parser = SSEParser(None, meter.observe)
-        async for chunk in up.iter_chunks():
-            out = parser.passthrough(chunk)
-            if out and meter.ttft is None:
-                meter.first_token()
-            if parser.error is not None:
-                if out:
-                    yield out
-                raise parser.error
-            if parser.done:
-                self.end(up.status)
-                self.final = True
-                yield out
-                return
-            if out:
-                yield out
-        out = parser.close_passthrough()
-        if out and meter.ttft is None:
-            meter.first_token()
-        if parser.error is not None:
-            if out:
-                yield out
-            raise parser.error
-        self.end(up.status)
-        self.final = True
-        yield out
 
 
 def _progress_wanted(host: Host, ex: Exchange) -> bool:
