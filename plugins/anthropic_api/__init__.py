@@ -19,6 +19,7 @@ from litestar.types import ExceptionHandlersMap
 from llama_host import Host, HostDep, Surface, hookimpl
 from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError
+from llama_host.progress import loading_text
 from llama_host.request import Exchange, run
 
 from . import translate as tr
@@ -101,8 +102,7 @@ class Messages(Exchange):
 
     def loading(self, seconds: float, last_load: float | None) -> bytes:
         """``ping`` events while the model loads: the SDKs skip them; the text is in the event's ``loading``."""
-        about = f" (last load took {last_load:.1f} s)" if last_load else ""
-        return tr.sse("ping", {"type": "ping", "loading": f"loading model {self.model}: {seconds:.1f} s{about}"})
+        return tr.sse("ping", {"type": "ping", "loading": loading_text(self.model, seconds, last_load)})
 
     def begin(self, lease: Lease) -> bytes:
         return self._stream.start()

@@ -13,6 +13,7 @@ from llama_host import Host
 from llama_host.errors import HostError
 from llama_host.host import HostDep
 from llama_host.openai_errors import error_event
+from llama_host.progress import loading_text, openai_loading_event
 from llama_host.proxy import Upstream
 from llama_host.request import Exchange, run
 from llama_host.scheduler import Lease
@@ -118,6 +119,11 @@ class V0Inference(Exchange):
 
     def error(self, exc: HostError) -> bytes:
         return error_event(exc)
+
+    def loading(self, seconds: float, last_load: float | None) -> bytes:
+        """As the OpenAI surface: a ``reasoning_content`` chunk (chat), else an SSE comment."""
+        return openai_loading_event(self.model, loading_text(self.model, seconds, last_load),
+                                    chat=self._kind is V0ChatRequest)
 
 
 def v0_extras(host: Host, spec: ModelSpec, lease: Lease, facts: RunnerFacts, body: dict[str, Any]) -> Extras:

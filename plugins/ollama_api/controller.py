@@ -16,6 +16,7 @@ from litestar.params import FromPath
 from llama_host import Host, HostDep, ModelSpec
 from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError, UpstreamError
+from llama_host.progress import loading_text
 from llama_host.request import Exchange, run
 from llama_host.variants import for_embeddings
 
@@ -335,10 +336,9 @@ class Generation(Exchange):
     def loading(self, seconds: float, last_load: float | None) -> bytes:
         """While the model loads: a line with empty content and ``done: false`` (clients append nothing; no
         ``status`` key, which ollama clients read as a pull progress); the text is in its ``loading`` key."""
-        about = f" (last load took {last_load:.1f} s)" if last_load else ""
         line: dict[str, Any] = {"model": self._echo, "created_at": tr.created_at()}
         line.update({"message": {"role": "assistant", "content": ""}} if self.endpoint == "chat" else {"response": ""})
-        line.update(done=False, loading=f"loading model {self.model}: {seconds:.1f} s{about}")
+        line.update(done=False, loading=loading_text(self.model, seconds, last_load))
         return tr.ndjson(line)
 
 

@@ -5,7 +5,6 @@ Served on the main port and, as Ollama and LM Studio do, on every other API port
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import msgspec
@@ -16,6 +15,7 @@ from llama_host import Host, HostDep, Surface, hookimpl
 from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError, ModelNotFound
 from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS, error_event
+from llama_host.progress import loading_text, openai_loading_event
 from llama_host.proxy import Upstream
 from llama_host.request import Exchange, run
 from llama_host.scheduler import Lease
@@ -25,7 +25,6 @@ from .native import native_controller
 from .responses_surface import controller as responses_controller
 
 NAME = "openai_api"
-_encode = msgspec.json.Encoder().encode
 #: OpenAI count parameters; a negative one is refused here rather than passed to the runner
 COUNT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "top_logprobs", "logprobs")
 
@@ -119,21 +118,8 @@ class Passthrough(Exchange):
         return error_event(exc)
 
     def loading(self, seconds: float, last_load: float | None) -> bytes:
-        """Chat streams: a chunk whose ``reasoning_content`` says the model is loading (as llama-swap sends it:
-        chat UIs show it as thinking, SDKs take it as an ordinary chunk); other streams: an SSE comment."""
-        text = loading_text(self.model, seconds, last_load)
-        if self.endpoint != "chat":
-            return b": " + text.encode() + b"\n\n"
-        chunk = {"id": "chatcmpl-loading", "object": "chat.completion.chunk", "created": int(time.time()),
-                 "model": self.model, "choices": [{"index": 0, "delta": {"role": "assistant",
-                                                                         "reasoning_content": text + "\n"},
-                                                   "finish_reason": None}]}
-        return b"data: " + _encode(chunk) + b"\n\n"
-
-
-def loading_text(model: str, seconds: float, last_load: float | None) -> str:
-    about = f" (last load took {last_load:.1f} s)" if last_load else ""
-    return f"loading model {model}: {seconds:.1f} s{about}"
+        return openai_loading_event(self.model, loading_text(self.model, seconds, last_load),
+                                    chat=self.endpoint == "chat")
 
 
 async def relay(request: Request, host: HostDep, path: str, endpoint: str, *, embeddings: bool = False) -> Response:

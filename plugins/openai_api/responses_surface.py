@@ -12,14 +12,10 @@ from litestar.params import FromPath
 from llama_host import Host, HostDep
 from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError
+from llama_host.progress import loading_text
 from llama_host.request import Exchange, run
 
 from . import responses as rs
-
-
-def loading_text(model: str, seconds: float, last_load: float | None) -> str:
-    about = f" (last load took {last_load:.1f} s)" if last_load else ""
-    return f"loading model {model}: {seconds:.1f} s{about}"
 
 if TYPE_CHECKING:
     from llama_host.proxy import Upstream

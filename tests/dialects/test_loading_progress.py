@@ -13,13 +13,13 @@ import openai
 from llama_host.testing import serve_host
 from test_faults import client_for, fake_bin, gguf, model, site  # noqa: F401 - fixtures
 
-PLUGINS = ["openai_api", "anthropic_api", "ollama_api", "llama_server"]
+PLUGINS = ["openai_api", "anthropic_api", "ollama_api", "lmstudio_api", "llama_server"]
 SLOW = 2.2  # seconds each model takes to become healthy: two or three loading sends
 
 
 def _site(tmp_path, model, **models_extra):
     models = {name: {**model(name, FAKE_SLOW_START=SLOW), **models_extra.get(name, {})}
-              for name in ("chat", "resp", "msgs", "olla", "raw", "quiet", "broken")}
+              for name in ("chat", "resp", "msgs", "olla", "lms", "raw", "quiet", "broken")}
     models["broken"] = model("broken", FAKE_EXIT_AT_START=1)
     config = site(tmp_path, models, max_loaded=0)
     config["loading_progress"] = True
@@ -74,6 +74,13 @@ def test_loading_progress_in_every_dialect(tmp_path, model):
                                      options={"num_predict": 3}))
         assert parts[-1].done and parts[0].message.content == "" and not parts[0].done
         assert "".join(p.message.content for p in parts)
+
+        # LM Studio v0: as the OpenAI surface
+        with client_for(rh.url("lmstudio_api")) as client:
+            r = client.with_options(base_url=rh.url("lmstudio_api") + "/api/v0")
+            parts = list(r.chat.completions.create(model="lms", messages=[{"role": "user", "content": "x"}],
+                                                   max_tokens=3, stream=True))
+        assert [p for p in parts if p.id == "chatcmpl-loading"] and parts[-1].choices[0].finish_reason == "length"
 
         # a loaded model streams without any; a model switched off streams without any
         with client_for(rh.url()) as client:
