@@ -27,6 +27,7 @@ from llama_host.types import (
     ModelStatus,
     ModelUnloaded,
     Runner,
+    RunnerLogDropped,
     RuntimeInfo,
     UnloadReason,
 )
@@ -95,10 +96,24 @@ class Lease:
         self._ttl = ttl
         self._released = False
 
+    @property
+    def ttl(self) -> float | None:
+        return self._ttl
+
     def release(self) -> None:
         if not self._released:
             self._released = True
             self._scheduler._release(self._entry, self._ttl)
+
+    def move_to(self, fresh: Lease) -> None:
+        """Continue on ``fresh``'s runner (a new runner of the same model, after this lease's failed): this lease,
+        already released, takes over ``fresh``'s hold, and the time ``fresh`` waited counts for this request too."""
+        if not self._released or fresh._released:
+            raise RuntimeError("move_to: this lease must be released and the new one held")
+        self._entry, self.runner = fresh._entry, fresh.runner
+        self.queue_wait += fresh.queue_wait
+        self.load_seconds += fresh.load_seconds
+        self._released, fresh._released = False, True
 
     async def __aenter__(self) -> Lease:
         return self
@@ -326,7 +341,10 @@ class Scheduler:
         info = self.runtimes.get(spec.runtime)
         if info is None:
             raise RunnerStartError(f"model '{spec.name}': unknown runtime '{spec.runtime}'")
-        return info.factory(spec, self.host)
+        runner = info.factory(spec, self.host)
+        if isinstance(runner.logs, LogBuffer):
+            runner.logs.on_dropped = lambda n: self.host.emit(RunnerLogDropped(model=spec.name, lines=n))
+        return runner
 
     def _plan_room(self, entry: Entry) -> list[Entry] | None:
         """Apply the placement policy (llama_host.placement) for starting ``entry`` now: unload the idle models it
@@ -377,7 +395,7 @@ class Scheduler:
         entry.state, entry.error, entry.log_tail, entry.failures = "loaded", None, [], 0
         entry.watcher = asyncio.create_task(self._watch(entry, runner))
         log.info("model %s loaded in %.2fs (pid %s, %s)", entry.spec.name, entry.load_seconds, runner.pid,
-                 runner.base_url)
+                 "/".join(runner.base_url.split("/")[:3]))  # a path on it may be a secret (whisper-server's)
         self.host.emit(ModelLoaded(model=entry.spec.name, load_seconds=entry.load_seconds, pid=runner.pid))
         self._schedule_idle(entry)
         self._notify()
@@ -396,19 +414,28 @@ class Scheduler:
             self._crashed(entry, entry.runner, getattr(entry.runner, "returncode", None))
 
     async def reacquire(self, lease: Lease, why: str) -> None:
-        """The lease's runner failed before serving anything (e.g. it refuses connections: it just died). Mark it
+        """The lease's runner failed before serving anything (it refuses connections, or it has exited). Mark it
         crashed, stop it, and move the lease to a new runner of the same model."""
         entry, runner = lease._entry, lease.runner
         if entry.runner is runner and entry.state == "loaded" and not entry.stopping:
-            self._crashed(entry, runner, None, why)
+            self._crashed(entry, runner, getattr(runner, "returncode", None), why)
             await runner.stop(1.0)
-        ttl = lease._ttl
         lease.release()
-        fresh = await self.acquire(entry.spec.name, ttl=ttl)
-        fresh._released = True  # the caller's lease object takes over this hold
-        lease.runner, lease.queue_wait = fresh.runner, lease.queue_wait + fresh.queue_wait
-        lease.load_seconds += fresh.load_seconds
-        lease._released = False
+        lease.move_to(await self.acquire(entry.spec.name, ttl=lease.ttl))
+
+    async def runner_exit_status(self, runner: Runner, within: float = 0.0) -> int | None:
+        """How a local runner's process ended (exit code, or minus the signal), waiting up to ``within`` seconds for
+        it to end; ``None`` if it still runs (or cannot tell). A SIGKILLed runner closes its sockets a moment before
+        the kernel reports it gone, so a refused or reset connection can come first."""
+        status = getattr(runner, "exit_status", None)
+        if status is None or not runner.local:
+            return None
+        deadline = time.monotonic() + within
+        while (code := status()) is None:
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.005)
+        return code
 
     def _crashed(self, entry: Entry, runner: Runner, code: int | None, why: str | None = None) -> None:
         tail = runner.logs.tail()

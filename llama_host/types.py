@@ -182,6 +182,14 @@ class ModelFailed(Event, tag="model_failed"):
     log_tail: list[str] = []
 
 
+class RunnerLogDropped(Event, tag="runner_log_dropped"):
+    """Lines of a runner's log that its log file could not take (the runner wrote faster than the disk), one event
+    per burst; the in-memory recent lines are complete."""
+
+    model: str
+    lines: int
+
+
 class ModelsChanged(Event, tag="models_changed"):
     """The set of known models changed (a rescan found new, changed or missing files)."""
 
@@ -190,7 +198,8 @@ class ModelsChanged(Event, tag="models_changed"):
     missing: list[str] = []
 
 
-AnyEvent = RequestStarted | RequestFinished | ModelLoading | ModelLoaded | ModelUnloaded | ModelFailed | ModelsChanged
+AnyEvent = (RequestStarted | RequestFinished | ModelLoading | ModelLoaded | ModelUnloaded | ModelFailed | ModelsChanged
+            | RunnerLogDropped)
 
 
 class ModelStatus(msgspec.Struct, kw_only=True):
