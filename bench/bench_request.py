@@ -1,7 +1,8 @@
 """Host CPU of the request lifecycle alone: the core primitive (``llama_host.request.run`` with the OpenAI surface's
 ``Passthrough``) against the lifecycle it replaced (``Relay.passthrough`` of the commit before it), in process, with
 no sockets: the scheduler, the relay's ``open`` and the runner's response are in-memory stand-ins, so what is timed
-is metering, lease, status check, SSE checking/metering, error classification and the end record.
+is metering, lease, status check, SSE checking/metering, error classification and the end record (and, for the
+Ollama figures, the translation of each event to NDJSON: 1000 events one per read, or 20 per read).
 
 Run it on this checkout and on the older one (``--compare DIR``: a checkout of the commit before, its plugins
 importable the same way) — the two run as subprocesses, alternating round by round so that both see the same load.
@@ -108,6 +109,11 @@ class Host:
     def emit(self, event: Any) -> None:
         self.events += 1
 
+    def meter(self, surface: str, endpoint: str, model: str, stream: bool = False) -> Any:  # the commit before
+        from llama_host.proxy import RequestMeter
+
+        return RequestMeter(self, surface, endpoint, model, stream)  # type: ignore[arg-type]
+
 
 async def consume(response: Any) -> int:
     iterator = getattr(response, "iterator", None)
@@ -155,13 +161,42 @@ def make_call(stream_chunks: list[bytes] | None):
     return call
 
 
+def make_ollama_call(stream_chunks: list[bytes]):
+    """One Ollama ``/api/chat`` stream through the lifecycle: every event parsed and translated to NDJSON."""
+    from llama_host.proxy import Upstream
+    from llama_host.types import ModelSpec
+    from llama_host_ollama_api import controller as ctl
+    from llama_host_ollama_api import translate as tr
+
+    host = Host()
+
+    async def open_(lease, method, path, **kw):
+        return Upstream(FakeResponse(stream_chunks, REPLY), "bench")
+
+    class Relay:
+        open = staticmethod(open_)
+
+    host.relay = Relay()
+    spec = ModelSpec(name="bench", runtime="remote")
+    body = {"model": "bench", "messages": [], "stream": True}
+
+    async def call() -> int:
+        response = await ctl._complete(host, spec, "bench", "chat", "/v1/chat/completions", body, None, {},
+                                       time.monotonic_ns(), stream_type=tr.ChatStream, reply=tr.chat_reply)
+        return await consume(response)
+
+    return call
+
+
 def measure(n: int) -> dict[str, float]:
     """µs of CPU per request: non-streamed, a short stream (one chunk), a long stream (1000 chunks)."""
     out = {}
     loop = asyncio.new_event_loop()
     for name, chunks, count in (("plain", None, n), ("stream_1", [EVENT * 8 + LAST], n),
-                                ("stream_1000", [EVENT] * 1000 + [LAST], max(1, n // 200))):
-        call = make_call(chunks)
+                                ("stream_1000", [EVENT] * 1000 + [LAST], max(1, n // 200)),
+                                ("ollama_1000", [EVENT] * 1000 + [LAST], max(1, n // 200)),
+                                ("ollama_1000x20", [EVENT * 20] * 50 + [LAST], max(1, n // 200))):
+        call = make_ollama_call(chunks) if name.startswith("ollama") else make_call(chunks)
         for _ in range(min(200, count)):
             loop.run_until_complete(call())
 
@@ -202,7 +237,7 @@ def main() -> int:
                                  capture_output=True, text=True, env=env, cwd=cwd, check=True)
             results[side].append(json.loads(res.stdout))
     print(f"{args.rounds} rounds, {args.n} requests per figure, CPU µs per request (median):")
-    for name in ("plain", "stream_1", "stream_1000"):
+    for name in ("plain", "stream_1", "stream_1000", "ollama_1000", "ollama_1000x20"):
         line = f"  {name:12}"
         meds = {}
         for side in sides:

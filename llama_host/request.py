@@ -119,57 +119,80 @@ class SSEParser:
         self._buf = buf[cut + 1:]
         return buf[:cut + 1]
 
-    def _plain(self, payload: bytes) -> bool:
-        """A payload that needs no closer look: not an error, nothing to meter (most token events)."""
-        return b'"error"' not in payload and (self._observe is None or not (
-            b'"usage"' in payload or b'"timings"' in payload or b'"finish_reason":"' in payload
-            or b'"finish_reason": "' in payload))
+    def _quick(self, complete: bytes, blocks: list[bytes]) -> bool:
+        """Whether the events of this read need no closer look: no error, nothing to meter, one line per event
+        (llama-server's framing, and most reads: the tokens). Checked once per read, not per event."""
+        return b'"error"' not in complete and not (self._observe is not None and (
+            b'"usage"' in complete or b'"timings"' in complete or b'"finish_reason":"' in complete
+            or b'"finish_reason": "' in complete)) and complete.count(b"\n") == 2 * (len(blocks) - 1)
+
+    @staticmethod
+    def _array(complete: bytes, blocks: list[bytes]) -> bytes | None:
+        """A quick read made only of ``data: {...}`` events, as one JSON array, so that one msgspec call checks (or
+        decodes) them all; ``None`` for any other read. A raw newline never occurs inside JSON, so ``\\n\\ndata: ``
+        only separates events."""
+        n = len(blocks) - 1
+        if blocks[-1] or not complete.startswith(b"data: {") or complete.count(b"\n\ndata: {") != n - 1:
+            return None
+        return b"[" + complete[6:-2].replace(b"\n\ndata: ", b",") + b"]"
 
     def events(self, chunk: bytes) -> list[Any]:
-        out: list[Any] = []
+        complete = self._complete(chunk)
+        if not complete:
+            return []
+        blocks = complete.split(b"\n\n")
+        quick = self._quick(complete, blocks)
         decode = self._decode
-        for block in self._complete(chunk).split(b"\n\n"):
-            if not block:
-                continue
-            # the common case first: one `data: {...}` line per event (llama-server's framing)
-            if block.startswith(b"data: {") and b"\n" not in block and self._plain(block):
+        if quick and decode is _decode_any:
+            array = self._array(complete, blocks)
+            if array is not None:
+                try:
+                    return _decode_any(array)
+                except msgspec.DecodeError:
+                    pass  # one of them is not JSON: find which, one by one
+        out: list[Any] = []
+        for block in blocks:
+            if quick and block.startswith(b"data: {"):
                 try:
                     out.append(decode(block[6:]))
                 except msgspec.DecodeError as exc:
                     self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
                     return out
-                continue
-            for line in block.split(b"\n"):
-                payload = self._payload(line)
-                if payload is not None:
-                    try:
-                        out.append(decode(payload))
-                    except msgspec.DecodeError as exc:
-                        self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
-                if self.done or self.error is not None:
-                    return out
+            elif block:
+                for line in block.split(b"\n"):
+                    payload = self._payload(line)
+                    if payload is not None:
+                        try:
+                            out.append(decode(payload))
+                        except msgspec.DecodeError as exc:
+                            self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
+                    if self.done or self.error is not None:
+                        return out
         return out
 
     def passthrough(self, chunk: bytes) -> bytes:
         complete = self._complete(chunk)
         if not complete:
             return b""
+        blocks = complete.split(b"\n\n")
+        quick = self._quick(complete, blocks)
+        if quick:
+            array = self._array(complete, blocks)
+            if array is not None:
+                try:
+                    _validate(array)
+                    return complete
+                except msgspec.DecodeError:
+                    pass  # one of them is not JSON: find which, one by one
         offset = 0
-        observe = self._observe is not None
-        for block in complete.split(b"\n\n"):
-            if not block:
-                offset += 2
-                continue
-            # the common case inline (once per token): one `data: {...}` line, not an error, nothing to meter
-            if block.startswith(b"data: {") and b"\n" not in block and b'"error"' not in block and not (observe and (
-                    b'"usage"' in block or b'"timings"' in block or b'"finish_reason":"' in block
-                    or b'"finish_reason": "' in block)):
+        for block in blocks:
+            if quick and block.startswith(b"data: {"):
                 try:
                     _validate(block[6:])
                 except msgspec.DecodeError as exc:
                     self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
                     return complete[:offset]
-            else:
+            elif block:
                 for line in block.split(b"\n"):
                     if line and line[0] in b"de":  # data: and error: lines; comments pass as they are
                         payload = self._payload(line)
@@ -267,6 +290,12 @@ class Exchange:
         """One runner event → the bytes to send now (``b""``: nothing yet)."""
         return b""
 
+    def events(self, events: list[Any]) -> bytes:
+        """The runner events that one network read completed → the bytes to send now (one write downstream).
+        Default: :meth:`event` for each; override to share work between them (e.g. one timestamp per read)."""
+        event = self.event
+        return b"".join([event(e) for e in events])
+
     def end(self) -> bytes:
         """After the runner's last event: the closing bytes (a final chunk, ``[DONE]``, a folded result)."""
         return b""
@@ -359,12 +388,12 @@ class ModelCall:
                 parser = SSEParser(ex.decode, self.meter.observe)
                 parts = []
                 async for chunk in up.iter_chunks():
-                    parts += [ex.event(e) for e in parser.events(chunk)]
+                    parts.append(ex.events(parser.events(chunk)))
                     if parser.error is not None:
                         raise parser.error
                     if parser.done:
                         break
-                parts += [ex.event(e) for e in parser.close()]
+                parts.append(ex.events(parser.close()))
                 if parser.error is not None:
                     raise parser.error
                 self.meter.first_token()
@@ -439,13 +468,13 @@ class ModelCall:
                 complete = True
                 return
             parser = SSEParser(ex.decode, meter.observe)
-            translate = None if ex.raw else ex.event
+            translate = None if ex.raw else ex.events
             out = b""
             async for chunk in chunks:
                 if translate is None:
                     out = parser.passthrough(chunk)
                 else:
-                    out = b"".join([translate(e) for e in parser.events(chunk)])
+                    out = translate(parser.events(chunk))
                 if out and meter.ttft is None:
                     meter.first_token()
                 if parser.error is not None:
@@ -462,7 +491,7 @@ class ModelCall:
                 if translate is None:
                     out = parser.close_passthrough()
                 else:
-                    out = b"".join([translate(e) for e in parser.close()])
+                    out = translate(parser.close())
                 if out and meter.ttft is None:
                     meter.first_token()
                 if parser.error is not None:
