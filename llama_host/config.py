@@ -74,6 +74,8 @@ class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: The managed folder: pulled models and uploaded blobs (default: ``models`` next to the site file).
     models_dir: str | None = None
     shutdown_grace: float = 5.0
+    #: streams show loading progress while their model loads (a model's ``loading_progress`` wins)
+    loading_progress: bool = False
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     plugins: dict[str, dict[str, Any]] = {}
     models: dict[str, ModelSpec] = {}

@@ -28,7 +28,13 @@ from llama_host import __version__
 from llama_host.config import SiteConfig, load_site, plugin_settings, redact
 from llama_host.errors import ConfigError, PluginError
 from llama_host.hookspecs import hookimpl
-from llama_host.plugins import PluginInfo, enabled_flags, make_plugin_manager, per_plugin, plugin_schemas
+from llama_host.plugins import (
+    PluginInfo,
+    enabled_flags,
+    make_plugin_manager,
+    per_plugin,
+    plugin_schemas,
+)
 from llama_host.proxy import Relay, RequestMeter
 from llama_host.scheduler import Scheduler
 from llama_host.security import BrowserPolicy, browser_guard
@@ -130,7 +136,8 @@ class Host:
                 if name in runtimes:
                     problems.append(f"runtime '{name}' is registered by both '{runtimes[name].plugin}' and '{_plugin}'")
                     return
-                runtimes[name] = RuntimeInfo(name, factory, _plugin, description, facts=facts, check=check)
+                runtimes[name] = RuntimeInfo(name, factory, _plugin, description, facts=facts, check=check,
+                                             embedding=more.get("embedding"))
 
             call(register=register)
         if problems:

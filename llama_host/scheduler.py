@@ -10,7 +10,6 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from llama_host.models import NameIndex, merge
 from llama_host.config import SchedulerSettings, parse_size
 from llama_host.errors import (
     HostError,
@@ -27,6 +26,7 @@ from llama_host.facts import (
     params_match,
     with_load_params,
 )
+from llama_host.models import NameIndex, merge
 from llama_host.placement import (
     Group,
     Limits,
@@ -50,6 +50,7 @@ from llama_host.types import (
     RuntimeInfo,
     UnloadReason,
 )
+from llama_host.variants import embedding_variants
 
 if TYPE_CHECKING:
     from llama_host.host import Host
@@ -187,6 +188,7 @@ class Scheduler:
         """Take the merged models (llama_host.models); running models keep their runner and start with the new
         spec next time; a model gone from the catalogue is dropped once it is not running."""
         merged = merge(configured, discovered)
+        merged.update(embedding_variants(merged, self.runtimes, self.host))  # <name>@embed: see llama_host.variants
         for name, spec in merged.items():
             if name in self.entries:
                 self.entries[name].spec = spec

@@ -44,6 +44,8 @@ class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     priority: int = 0
     #: requests in flight at this model's runner at once (usually its ``--parallel``); more wait in the queue
     max_concurrent: int | None = None
+    #: streams show loading progress while this model loads (``None``: the site's ``loading_progress``)
+    loading_progress: bool | None = None
     params: dict[str, Any] = {}
     args: list[str] = []
     env: dict[str, str] = {}
@@ -151,6 +153,9 @@ class RuntimeInfo:
     #: flags, the context they give); ``None`` for a runtime that takes no flags (load parameters are dropped)
     facts: Callable[..., Any] | None = None
     check: RuntimeCheck | None = None
+    #: ``embedding(spec) -> params | None``: the ``params`` that make a runner of ``spec`` serve embeddings (see
+    #: ``llama_host.variants``); ``None`` for a runtime that cannot
+    embedding: Callable[..., Any] | None = None
 
 
 # --- events -------------------------------------------------------------------------------------------------------

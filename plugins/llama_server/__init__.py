@@ -142,7 +142,21 @@ def check(spec: ModelSpec) -> list[str]:
     return [] if spec.path else ["path: runtime 'llama-server' needs the path of a GGUF file"]
 
 
+def embedding_params(spec: ModelSpec) -> dict[str, Any] | None:
+    """The flags of ``spec``'s embedding runner: ``--embeddings`` with mean pooling (unless the model's ``params``
+    name a pooling), and a physical batch as large as the logical one, since llama-server embeds an input in one
+    batch (``input is too large to process`` otherwise)."""
+    if not spec.path:
+        return None
+    params = {k: v for k, v in spec.params.items() if k not in ("reranking", "rerank")}
+    params["embeddings"] = True
+    params.setdefault("pooling", "mean")
+    batch = params.get("batch_size") or params.get("b") or 2048
+    params.setdefault("ubatch_size", batch)
+    return params
+
+
 @hookimpl
 def register_runtimes(register) -> None:
     register("llama-server", LlamaServerRunner, description="llama.cpp llama-server, one process per model",
-             facts=runtime_facts, check=check)
+             facts=runtime_facts, check=check, embedding=embedding_params)

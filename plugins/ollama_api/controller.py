@@ -15,7 +15,9 @@ from litestar import Controller, Request, Response, get, post, route
 from llama_host import Host, HostDep, ModelSpec
 from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError, UpstreamError
+from llama_host.progress import loading_text
 from llama_host.request import Exchange, run
+from llama_host.variants import for_embeddings
 
 from . import catalog
 from . import translate as tr
@@ -216,7 +218,8 @@ async def _load_or_unload(host: Host, spec: ModelSpec, echo: str, ttl: float | N
 async def _embeddings(host: Host, spec: ModelSpec, endpoint: str, inputs: list[str], ttl: float | None,
                       load_params: dict[str, Any], shape: Callable[[dict[str, Any], int], dict[str, Any]]) -> Response:
     """The runner's ``/v1/embeddings`` reply for ``inputs`` shaped by ``shape(reply, load_ns)``; no inputs: just load
-    the model."""
+    the model. A chat model embeds through its embedding runner (``<name>@embed``), as Ollama embeds with any model."""
+    spec = for_embeddings(host.scheduler, spec)
     if not inputs:
         meter = host.meter(SURFACE, endpoint, spec.name)
         try:
@@ -294,6 +297,14 @@ class Generation(Exchange):
 
     def error(self, exc: HostError) -> bytes:
         return tr.error_line(exc.detail())
+
+    def loading(self, seconds: float, last_load: float | None) -> bytes:
+        """While the model loads: a line with empty content and ``done: false`` (clients append nothing; no
+        ``status`` key, which ollama clients read as a pull progress); the text is in its ``loading`` key."""
+        line: dict[str, Any] = {"model": self._echo, "created_at": tr.created_at()}
+        line.update({"message": {"role": "assistant", "content": ""}} if self.endpoint == "chat" else {"response": ""})
+        line.update(done=False, loading=loading_text(self.model, seconds, last_load))
+        return tr.ndjson(line)
 
 
 async def _complete(host: Host, spec: ModelSpec, echo: str, endpoint: str, path: str, body: dict[str, Any],
