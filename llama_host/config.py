@@ -45,6 +45,21 @@ class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     """Models started at startup, one after another, in this order."""
 
 
+class PeerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One entry of ``peers``: another llama-host whose models this one lists and routes to."""
+
+    url: str
+    """Base URL of the peer's main port, e.g. ``http://10.0.0.2:8000``."""
+    api_key: str | None = None
+    """One of the peer's ``api_keys`` (sent as ``Authorization: Bearer``)."""
+    name: str | None = None
+    """The node's name in model lists and metrics; default: the URL's host:port."""
+    poll_seconds: float = 5.0
+    """How often the peer's health and model list are read."""
+    timeout: float = 5.0
+    """Seconds a health check or model-list read may take before the peer counts as down."""
+
+
 class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -56,6 +71,7 @@ class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     plugins: dict[str, dict[str, Any]] = {}
     models: dict[str, ModelSpec] = {}
+    peers: list[PeerSettings] = []
 
 
 # Keys of ModelSpec that are filled by the host, not written by users.

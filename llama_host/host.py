@@ -57,6 +57,12 @@ class Host:
         self.stopping = asyncio.Event()
         self._settings: dict[tuple[str, type], Any] = {}
         pm.register(_CoreResolver(), name="llama_host.core")
+        from llama_host.peers import PeerPool  # imports this module
+
+        #: other llama-host nodes (``peers:``): their models join the catalogue through the normal hooks
+        self.peers = PeerPool(self, site.peers)
+        if site.peers:
+            pm.register(self.peers, name="llama_host.peers")
         self.runtimes = self._collect_runtimes()
         self.scheduler = Scheduler(self, site.scheduler, self.runtimes)
         self.scheduler.set_models(site.models, [])

@@ -198,6 +198,15 @@ def _rewrite_legacy_errors(chunk: bytes) -> bytes:
     return _LEGACY_ERROR.sub(fix, chunk)
 
 
+def with_model(body: bytes, model: str) -> bytes:
+    """A JSON object body with its ``model`` set to ``model``; any other body unchanged."""
+    try:
+        obj = _decode(body)
+    except msgspec.DecodeError:
+        return body
+    return _encode({**obj, "model": model}) if isinstance(obj, dict) else body
+
+
 def error_event(exc: HostError) -> bytes:
     body = {"error": {"message": exc.detail(), "type": exc.type, "param": None, "code": exc.code}}
     return b"data: " + _encode(body) + b"\n\n"
@@ -231,10 +240,16 @@ class Relay:
         once: a pooled keep-alive connection that the runner closed (on a fresh connection), and a local runner that
         refuses connections because it just died (on a new runner, through ``scheduler.reacquire``)."""
         hdrs = dict(headers or {})
+        upstream_model = getattr(lease.runner, "upstream_model", None)
         if json is not None:
-            body = _encode(json)
+            body = _encode({**json, "model": upstream_model} if upstream_model and isinstance(json, dict) else json)
             hdrs["Content-Type"] = "application/json"
+        elif upstream_model and body:
+            body = with_model(body, upstream_model)
         payload = body if body is not None else data
+        open_upstream = getattr(lease.runner, "open_upstream", None)
+        if open_upstream is not None:  # the runner picks its server itself (see types.Runner)
+            return await open_upstream(self.session, method, path, data=payload, headers=hdrs)
         retryable = body is not None or payload is None
         for attempt in (0, 1):
             runner = lease.runner

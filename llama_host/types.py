@@ -49,6 +49,12 @@ class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     health_path: str = "/health"
     url: str | None = None
     api_key: str | None = None
+    #: ``remote``: the name the upstream server knows this model by (sent as the body's ``model``); default: this name
+    upstream_model: str | None = None
+    #: ``llama-server``: RPC workers (``host:port``) the model's layers are spread over (``--rpc``)
+    rpc: list[str] = []
+    #: ``llama-server`` with ``rpc``: when a worker dies, restart on the workers still alive (``drop``) or fail
+    rpc_failover: Literal["drop", "fail"] = "drop"
     mmproj: str | None = None
     # Filled by discovery plugins: GGUF facts (architecture, parameter_count, quantization, context_length, ...).
     metadata: dict[str, Any] = {}
@@ -82,6 +88,14 @@ class Runner(Protocol):
 
     ``start`` returns once the runner answers health checks, or raises ``RunnerStartError`` with its log tail.
     ``wait`` resolves when the runner ends on its own (never for a remote server) and returns its exit code.
+
+    Optional, read with ``getattr`` by the relay:
+
+    - ``upstream_model: str | None``: the name the runner's server knows the model by; JSON request bodies are sent
+      with it as their ``model`` (a ``remote`` model whose server calls it something else).
+    - ``async open_upstream(session, method, path, *, data, headers) -> Upstream``: the runner sends the request
+      itself (choosing among several servers, failing over between them) instead of ``base_url + path``. The
+      returned ``Upstream`` is closed by the relay when the request ends.
     """
 
     model: ModelSpec
@@ -180,7 +194,20 @@ class ModelsChanged(Event, tag="models_changed"):
     missing: list[str] = []
 
 
-AnyEvent = RequestStarted | RequestFinished | ModelLoading | ModelLoaded | ModelUnloaded | ModelFailed | ModelsChanged
+class PeerChanged(Event, tag="peer_changed"):
+    """A peer node (``peers:``) went up or down, or its model list changed; counters are totals since start."""
+
+    peer: str
+    url: str
+    up: bool
+    error: str | None = None
+    models: list[str] = []
+    requests: int = 0
+    failures: int = 0
+
+
+AnyEvent = (RequestStarted | RequestFinished | ModelLoading | ModelLoaded | ModelUnloaded | ModelFailed | ModelsChanged
+            | PeerChanged)
 
 
 class ModelStatus(msgspec.Struct, kw_only=True):
