@@ -129,7 +129,7 @@ class PeerPool:
                  description="a model served by other llama-host nodes (peers:)")
 
     @hookimpl(tryfirst=True)  # listed last among discovered models: a model found locally wins its name
-    def discover_models(self) -> list[ModelSpec]:
+    def discover_models(self, host: Host) -> list[ModelSpec]:
         return self.specs()
 
     @hookimpl
