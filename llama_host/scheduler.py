@@ -393,7 +393,7 @@ class Scheduler:
         code = await runner.wait()
         if entry.runner is not runner or entry.stopping or entry.state != "loaded" or self._closed:
             return
-        self._crashed(entry, runner, code)
+        self._crashed(entry, runner, code, getattr(runner, "exit_reason", None))
 
     def _check_alive(self, entry: Entry) -> None:
         """A loaded runner whose process has already ended (the watcher may not have run yet) is marked crashed, so
@@ -513,7 +513,8 @@ class Scheduler:
             ttl=self._idle_for(e), last_used=e.last_used, expires_at=e.expires_at,
             loaded_at=e.loaded_at if e.state == "loaded" else None, load_seconds=e.load_seconds,
             pid=runner.pid if runner else None, error=e.error, path=s.path, metadata=dict(s.metadata),
-            priority=s.priority, max_concurrent=s.max_concurrent, group=getattr(self.limits.group_of(s.name), "name", None))
+            priority=s.priority, max_concurrent=s.max_concurrent, group=getattr(self.limits.group_of(s.name), "name", None),
+            details=dict(getattr(runner, "details", None) or {}))
 
     def statuses(self) -> list[ModelStatus]:
         return [self.status(name) for name in sorted(self.entries)]

@@ -91,6 +91,9 @@ class Runner(Protocol):
 
     Optional, read with ``getattr`` by the relay:
 
+    - ``details: dict``: facts shown in the model's status (e.g. the health of its RPC workers).
+    - ``exit_reason: str | None``: why the runner ended on its own, when it knows (e.g. an RPC worker died); the
+      scheduler puts it in the model's error.
     - ``upstream_model: str | None``: the name the runner's server knows the model by; JSON request bodies are sent
       with it as their ``model`` (a ``remote`` model whose server calls it something else).
     - ``async open_upstream(session, method, path, *, data, headers) -> Upstream``: the runner sends the request
@@ -236,6 +239,8 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     max_concurrent: int | None = None
     #: the ``scheduler.groups`` entry this model belongs to
     group: str | None = None
+    #: what the runner reports about itself (a runner's optional ``details``), e.g. its RPC workers and their health
+    details: dict[str, Any] = {}
 
 
 LifespanFactory = Callable[["Host"], Any]
