@@ -121,6 +121,10 @@ class PeerPool:
         self._available: dict[str, bool] = {}
         self._session: aiohttp.ClientSession | None = None
 
+    def stats(self) -> list[dict[str, Any]]:
+        """Each peer: name, url, up, error, requests, failures, in_flight, last_poll, models (name → state)."""
+        return [n.as_dict() for n in self.nodes]
+
     # --- hooks ----------------------------------------------------------------------------------------------------
 
     @hookimpl
@@ -376,8 +380,7 @@ class PeersController(Controller):
     @get("/", sync_to_thread=False)
     def peers(self, host: HostDep) -> dict[str, Any]:
         """Every peer: up or down (and why), requests sent, failures, requests in flight, models and their state."""
-        pool: PeerPool = host.peers
-        return {"peers": [n.as_dict() for n in pool.nodes]}
+        return {"peers": host.peers.stats()}
 
 
 def _describe(exc: BaseException) -> str:

@@ -169,7 +169,7 @@ def test_peer_models_join_the_catalogue_and_every_dialect_works_through_a_peer(t
 def test_replicas_are_balanced_by_requests_in_flight(tmp_path, nodes):
     slow = fake_model(FAKE_CHUNK_DELAY="0.15")
     b, c = nodes("b", {"shared": slow}), nodes("c", {"shared": slow})
-    with serve_host(front_site(tmp_path, ("B", b), ("C", c)), ["openai_api"]) as front:
+    with serve_host(front_site(tmp_path, ("B", b), ("C", c)), ["openai_api", "metrics"]) as front:
         def ask(_: int) -> str:
             r = httpx.post(front.url() + "/v1/chat/completions", timeout=30,
                            json={"model": "shared", "messages": HELLO, "max_tokens": 6})
@@ -188,7 +188,7 @@ def test_a_killed_peer_loses_only_its_requests_in_flight_and_its_models_become_u
     slow = fake_model(FAKE_CHUNK_DELAY="0.2")
     b = nodes("b", {"shared": slow, "only-b": fake_model()})
     c = nodes("c", {"shared": slow})
-    with serve_host(front_site(tmp_path, ("B", b), ("C", c)), ["openai_api"]) as front:
+    with serve_host(front_site(tmp_path, ("B", b), ("C", c)), ["openai_api", "metrics"]) as front:
         def ask(_: int) -> str:
             """A streamed request: "ok" when it ended whole, "lost" when it ended with an error event."""
             r = httpx.post(front.url() + "/v1/chat/completions", timeout=30,
@@ -218,6 +218,13 @@ def test_a_killed_peer_loses_only_its_requests_in_flight_and_its_models_become_u
         r = httpx.post(front.url() + "/v1/chat/completions", json={"model": "only-b", "messages": HELLO})
         assert r.status_code == 503, r.text
         assert "only-b" in r.json()["error"]["message"] and "B" in r.json()["error"]["message"]
+        # per-peer metrics in the Prometheus exposition
+        metrics = httpx.get(front.url() + "/metrics").text
+        assert 'llama_host_peer_up{peer="B"} 0.0' in metrics and 'llama_host_peer_up{peer="C"} 1.0' in metrics
+        stats = peer_stats(front)
+        assert f'llama_host_peer_requests_total{{peer="C"}} {float(stats["C"]["requests"])}' in metrics
+        assert stats["B"]["failures"] >= on_b
+        assert f'llama_host_peer_failures_total{{peer="B"}} {float(stats["B"]["failures"])}' in metrics
 
 
 def test_a_request_to_a_peer_that_died_between_polls_fails_over(tmp_path, nodes):
