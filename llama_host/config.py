@@ -242,12 +242,34 @@ def validate(data: dict[str, Any], schema: dict[str, Any]) -> list[str]:
             problems.append(f"scheduler.memory_budget: {exc}")
     if isinstance(sched, dict) and isinstance(sched.get("groups"), dict):
         problems += _group_problems(sched["groups"])
+    problems += _network_problems(data)
     for name, spec in (data.get("models") or {}).items():
         if isinstance(spec, dict) and spec.get("memory") is not None:
             try:
                 parse_size(spec["memory"])
             except ValueError as exc:
                 problems.append(f"models.{name}.memory: {exc}")
+    return problems
+
+
+def _network_problems(data: dict[str, Any]) -> list[str]:
+    """``peers[].url`` must be an http(s) URL; ``models.<name>.rpc`` entries must be ``host:port``."""
+    from llama_host.worker import split_address
+
+    problems = []
+    peers = data.get("peers")
+    for i, peer in enumerate(peers if isinstance(peers, list) else ()):
+        url = peer.get("url") if isinstance(peer, dict) else None
+        if isinstance(url, str) and not re.match(r"^https?://[^/\s]+", url):
+            problems.append(f"peers[{i}].url: {url!r} is not an http:// or https:// URL")
+    for name, spec in (data.get("models") or {}).items():
+        rpc = spec.get("rpc") if isinstance(spec, dict) else None
+        for i, address in enumerate(rpc if isinstance(rpc, list) else ()):
+            if isinstance(address, str):
+                try:
+                    split_address(address)
+                except ValueError as exc:
+                    problems.append(f"models.{name}.rpc[{i}]: {exc}")
     return problems
 
 

@@ -187,3 +187,15 @@ def test_no_worker_left_is_a_clean_error(tmp_path, listeners):
     with serve_host(rpc_site(tmp_path, [a.address]), ["openai_api", "llama_server"]) as rh:
         r = ask(rh)
         assert r.status_code == 503 and "no worker left" in r.json()["error"]["message"]
+
+
+def test_bad_rpc_addresses_and_peer_urls_are_config_errors(tmp_path):
+    from llama_host.errors import ConfigError
+    from llama_host.host import Host
+
+    with pytest.raises(ConfigError) as info:
+        Host.from_config(data={"log_dir": str(tmp_path), "peers": [{"url": "10.0.0.2:8000"}],
+                               "models": {"m": {"path": "x.gguf", "rpc": ["10.0.0.3:50052", "10.0.0.4"]}}},
+                         only=["llama_server"])
+    assert info.value.problems == ["peers[0].url: '10.0.0.2:8000' is not an http:// or https:// URL",
+                                   "models.m.rpc[1]: '10.0.0.4' is not host:port"]
