@@ -291,9 +291,10 @@ class PeerPool:
                     failed = None
                 if failed is not None:
                     node.in_flight -= 1
-                    node.failures += 1
                     if retry_same and resendable:
+                        node.requests -= 1  # counted once, by the retry
                         continue
+                    node.failures += 1
                     why = _describe(failed)
                     errors.append(f"{node.name}: {why}")
                     self._down(node, why)
