@@ -69,7 +69,7 @@ class LlamaServerRunner(ProcessRunner):
         self._note(f"RPC workers: {', '.join(used)}" + (f" (left out, unreachable: {', '.join(dropped)})"
                                                          if dropped else ""))
         await super().start(timeout)
-        self._rpc.watch(self._worker_lost)
+        self._rpc.watch(lambda: self.pid, self._worker_lost)
 
     async def _worker_lost(self, reason: str) -> None:
         self.exit_reason = f"stopped: {reason}"

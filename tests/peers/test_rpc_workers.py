@@ -199,3 +199,16 @@ def test_bad_rpc_addresses_and_peer_urls_are_config_errors(tmp_path):
                          only=["llama_server"])
     assert info.value.problems == ["peers[0].url: '10.0.0.2:8000' is not an http:// or https:// URL",
                                    "models.m.rpc[1]: '10.0.0.4' is not host:port"]
+
+
+def test_connection_states_read_from_proc_net_tcp():
+    from llama_host_llama_server.rpc import connection_states
+
+    tcp = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+           "   0: 0100007F:A000 0347120A:C544 01 00000000:00000000 00:00000000 00000000     0        0 1\n"
+           "   1: 0100007F:A001 0447120A:C544 08 00000000:00000000 00:00000000 00000000     0        0 2\n")
+    tcp6 = ("  sl  local_address                         remote_address                        st\n"
+            "   0: 00000000000000000000000000000000:1F40 0000000000000000FFFF00000547120A:C544 01\n")
+    states = connection_states([tcp, tcp6], ["10.18.71.3:50500", "10.18.71.4:50500", "10.18.71.5:50500",
+                                             "10.18.71.6:50500", "worker.lan:50500"])
+    assert states == {"10.18.71.3:50500": {"01"}, "10.18.71.4:50500": {"08"}, "10.18.71.5:50500": {"01"}}
