@@ -4,6 +4,10 @@ A plugin is a module (or object) registered through the ``llama_host`` entry-poi
 hooks below with ``@hookimpl`` (``from llama_host import hookimpl``); pluggy lets an implementation take only the
 arguments it needs. Every spec documents its arguments, its return contract and a short example, and
 ``tests/test_hookspecs.py`` fails when one does not.
+
+The host calls every hook through the plugin manager (``pm.hook.<name>(...)``, or ``pm.subset_hook_caller`` per
+plugin where it must know which plugin returned what), so ``tryfirst``/``trylast`` and wrappers (``wrapper=True``)
+work as pluggy documents them. ``LLAMA_HOST_TRACE_HOOKS=1`` logs every hook call (logger ``llama_host.hooks``).
 """
 
 from __future__ import annotations
@@ -83,8 +87,11 @@ def register_surfaces(host: Host) -> list[Surface] | None:
 def register_runtimes(register: RegisterRuntime) -> None:
     """Register runtimes: ways to run a model (``llama-server``, ``command``, ``remote``, third-party ones).
 
-    :param register: call ``register(name, factory, description="...")`` once per runtime; ``factory(spec, host)``
-        returns a :class:`llama_host.types.Runner`. A name registered twice is an error naming both plugins.
+    :param register: call ``register(name, factory, description="...", facts=...)`` once per runtime;
+        ``factory(spec, host)`` returns a :class:`llama_host.types.Runner`. ``facts(spec, host)`` (optional) returns
+        the runtime's part of the model facts, :class:`llama_host.facts.RuntimeFacts` (the flags the runner runs
+        with, the context they give, embeddings); a runtime without it takes no load parameters. Unknown keywords
+        are accepted (later versions may add some). A name registered twice is an error naming both plugins.
     :returns: nothing.
 
     Example::
@@ -136,8 +143,9 @@ def track_event(host: Host, event: Event) -> None:
 
     :param host: the host.
     :param event: one of the Structs of :mod:`llama_host.types` (``event.kind`` names it).
-    :returns: nothing. Called on the event loop in the request path: it must only record (microseconds), never
-        block or await; exceptions are logged and swallowed.
+    :returns: nothing. Called on the event loop in the request path (one pluggy call per event): it must only
+        record (microseconds), never block or await. An exception is logged and swallowed; the observers pluggy
+        would have called after the failing one miss that event.
 
     Example::
 

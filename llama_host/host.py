@@ -28,12 +28,37 @@ from llama_host import __version__
 from llama_host.config import SiteConfig, load_site, plugin_settings, redact
 from llama_host.errors import ConfigError, PluginError
 from llama_host.hookspecs import hookimpl
-from llama_host.plugins import PluginInfo, enabled_flags, make_plugin_manager, plugin_schemas
+from llama_host.plugins import PluginInfo, enabled_flags, make_plugin_manager, per_plugin, plugin_schemas
 from llama_host.proxy import Relay, RequestMeter
 from llama_host.scheduler import Scheduler
 from llama_host.types import Event, ModelSpec, RuntimeInfo, Surface
 
 log = logging.getLogger(__name__)
+hook_log = logging.getLogger("llama_host.hooks")
+TRACE_ENV = "LLAMA_HOST_TRACE_HOOKS"
+
+
+def trace_hooks(pm: pluggy.PluginManager) -> None:
+    """Log every hook call (its arguments, each implementation called, its result) through pluggy's call monitoring:
+    ``LLAMA_HOST_TRACE_HOOKS=1`` turns it on, logger ``llama_host.hooks`` at INFO."""
+
+    def before(hook_name: str, impls: list, kwargs: dict[str, Any]) -> None:
+        hook_log.info("hook %s(%s) → %s", hook_name, ", ".join(sorted(kwargs)),
+                      ", ".join(i.plugin_name for i in impls) or "no implementation")
+
+    def after(outcome: Any, hook_name: str, impls: list, kwargs: dict[str, Any]) -> None:
+        exc = outcome.exception
+        if exc is not None:
+            hook_log.info("hook %s raised %s: %s", hook_name, type(exc).__name__, exc)
+        else:
+            hook_log.info("hook %s returned %s", hook_name, _short(outcome.get_result()))
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class _CoreResolver:
@@ -63,12 +88,16 @@ class Host:
         self.peers = PeerPool(self, site.peers)
         if site.peers:
             pm.register(self.peers, name="llama_host.peers")
+        if os.environ.get(TRACE_ENV, "") not in ("", "0"):
+            trace_hooks(pm)
+        self._track_event = pm.hook.track_event
         self.runtimes = self._collect_runtimes()
         self.scheduler = Scheduler(self, site.scheduler, self.runtimes)
         self.scheduler.set_models(site.models, [])
         self._check_models(site.models.values(), "models")
         self.relay = Relay(self)
         self.surfaces = self._collect_surfaces()
+        self._listeners = _listeners_of(self.surfaces)  # once, after the surfaces: route collisions fail here
 
     # --- construction -------------------------------------------------------------------------------------------
 
@@ -89,17 +118,22 @@ class Host:
         site = load_site(path, plugin_schemas(pm, infos), env=env, data=raw)
         return cls(site, pm, infos, config_path=path.resolve() if path else None, raw_config=raw)
 
+    def per_plugin(self, hook: str) -> list[tuple[str, Any]]:
+        """``(plugin name, caller)`` for each plugin implementing ``hook`` (see :func:`llama_host.plugins.per_plugin`)."""
+        return per_plugin(self.pm, hook)
+
     def _collect_runtimes(self) -> dict[str, RuntimeInfo]:
         runtimes: dict[str, RuntimeInfo] = {}
         problems: list[str] = []
-        for impl in self.pm.hook.register_runtimes.get_hookimpls():
-            def register(name: str, factory, *, description: str = "", _plugin: str = impl.plugin_name) -> None:
+        for plugin, call in self.per_plugin("register_runtimes"):
+            def register(name: str, factory, *, description: str = "", facts=None, _plugin: str = plugin,
+                         **more: Any) -> None:
                 if name in runtimes:
                     problems.append(f"runtime '{name}' is registered by both '{runtimes[name].plugin}' and '{_plugin}'")
                     return
-                runtimes[name] = RuntimeInfo(name, factory, _plugin, description)
+                runtimes[name] = RuntimeInfo(name, factory, _plugin, description, facts=facts)
 
-            impl.function(register=register)
+            call(register=register)
         if problems:
             raise PluginError("; ".join(problems))
         return runtimes
@@ -114,10 +148,8 @@ class Host:
         from llama_host.api import core_surface
 
         surfaces = [core_surface(self)]
-        for impl in self.pm.hook.register_surfaces.get_hookimpls():
-            for surface in impl.function(host=self) or ():
-                surfaces.append(surface)
-        self.listeners()  # route collisions fail here, at startup
+        for group in self.pm.hook.register_surfaces(host=self):
+            surfaces.extend(group or ())
         return surfaces
 
     # --- what plugins use ---------------------------------------------------------------------------------------
@@ -130,12 +162,12 @@ class Host:
         return self._settings[key]
 
     def emit(self, event: Event) -> None:
-        """Pass an event to every ``track_event`` hook; a failing observer is logged, never raised."""
-        for impl in self.pm.hook.track_event.get_hookimpls():
-            try:
-                impl.function(**{k: v for k, v in (("host", self), ("event", event)) if k in impl.argnames})
-            except Exception:
-                log.exception("plugin %s failed in track_event", impl.plugin_name)
+        """Pass an event to every ``track_event`` hook (one pluggy call); a failing observer is logged, never
+        raised. pluggy ends a call at the first exception, so the observers after a failing one miss that event."""
+        try:
+            self._track_event(host=self, event=event)
+        except Exception:
+            log.exception("a plugin failed in track_event (%s)", event.kind)
 
     def meter(self, surface: str, endpoint: str, model: str, stream: bool = False) -> RequestMeter:
         return RequestMeter(self, surface, endpoint, model, stream)
@@ -143,13 +175,14 @@ class Host:
     async def refresh_models(self) -> None:
         """Ask every ``discover_models`` hook again and merge under the configured models."""
         discovered: list[ModelSpec] = []
-        for impl in self.pm.hook.discover_models.get_hookimpls():
+        for plugin, call in self.per_plugin("discover_models"):
             try:
-                for spec in impl.function(host=self) or ():
-                    discovered.append(spec if spec.source != "config" else
-                                      msgspec.structs.replace(spec, source=impl.plugin_name))
+                for specs in call(host=self):
+                    for spec in specs or ():
+                        discovered.append(spec if spec.source != "config" else
+                                          msgspec.structs.replace(spec, source=plugin))
             except Exception:
-                log.exception("plugin %s failed in discover_models", impl.plugin_name)
+                log.exception("plugin %s failed in discover_models", plugin)
         known = [s for s in discovered if s.runtime in self.runtimes]
         for s in discovered:
             if s.runtime not in self.runtimes:
@@ -165,27 +198,8 @@ class Host:
     # --- listeners ----------------------------------------------------------------------------------------------
 
     def listeners(self) -> dict[int, list[Surface]]:
-        """Surfaces by port; ``on_api_ports`` surfaces join every port. Raises PluginError on route collisions."""
-        surfaces = getattr(self, "surfaces", None) or []
-        by_port: dict[int, list[Surface]] = defaultdict(list)
-        for s in surfaces:
-            by_port[s.port].append(s)
-        for s in surfaces:
-            if s.on_api_ports:
-                for port, group in by_port.items():
-                    if s not in group:
-                        group.append(s)
-        problems = []
-        for port, group in by_port.items():
-            seen: dict[tuple[str, str], str] = {}
-            for s in group:
-                for path, method in _routes_of(s):
-                    owner = seen.setdefault((path, method), s.name)
-                    if owner != s.name:
-                        problems.append(f"port {port}: {method} {path} is served by both '{owner}' and '{s.name}'")
-        if problems:
-            raise PluginError("route collision: " + "; ".join(problems))
-        return dict(sorted(by_port.items()))
+        """Surfaces by port (``on_api_ports`` surfaces join every port), computed once when the host was built."""
+        return self._listeners
 
     def build_apps(self) -> dict[int, Litestar]:
         apps = {}
@@ -217,13 +231,14 @@ class Host:
             await stack.enter_async_context(self.relay)
             stack.push_async_callback(self.scheduler.shutdown)
             await self.refresh_models()
-            for impl in self.pm.hook.lifespan.get_hookimpls():
-                cm = impl.function(host=self)
-                if cm is not None:
+            for plugin, call in self.per_plugin("lifespan"):
+                for cm in call(host=self):
+                    if cm is None:
+                        continue
                     try:
                         await stack.enter_async_context(cm)
                     except Exception as exc:
-                        raise PluginError(f"plugin '{impl.plugin_name}' failed to start: {exc}") from exc
+                        raise PluginError(f"plugin '{plugin}' failed to start: {exc}") from exc
             if self.site.scheduler.preload:  # in the background: listeners bind at once, loads show as events
                 preload = asyncio.create_task(self.scheduler.preload(list(self.site.scheduler.preload)), name="preload")
                 stack.callback(preload.cancel)
@@ -251,6 +266,29 @@ def api_key_guard(keys: list[str]):
 
 
 _PARAM = re.compile(r"\{[^}]*\}")
+
+
+def _listeners_of(surfaces: list[Surface]) -> dict[int, list[Surface]]:
+    """Surfaces by port; ``on_api_ports`` surfaces join every port. Raises PluginError on route collisions."""
+    by_port: dict[int, list[Surface]] = defaultdict(list)
+    for s in surfaces:
+        by_port[s.port].append(s)
+    for s in surfaces:
+        if s.on_api_ports:
+            for port, group in by_port.items():
+                if s not in group:
+                    group.append(s)
+    problems = []
+    for port, group in by_port.items():
+        seen: dict[tuple[str, str], str] = {}
+        for s in group:
+            for path, method in _routes_of(s):
+                owner = seen.setdefault((path, method), s.name)
+                if owner != s.name:
+                    problems.append(f"port {port}: {method} {path} is served by both '{owner}' and '{s.name}'")
+    if problems:
+        raise PluginError("route collision: " + "; ".join(problems))
+    return dict(sorted(by_port.items()))
 
 
 def _routes_of(surface: Surface) -> list[tuple[str, str]]:

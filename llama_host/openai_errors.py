@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
+
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
@@ -29,6 +31,12 @@ def openai_error(status: int, message: str, *, type: str | None = None, code: st
     body = {"error": {"message": message, "type": type or _TYPES.get(status, "server_error"), "param": param,
                       "code": code or _CODES.get(status)}}
     return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def error_event(exc: HostError) -> bytes:
+    """An error as an OpenAI stream event (``data: {"error": ...}``): the SDKs raise it as an API error."""
+    body = {"error": {"message": exc.detail(), "type": exc.type, "param": exc.param, "code": exc.code}}
+    return b"data: " + msgspec.json.encode(body) + b"\n\n"
 
 
 def _host_error(_: Request, exc: HostError) -> Response:

@@ -132,7 +132,7 @@ class PeerPool:
         register(RUNTIME, lambda spec, host: PeerRunner(spec, self),
                  description="a model served by other llama-host nodes (peers:)")
 
-    @hookimpl(tryfirst=True)  # listed last among discovered models: a model found locally wins its name
+    @hookimpl(trylast=True)  # called last among discovery hooks: a model found locally wins its name
     def discover_models(self, host: Host) -> list[ModelSpec]:
         return self.specs()
 

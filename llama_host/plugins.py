@@ -88,9 +88,25 @@ def plugin_schemas(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> dict[st
     """Each plugin's config section schema, matched to the plugin by its registered name; disabled plugins accept
     any section (they were never imported, so their schema is unknown)."""
     schemas: dict[str, dict[str, Any] | None] = {i.name: None for i in infos if i.loaded}
-    for impl in pm.hook.config_schema.get_hookimpls():
-        schemas[impl.plugin_name] = impl.function()
+    for name, call in per_plugin(pm, "config_schema"):
+        for schema in call():
+            schemas[name] = schema
     for info in infos:
         if not info.enabled:
             schemas[info.name] = {"type": "object", "additionalProperties": True}
     return schemas
+
+
+def per_plugin(pm: pluggy.PluginManager, hook: str) -> list[tuple[str, pluggy.HookCaller]]:
+    """``(plugin name, caller)`` for each plugin implementing ``hook``, in pluggy's call order (``tryfirst`` first,
+    then the last registered). Each caller is ``pm.subset_hook_caller`` without the other contributing plugins:
+    it runs that plugin's implementation through pluggy (its own subset of the arguments, every plugin's wrappers
+    around it), so the host learns which plugin returned what without calling ``impl.function`` itself."""
+    impls = getattr(pm.hook, hook).get_hookimpls()
+    contributors = [i for i in impls if not (i.hookwrapper or i.wrapper)]
+    plugins = {id(i.plugin): i.plugin for i in contributors}
+    out = []
+    for impl in reversed(contributors):
+        others = [p for p in plugins.values() if p is not impl.plugin]
+        out.append((impl.plugin_name, pm.subset_hook_caller(hook, remove_plugins=others)))
+    return out

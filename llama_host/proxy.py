@@ -1,4 +1,6 @@
-"""The streaming relay every surface uses: one shared aiohttp session with keep-alive pools per runner.
+"""The connection to the runners: one shared aiohttp session with keep-alive pools per runner (``Relay.open``), the
+runner's response (``Upstream``) and the request meter. The request lifecycle on top of them is
+:mod:`llama_host.request`.
 
 aiohttp rather than httpx on this path: reading with ``iter_any()`` forwards whatever SSE bytes are already buffered as
 one downstream write, which measured ~1.0x direct throughput where httpx ``aiter_raw()`` gave 0.5-0.6x (bench/).
@@ -6,30 +8,23 @@ one downstream write, which measured ~1.0x direct throughput where httpx ``aiter
 
 from __future__ import annotations
 
-import re
+import signal
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
-from litestar import Response
-from litestar.response import Stream
-
-from llama_host.errors import HostError, RunnerCrashed, UpstreamError
+from llama_host.errors import RunnerCrashed, UpstreamError
 from llama_host.types import RequestFinished, RequestStarted
 
 if TYPE_CHECKING:
-    from litestar import Request
-
     from llama_host.host import Host
     from llama_host.scheduler import Lease
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_LEGACY_ERROR = re.compile(rb"(^|\n)error:\s*([^\n]*)")
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
-TAIL = 16384
 
 
 class Upstream:
@@ -87,26 +82,6 @@ class Upstream:
             raise self._crashed(exc) from None
         if self._r.content.exception() is not None:
             raise self._crashed(self._r.content.exception())
-
-    async def iter_sse(self) -> AsyncIterator[dict[str, Any]]:
-        """Parsed JSON of each ``data:`` event until ``[DONE]``; upstream error events raise UpstreamError."""
-        buf = b""
-        async for chunk in self.iter_chunks():
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                if line.startswith(b"data:"):
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        return
-                    if not payload:
-                        continue
-                    obj = _decode(payload)
-                    if isinstance(obj, dict) and "error" in obj:
-                        raise UpstreamError(obj)
-                    yield obj
-                elif line.startswith(b"error:"):
-                    raise UpstreamError(_decode(line[6:].strip() or b'"upstream error"'))
 
     def close(self) -> None:
         if self._r.content.at_eof():
@@ -168,36 +143,6 @@ class RequestMeter:
             predicted_ms=t.get("predicted_ms"), stop_reason=self.stop_reason, error=error))
 
 
-def end_request(up: Upstream, lease: Lease, meter: RequestMeter, status: int, error: str | None = None) -> None:
-    """The end of a relayed request: close the runner's response (an early close stops generation), release the
-    model and record the request. Each step is idempotent, so error paths and ``finally`` blocks may both call it."""
-    up.close()
-    lease.release()
-    meter.finish(status, error)
-
-
-def observe_tail(meter: RequestMeter, tail: bytes) -> None:
-    """Read the last ``data:`` events of a stream (llama-server puts ``timings``/``usage`` on the last chunks)."""
-    for line in tail.split(b"\n"):
-        if line.startswith(b"data: {") and (b'"timings"' in line or b'"usage"' in line or b'"finish_reason"' in line):
-            try:
-                meter.observe(_decode(line[6:]))
-            except msgspec.DecodeError:
-                continue  # the tail may begin mid-event
-
-
-def _rewrite_legacy_errors(chunk: bytes) -> bytes:
-    """Older llama-server sends ``error: {...}`` lines, which SDKs ignore: make them ``data: {"error": ...}``."""
-
-    def fix(m: re.Match[bytes]) -> bytes:
-        payload = m.group(2).strip()
-        if not payload.startswith(b'{"error"'):
-            payload = b'{"error": ' + (payload or b'"upstream error"') + b"}"
-        return m.group(1) + b"data: " + payload
-
-    return _LEGACY_ERROR.sub(fix, chunk)
-
-
 def with_model(body: bytes, model: str) -> bytes:
     """A JSON object body with its ``model`` set to ``model``; any other body unchanged."""
     try:
@@ -205,11 +150,6 @@ def with_model(body: bytes, model: str) -> bytes:
     except msgspec.DecodeError:
         return body
     return _encode({**obj, "model": model}) if isinstance(obj, dict) else body
-
-
-def error_event(exc: HostError) -> bytes:
-    body = {"error": {"message": exc.detail(), "type": exc.type, "param": None, "code": exc.code}}
-    return b"data: " + _encode(body) + b"\n\n"
 
 
 class Relay:
@@ -236,9 +176,18 @@ class Relay:
 
     async def open(self, lease: Lease, method: str, path: str, *, json: Any = None, body: bytes | None = None,
                    headers: Mapping[str, str] | None = None, data: Any = None) -> Upstream:
-        """Send a request to the lease's runner. Nothing has reached the client yet, so two failures are retried
-        once: a pooled keep-alive connection that the runner closed (on a fresh connection), and a local runner that
-        refuses connections because it just died (on a new runner, through ``scheduler.reacquire``)."""
+        """Send a request to the lease's runner. Nothing has reached the client yet, so a request that got no answer
+        is tried again, at most once for each of two causes:
+
+        - a local runner that died before it could have read the request (on a new runner, through
+          ``scheduler.reacquire``): it refuses connections, or it reset ours (the request lay unread when its sockets
+          closed) and has exited, or it was killed from outside (SIGKILL). A runner killed just before the request
+          does one of these for a moment before it is reported gone.
+        - a pooled keep-alive connection the runner had closed (again, on a fresh connection).
+
+        A runner that closed the connection after the request went out and then ended by itself (an abort, a
+        segfault) may have been crashed by this very request: it is not sent to a new runner, its error is the
+        answer (the next request gets a new runner). A body that is a stream (``data``) is never sent twice."""
         hdrs = dict(headers or {})
         upstream_model = getattr(lease.runner, "upstream_model", None)
         if json is not None:
@@ -251,80 +200,45 @@ class Relay:
         if open_upstream is not None:  # the runner picks its server itself (see types.Runner)
             return await open_upstream(self.session, method, path, data=payload, headers=hdrs)
         retryable = body is not None or payload is None
-        for attempt in (0, 1):
+        scheduler = self.host.scheduler
+        fresh_connection = new_runner = retryable
+        maybe_read = False  # the runner may have read the request before it went away
+        while True:
             runner = lease.runner
+
+            async def died(within: float) -> bool:
+                code = await scheduler.runner_exit_status(runner, within)
+                return code is not None and (not maybe_read or code == -signal.SIGKILL)
+
             try:
                 response = await self.session.request(method, runner.base_url + path, data=payload,
                                                        headers={**runner.headers, **hdrs})
                 return Upstream(response, lease.model.name)
-            except aiohttp.ClientConnectorError as exc:
-                if attempt == 0 and retryable and runner.local:
-                    await self.host.scheduler.reacquire(lease, f"refused a connection ({exc.os_error})")
+            except aiohttp.ClientConnectorError as exc:  # nothing listens: the runner is gone
+                if new_runner and runner.local and (not maybe_read or await died(1.0)):
+                    new_runner = False
+                    await scheduler.reacquire(lease, f"refused a connection ({exc.os_error})")
                     continue
-                raise RunnerCrashed(f"model '{lease.model.name}': runner unreachable ({exc})") from None
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if attempt == 0 and retryable:
+                error: Exception = exc
+            except aiohttp.ServerDisconnectedError as exc:  # closed once the request was out
+                maybe_read = True
+                if new_runner and runner.local and await died(0):
+                    new_runner = False
+                    await scheduler.reacquire(lease, "was killed (SIGKILL)")
                     continue
-                raise RunnerCrashed(f"model '{lease.model.name}': runner unreachable ({exc})") from None
+                if fresh_connection:
+                    fresh_connection = False
+                    continue
+                error = exc
+            except aiohttp.ClientOSError as exc:  # reset: the request lay unread
+                if new_runner and runner.local and await died(0 if fresh_connection else 1.0):
+                    new_runner = False
+                    await scheduler.reacquire(lease, f"exited (connection reset: {exc})")
+                    continue
+                if fresh_connection:
+                    fresh_connection = False
+                    continue
+                error = exc
             except aiohttp.ClientError as exc:
-                raise RunnerCrashed(f"model '{lease.model.name}': runner unreachable ({exc})") from None
-        raise AssertionError("unreachable")
-
-    async def passthrough(self, request: Request, *, surface: str, endpoint: str, path: str, body: bytes,
-                          model_name: str, stream: bool = False, ttl: float | None = None) -> Response:
-        """Relay an OpenAI-style request to the model's runner unchanged, streaming the reply as it comes."""
-        meter = RequestMeter(self.host, surface, endpoint, model_name, stream)
-        try:
-            lease = await self.host.scheduler.acquire(model_name, ttl=ttl)
-        except HostError as exc:
-            meter.finish(exc.status, exc.message)
-            raise
-        meter.queue_wait = lease.queue_wait
-        try:
-            up = await self.open(lease, "POST", path, body=body, headers={"Content-Type": "application/json"})
-        except HostError as exc:
-            lease.release()
-            meter.finish(exc.status, exc.message)
-            raise
-        if not up.is_sse:
-            try:
-                data = await up.read()
-            except HostError as exc:
-                meter.finish(exc.status, exc.message)
-                raise
-            finally:
-                up.close()
-                lease.release()
-            meter.first_token()
-            if up.status == 200 and up.content_type == "application/json":
-                try:
-                    meter.observe(_decode(data))
-                except msgspec.DecodeError:
-                    pass
-            meter.finish(up.status, None if up.status < 400 else data[:300].decode("utf-8", "replace"))
-            return Response(content=data, status_code=up.status, media_type=up.headers.get("Content-Type"))
-        return Stream(self._relay_stream(up, lease, meter), status_code=up.status, headers=SSE_HEADERS,
-                      media_type="text/event-stream")
-
-    async def _relay_stream(self, up: Upstream, lease: Lease, meter: RequestMeter) -> AsyncIterator[bytes]:
-        tail = b""
-        error: str | None = None
-        status = up.status
-        try:
-            async for chunk in up.iter_chunks():
-                if meter.ttft is None:
-                    meter.first_token()
-                if b"error:" in chunk:
-                    chunk = _rewrite_legacy_errors(chunk)
-                tail = (tail + chunk)[-TAIL:]
-                yield chunk
-        except HostError as exc:
-            error, status = exc.message, exc.status
-            yield error_event(exc)
-        except BaseException:  # the client went away: closing the upstream below stops generation
-            if not tail.rstrip().endswith(b"data: [DONE]"):  # SDKs close right after [DONE]: that reply was whole
-                error, status = "client disconnected", 499
-            raise
-        finally:
-            observe_tail(meter, tail)
-            end_request(up, lease, meter, status, error)
+                error = exc
+            raise RunnerCrashed(f"model '{lease.model.name}': runner unreachable ({error})") from None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from llama_host.config import SchedulerSettings, parse_size
+from llama_host.facts import ModelFacts, applicable_load_params, model_facts, params_match, with_load_params
 from llama_host.errors import HostError, ModelNotFound, ModelTooLarge, QueueFull, QueueTimeout, RunnerStartError
 from llama_host.placement import Group, Limits, Slot, backoff_seconds, can_admit, idle_seconds, plan
 from llama_host.process import LogBuffer
@@ -26,6 +26,7 @@ from llama_host.types import (
     ModelStatus,
     ModelUnloaded,
     Runner,
+    RunnerLogDropped,
     RuntimeInfo,
     UnloadReason,
 )
@@ -34,26 +35,12 @@ if TYPE_CHECKING:
     from llama_host.host import Host
 
 log = logging.getLogger(__name__)
-KV_BYTES = 2  # f16 K and V cache entries
 
 
-def estimate_memory(spec: ModelSpec) -> int:
-    """``memory:`` when configured; else file size (+ projector) + the KV cache at the configured context."""
-    if spec.memory is not None:
-        return parse_size(spec.memory)
-    if spec.runtime == "remote":
-        return 0
-    md = spec.metadata
-    size = int(md.get("size") or 0)
-    for path in ([] if size else [spec.path]) + [spec.mmproj]:
-        if path:
-            with contextlib.suppress(OSError):
-                size += os.stat(path).st_size
-    ctx = spec.params.get("ctx_size") or spec.params.get("c") or md.get("context_length") or 0
-    layers, heads, kv_heads, width = (md.get(k) or 0 for k in ("block_count", "head_count", "head_count_kv", "embedding_length"))
-    if ctx and layers and heads and width:
-        size += 2 * int(layers) * int(ctx) * int(kv_heads or heads) * (int(width) // int(heads)) * KV_BYTES
-    return size
+def estimate_memory(spec: ModelSpec, runtime: RuntimeInfo | None = None, host: Host | None = None) -> int:
+    """``memory:`` when configured; else file size (+ projector) + the KV cache at the context the runner runs with
+    (see :mod:`llama_host.facts`)."""
+    return model_facts(spec, runtime, host).memory
 
 
 class Entry:
@@ -73,6 +60,8 @@ class Entry:
         self.load_seconds: float | None = None
         self.ttl_override: float | None = None
         self.active_params: dict[str, Any] = {}
+        self.facts = ModelFacts()  # the spec's facts (configured), see llama_host.facts
+        self.running_facts: ModelFacts | None = None  # the facts of the runner started (with its load params)
         self.error: str | None = None
         self.log_tail: list[str] = []
         self.failures = 0
@@ -106,10 +95,24 @@ class Lease:
         self._ttl = ttl
         self._released = False
 
+    @property
+    def ttl(self) -> float | None:
+        return self._ttl
+
     def release(self) -> None:
         if not self._released:
             self._released = True
             self._scheduler._release(self._entry, self._ttl)
+
+    def move_to(self, fresh: Lease) -> None:
+        """Continue on ``fresh``'s runner (a new runner of the same model, after this lease's failed): this lease,
+        already released, takes over ``fresh``'s hold, and the time ``fresh`` waited counts for this request too."""
+        if not self._released or fresh._released:
+            raise RuntimeError("move_to: this lease must be released and the new one held")
+        self._entry, self.runner = fresh._entry, fresh.runner
+        self.queue_wait += fresh.queue_wait
+        self.load_seconds += fresh.load_seconds
+        self._released, fresh._released = False, True
 
     async def __aenter__(self) -> Lease:
         return self
@@ -159,7 +162,9 @@ class Scheduler:
                 self.entries[name].spec = spec
             else:
                 self.entries[name] = Entry(spec)
-            self.entries[name].memory = estimate_memory(spec)  # once per catalogue change, not per request
+            entry = self.entries[name]
+            entry.facts = model_facts(spec, self.runtimes.get(spec.runtime), self.host)  # once per catalogue change
+            entry.memory = entry.facts.memory
         for name in [n for n, e in self.entries.items() if n not in merged and e.state in ("unloaded", "failed")]:
             del self.entries[name]
         index: dict[str, str] = {}
@@ -192,6 +197,7 @@ class Scheduler:
     async def acquire(self, name: str, *, ttl: float | None = None,
                       load_params: Mapping[str, Any] | None = None) -> Lease:
         entry = self._entry(name)
+        load_params = applicable_load_params(self.runtimes.get(entry.spec.runtime), load_params)
         started = time.monotonic()
         self._check_alive(entry)
         ready = (entry.state == "loaded" and not entry.stopping and not entry.drainers
@@ -274,8 +280,7 @@ class Scheduler:
         return entry
 
     def _params_match(self, entry: Entry, load_params: Mapping[str, Any]) -> bool:
-        effective = {**entry.spec.params, **entry.active_params}
-        return all(effective.get(k) == v for k, v in load_params.items())
+        return params_match(entry.running_facts or entry.facts, load_params)
 
     async def _ensure_loaded(self, entry: Entry, load_params: dict[str, Any]) -> None:
         while True:
@@ -308,14 +313,15 @@ class Scheduler:
                     raise RunnerStartError(f"model '{entry.spec.name}' failed to start {entry.failures} times in a "
                                            f"row; next try in {wait:.0f}s. Last error: {entry.error}",
                                            retry_after=wait, log_tail=entry.log_tail)
-            spec = entry.spec
-            if load_params:
-                spec = msgspec.structs.replace(spec, params={**spec.params, **load_params})
+            spec = with_load_params(entry.spec, load_params)
+            facts = model_facts(spec, self.runtimes.get(spec.runtime), self.host) if load_params else entry.facts
+            entry.memory = facts.memory  # the room this start needs: at the context it will run with
             entry.runner = self._make_runner(spec)
             drain = self._plan_room(entry)
             if drain is None:
                 entry.state = "loading"
                 entry.active_params = load_params
+                entry.running_facts = facts
                 entry.ready = asyncio.create_task(self._start(entry))
                 entry.ready.add_done_callback(lambda t: t.cancelled() or t.exception())
                 continue
@@ -333,7 +339,10 @@ class Scheduler:
         info = self.runtimes.get(spec.runtime)
         if info is None:
             raise RunnerStartError(f"model '{spec.name}': unknown runtime '{spec.runtime}'")
-        return info.factory(spec, self.host)
+        runner = info.factory(spec, self.host)
+        if isinstance(runner.logs, LogBuffer):
+            runner.logs.on_dropped = lambda n: self.host.emit(RunnerLogDropped(model=spec.name, lines=n))
+        return runner
 
     def _plan_room(self, entry: Entry) -> list[Entry] | None:
         """Apply the placement policy (llama_host.placement) for starting ``entry`` now: unload the idle models it
@@ -384,7 +393,7 @@ class Scheduler:
         entry.state, entry.error, entry.log_tail, entry.failures = "loaded", None, [], 0
         entry.watcher = asyncio.create_task(self._watch(entry, runner))
         log.info("model %s loaded in %.2fs (pid %s, %s)", entry.spec.name, entry.load_seconds, runner.pid,
-                 runner.base_url)
+                 "/".join(runner.base_url.split("/")[:3]))  # a path on it may be a secret (whisper-server's)
         self.host.emit(ModelLoaded(model=entry.spec.name, load_seconds=entry.load_seconds, pid=runner.pid))
         self._schedule_idle(entry)
         self._notify()
@@ -403,19 +412,28 @@ class Scheduler:
             self._crashed(entry, entry.runner, getattr(entry.runner, "returncode", None))
 
     async def reacquire(self, lease: Lease, why: str) -> None:
-        """The lease's runner failed before serving anything (e.g. it refuses connections: it just died). Mark it
+        """The lease's runner failed before serving anything (it refuses connections, or it has exited). Mark it
         crashed, stop it, and move the lease to a new runner of the same model."""
         entry, runner = lease._entry, lease.runner
         if entry.runner is runner and entry.state == "loaded" and not entry.stopping:
-            self._crashed(entry, runner, None, why)
+            self._crashed(entry, runner, getattr(runner, "returncode", None), why)
             await runner.stop(1.0)
-        ttl = lease._ttl
         lease.release()
-        fresh = await self.acquire(entry.spec.name, ttl=ttl)
-        fresh._released = True  # the caller's lease object takes over this hold
-        lease.runner, lease.queue_wait = fresh.runner, lease.queue_wait + fresh.queue_wait
-        lease.load_seconds += fresh.load_seconds
-        lease._released = False
+        lease.move_to(await self.acquire(entry.spec.name, ttl=lease.ttl))
+
+    async def runner_exit_status(self, runner: Runner, within: float = 0.0) -> int | None:
+        """How a local runner's process ended (exit code, or minus the signal), waiting up to ``within`` seconds for
+        it to end; ``None`` if it still runs (or cannot tell). A SIGKILLed runner closes its sockets a moment before
+        the kernel reports it gone, so a refused or reset connection can come first."""
+        status = getattr(runner, "exit_status", None)
+        if status is None or not runner.local:
+            return None
+        deadline = time.monotonic() + within
+        while (code := status()) is None:
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.005)
+        return code
 
     def _crashed(self, entry: Entry, runner: Runner, code: int | None, why: str | None = None) -> None:
         tail = runner.logs.tail()
@@ -446,7 +464,8 @@ class Scheduler:
             await runner.stop(self.settings.stop_grace)
         if entry.watcher:
             entry.watcher.cancel()
-        entry.state, entry.expires_at, entry.active_params = "unloaded", None, {}
+        entry.state, entry.expires_at, entry.active_params, entry.running_facts = "unloaded", None, {}, None
+        entry.memory = entry.facts.memory
         entry.ttl_override = None
         log.info("model %s unloaded (%s)", entry.spec.name, reason)
         self.host.emit(ModelUnloaded(model=entry.spec.name, reason=reason))
@@ -514,7 +533,14 @@ class Scheduler:
             loaded_at=e.loaded_at if e.state == "loaded" else None, load_seconds=e.load_seconds,
             pid=runner.pid if runner else None, error=e.error, path=s.path, metadata=dict(s.metadata),
             priority=s.priority, max_concurrent=s.max_concurrent, group=getattr(self.limits.group_of(s.name), "name", None),
-            details=dict(getattr(runner, "details", None) or {}))
+            facts=self.facts(name), details=dict(getattr(runner, "details", None) or {}))
+
+    def facts(self, name: str) -> ModelFacts:
+        """What the model runs with now (its runner's facts, load parameters included), else what it would."""
+        e = self._entry(name)
+        if e.running_facts is not None and e.state in ("loading", "loaded"):
+            return e.running_facts
+        return e.facts
 
     def statuses(self) -> list[ModelStatus]:
         return [self.status(name) for name in sorted(self.entries)]

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from llama_host.facts import ModelFacts
+
 if TYPE_CHECKING:
     from litestar.types import ExceptionHandlersMap
 
@@ -117,7 +119,7 @@ class Runner(Protocol):
 
 RuntimeFactory = Callable[[ModelSpec, "Host"], Runner]
 RegisterRuntime = Callable[..., None]
-"""``register(name, factory, *, description="")``: passed to ``register_runtimes``."""
+"""``register(name, factory, *, description="", facts=None, **more)``: passed to ``register_runtimes``."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,9 @@ class RuntimeInfo:
     factory: RuntimeFactory
     plugin: str
     description: str = ""
+    #: ``facts(spec, host) -> llama_host.facts.RuntimeFacts``: the runtime's part of a model's facts (its effective
+    #: flags, the context they give); ``None`` for a runtime that takes no flags (load parameters are dropped)
+    facts: Callable[..., Any] | None = None
 
 
 # --- events -------------------------------------------------------------------------------------------------------
@@ -189,6 +194,14 @@ class ModelFailed(Event, tag="model_failed"):
     log_tail: list[str] = []
 
 
+class RunnerLogDropped(Event, tag="runner_log_dropped"):
+    """Lines of a runner's log that its log file could not take (the runner wrote faster than the disk), one event
+    per burst; the in-memory recent lines are complete."""
+
+    model: str
+    lines: int
+
+
 class ModelsChanged(Event, tag="models_changed"):
     """The set of known models changed (a rescan found new, changed or missing files)."""
 
@@ -210,7 +223,7 @@ class PeerChanged(Event, tag="peer_changed"):
 
 
 AnyEvent = (RequestStarted | RequestFinished | ModelLoading | ModelLoaded | ModelUnloaded | ModelFailed | ModelsChanged
-            | PeerChanged)
+            | RunnerLogDropped | PeerChanged)
 
 
 class ModelStatus(msgspec.Struct, kw_only=True):
@@ -239,6 +252,8 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     max_concurrent: int | None = None
     #: the ``scheduler.groups`` entry this model belongs to
     group: str | None = None
+    #: what the model runs (or will run) with and can do: the one source every surface reads
+    facts: ModelFacts | None = None
     #: what the runner reports about itself (a runner's optional ``details``), e.g. its RPC workers and their health
     details: dict[str, Any] = {}
 

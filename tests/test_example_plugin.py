@@ -150,7 +150,7 @@ def test_check_shows_the_plugin_its_settings_and_its_runtime(hello_target, tmp_p
 
 def test_served_route_and_runtime(hello_target, tmp_path):
     config = write_site(tmp_path, {"greeting": "Howdy from YAML", "echo_prefix": "ECHO> "},
-                        models={"parrot": {"runtime": "echo", "aliases": ["polly"]}})
+                        models={"parrot": {"runtime": "echo", "aliases": ["polly"]}}, keep=("openai_api", "metrics"))
     with serving(config, hello_target, tmp_path) as url:
         hello = httpx.get(url + "/hello", timeout=10)
         assert hello.status_code == 200
@@ -166,6 +166,20 @@ def test_served_route_and_runtime(hello_target, tmp_path):
             stream = client.chat.completions.create(
                 model="parrot", stream=True, messages=[{"role": "user", "content": "say it again"}])
             assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "ECHO> say it again"
+
+        # the plugin's own dialect, on the request primitive: streamed, in one piece, and an error in its shape
+        said = httpx.post(url + "/hello/say", json={"model": "polly", "text": "a new dialect"}, timeout=30)
+        assert said.status_code == 200 and said.text == "ECHO> a new dialect\n"
+        with httpx.stream("POST", url + "/hello/say", json={"model": "parrot", "text": "word by word",
+                                                            "stream": True}, timeout=30) as r:
+            assert r.headers["content-type"].startswith("text/plain")
+            parts = [chunk for chunk in r.iter_text() if chunk]
+        assert "".join(parts) == "ECHO> word by word\n"
+        missing = httpx.post(url + "/hello/say", json={"model": "nobody", "text": "x"}, timeout=30)
+        assert missing.status_code == 404 and "nobody" in missing.json()["error"]["message"]
+        assert httpx.post(url + "/hello/say", json={"text": "x"}, timeout=30).status_code == 400
+        activity = httpx.get(url + "/metrics", timeout=10).text
+        assert 'surface="hello"' in activity and 'endpoint="say"' in activity  # metered like any surface
 
         models = httpx.get(url + "/api/v1/models", timeout=10).json()["models"]
         parrot = next(m for m in models if m["name"] == "parrot")

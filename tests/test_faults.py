@@ -325,10 +325,10 @@ def test_legacy_error_line_reaches_the_sdk_as_an_error(tmp_path, model):
             for _ in stream:
                 pass
         assert "fake legacy error mid-stream" in info.value.message
-        # A raw client sees the rewritten event: `data: {"error": ...}`.
+        # A raw client sees the error as an OpenAI error event: `data: {"error": ...}`.
         body = {"model": "legacy", "messages": HELLO, "max_tokens": 8, "stream": True}
         text = httpx.post(rh.url() + "/v1/chat/completions", json=body, timeout=30).text
-        assert 'data: {"error": {"code":500,"message":"fake legacy error mid-stream"' in text
+        assert 'data: {"error":{"message":"fake legacy error mid-stream","type":"server_error"' in text
         assert "\nerror:" not in text
 
 

@@ -99,7 +99,7 @@ def test_max_concurrent_queues_the_extra_requests(tmp_path, model):
 def test_max_concurrent_wait_is_bounded_by_queue_timeout(tmp_path, model):
     pause = tmp_path / "pause"
     pause.touch()
-    config = site(tmp_path, {"m": {**model("m", FAKE_PAUSE_FILE=pause), "max_concurrent": 1}}, queue_timeout=0.5)
+    config = site(tmp_path, {"m": {**model("m", FAKE_PAUSE_FILE=pause), "max_concurrent": 1}}, queue_timeout=5)
     with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client, ThreadPoolExecutor(1) as pool:
         got = threading.Event()
 

@@ -109,10 +109,15 @@ class Discovery:
             errors.extend({"path": e["path"], "message": e["error"]} for e in result.errors)
             configured = self._configured()
             found = [m for m in result.models if m.key not in configured["paths"]]
-            changes = self.catalogue.merge(found, reserved=configured["names"],
-                                           errors={e["path"]: e["error"] for e in result.errors})
+            scan_errors = {e["path"]: e["error"] for e in result.errors}
+            changes = self.catalogue.merge(found, reserved=configured["names"], errors=scan_errors)
+
+            def merge_again() -> None:  # into a user's edit saved while this scan ran
+                nonlocal changes
+                changes = self.catalogue.merge(found, reserved=configured["names"], errors=scan_errors)
+
             try:
-                self.catalogue.save()
+                self.catalogue.save(merge_again)
             except OSError as exc:
                 log.error("discovery: cannot write %s: %s", self.catalogue.path, exc)
                 errors.append({"path": str(self.catalogue.path), "message": f"cannot write: {exc}"})

@@ -1,8 +1,9 @@
 """LM Studio's view of a model (``/api/v0/models`` and ``/api/v1/models``), computed from the host's model data.
 
-Facts come from ``ModelSpec.metadata`` (GGUF facts a discovery plugin read: ``architecture``, ``quantization``,
-``context_length``, ``parameter_count``, ``tools``, ``embedding``, ``vision``, ...) and from the spec itself
-(``mmproj``, ``params``); the file name is the last resort for the quantization.
+What the model runs with and can do (its context, embedding, vision, tools) is the core's model facts
+(``host.scheduler.facts(name)``, :class:`llama_host.facts.ModelFacts`); labels come from ``ModelSpec.metadata``
+(GGUF facts a discovery plugin read: ``architecture``, ``quantization``, ``parameter_count``, ...); the file name is
+the last resort for the quantization.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any, Literal
 
+from llama_host.facts import ModelFacts
 from llama_host.types import ModelSpec, ModelStatus
 
 from .wire import (
@@ -26,9 +28,6 @@ from .wire import (
 ModelKind = Literal["llm", "vlm", "embeddings"]
 
 _QUANT_IN_NAME = re.compile(r"(?:^|[-_.])((?:I?Q\d(?:_[A-Z0-9]+)*)|BF16|FP16|F16|F32)(?=$|[-_.])", re.IGNORECASE)
-_CTX_PARAM_KEYS = ("ctx_size", "ctx-size", "c", "n_ctx")
-_CTX_FLAGS = ("-c", "--ctx-size")
-_EMBEDDING_FLAGS = ("--embedding", "--embeddings")
 
 
 def facts(spec: ModelSpec, status: ModelStatus | None = None) -> dict[str, Any]:
@@ -47,24 +46,11 @@ def _first(meta: Mapping[str, Any], *keys: str) -> Any:
     return None
 
 
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() not in ("", "0", "false", "no", "off")
-    return bool(value)
-
-
-def model_kind(spec: ModelSpec, meta: Mapping[str, Any]) -> ModelKind:
-    """``embeddings`` for a model served with ``--embeddings``, ``vlm`` with a projector, else ``llm``."""
-    if (
-        _truthy(spec.params.get("embeddings"))
-        or _truthy(spec.params.get("embedding"))
-        or any(arg in _EMBEDDING_FLAGS for arg in spec.args)
-        or _truthy(meta.get("embedding"))
-    ):
+def model_kind(facts: ModelFacts) -> ModelKind:
+    """``embeddings`` for a model served for embeddings, ``vlm`` with a projector, else ``llm``."""
+    if facts.embedding:
         return "embeddings"
-    if spec.mmproj or _truthy(spec.params.get("mmproj")) or _truthy(meta.get("vision")):
-        return "vlm"
-    return "llm"
+    return "vlm" if facts.vision else "llm"
 
 
 _LMSTUDIO_HOMES = (".lmstudio", "lm-studio", "LM Studio")
@@ -133,51 +119,31 @@ def params_string(meta: Mapping[str, Any]) -> str | None:
     return str(int(n))
 
 
-def configured_context(spec: ModelSpec) -> int | None:
-    """The context size the runner is started with (``params.ctx_size`` or ``-c`` in ``args``), if set and > 0."""
-    for key in _CTX_PARAM_KEYS:
-        value = spec.params.get(key)
-        if isinstance(value, (int, str)) and str(value).isdigit() and int(value) > 0:
-            return int(value)
-    for i, arg in enumerate(spec.args[:-1]):
-        if arg in _CTX_FLAGS and spec.args[i + 1].isdigit() and int(spec.args[i + 1]) > 0:
-            return int(spec.args[i + 1])
-    return None
+def max_context_length(facts: ModelFacts) -> int:
+    """The context the model was trained for, else the one it runs with, else 0."""
+    return facts.trained_context or facts.context_length or 0
 
 
-def max_context_length(spec: ModelSpec, meta: Mapping[str, Any]) -> int:
-    """The context the model was trained for (GGUF ``context_length``), else the configured one, else 0."""
-    value = _first(meta, "context_length", "n_ctx_train", "max_context_length")
-    try:
-        if value is not None and int(value) > 0:
-            return int(value)
-    except (TypeError, ValueError):
-        pass
-    return configured_context(spec) or 0
-
-
-def loaded_context(spec: ModelSpec, meta: Mapping[str, Any], runner_n_ctx: int | None = None) -> int:
-    """The context of a loaded instance: what the runner reports, else the configured size, else the trained one."""
-    if runner_n_ctx:
-        return runner_n_ctx
-    return configured_context(spec) or max_context_length(spec, meta)
+def loaded_context(facts: ModelFacts) -> int:
+    """The context of a loaded instance: what the runner runs with (configured, plugin-level or load-time)."""
+    return facts.context_length or 0
 
 
 def is_loaded(status: ModelStatus | None) -> bool:
     return status is not None and status.state == "loaded"
 
 
-def v0_model(spec: ModelSpec, status: ModelStatus | None, *, default_publisher: str) -> V0Model:
+def v0_model(spec: ModelSpec, status: ModelStatus | None, model: ModelFacts, *, default_publisher: str) -> V0Model:
     meta = facts(spec, status)
-    caps = ["tool_use"] if _truthy(meta.get("tools")) else []
+    caps = ["tool_use"] if model.tools else []
     return V0Model(
         id=spec.name,
-        type=model_kind(spec, meta),
+        type=model_kind(model),
         publisher=publisher(spec, meta, default_publisher),
         arch=architecture(meta),
         quantization=quantization(spec, meta),
         state="loaded" if is_loaded(status) else "not-loaded",
-        max_context_length=max_context_length(spec, meta),
+        max_context_length=max_context_length(model),
         capabilities=caps,
     )
 
@@ -185,20 +151,20 @@ def v0_model(spec: ModelSpec, status: ModelStatus | None, *, default_publisher: 
 def v1_model(
     spec: ModelSpec,
     status: ModelStatus | None,
+    model_facts: ModelFacts,
     *,
     default_publisher: str,
     size_bytes: int | None = None,
-    runner_n_ctx: int | None = None,
 ) -> V1Model:
     meta = facts(spec, status)
-    kind = model_kind(spec, meta)
+    kind = model_kind(model_facts)
     quant = quantization(spec, meta)
     instances = []
     if is_loaded(status):
         instances.append(
             V1LoadedInstance(
                 id=spec.name,
-                config=V1InstanceConfig(context_length=loaded_context(spec, meta, runner_n_ctx)),
+                config=V1InstanceConfig(context_length=loaded_context(model_facts)),
             )
         )
     size = _first(meta, "size_bytes", "file_size", "size")
@@ -211,16 +177,16 @@ def v1_model(
         size_bytes=int(size) if isinstance(size, (int, float)) else (size_bytes or 0),
         params_string=params_string(meta),
         loaded_instances=instances,
-        max_context_length=max_context_length(spec, meta),
+        max_context_length=max_context_length(model_facts),
         format="gguf",
     )
     if kind != "embeddings":  # LM Studio leaves these out for embedding models
         model.architecture = architecture(meta)
-        model.capabilities = V1Capabilities(vision=kind == "vlm", trained_for_tool_use=_truthy(meta.get("tools")))
+        model.capabilities = V1Capabilities(vision=kind == "vlm", trained_for_tool_use=model_facts.tools)
         description = _first(meta, "description", "general.description")
         model.description = str(description) if description is not None else None
     return model
 
 
-def v1_type(spec: ModelSpec, status: ModelStatus | None = None) -> Literal["llm", "embedding"]:
-    return "embedding" if model_kind(spec, facts(spec, status)) == "embeddings" else "llm"
+def v1_type(model: ModelFacts) -> Literal["llm", "embedding"]:
+    return "embedding" if model.embedding else "llm"

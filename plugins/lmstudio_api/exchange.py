@@ -1,4 +1,4 @@
-"""Reading a client's request and opening the runner's, shared by the v0 and v1 routes."""
+"""Reading a client's request, shared by the v0 and v1 routes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from litestar import Request
 from llama_host import Host
 from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest
-from llama_host.proxy import Upstream
-from llama_host.scheduler import Lease
 from llama_host.types import ModelSpec
 
 SURFACE = "lmstudio_api"
@@ -38,10 +36,3 @@ def resolve(host: Host, requested: str | None) -> ModelSpec:
     if not name:
         raise BadRequest("'model' is required", param="model")
     return host.scheduler.get(name, SURFACE)
-
-
-async def open_or_fail(host: Host, lease: Lease, path: str, body: dict[str, Any]) -> Upstream:
-    """Send ``body``; an error status from the runner is raised (with its status) before anything is streamed."""
-    up = await host.relay.open(lease, "POST", path, json=body)
-    await up.raise_for_status()
-    return up

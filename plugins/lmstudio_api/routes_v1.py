@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 from litestar import Controller, Response, get, post
-from litestar.response import Stream
 
 from llama_host import Host
 from llama_host.errors import BadRequest, HostError
 from llama_host.host import HostDep
-from llama_host.proxy import SSE_HEADERS
+from llama_host.request import Exchange, run
 from llama_host.scheduler import Lease
 from llama_host.types import ModelSpec
 
 from . import describe, sse
 from .dialect import NotLoaded, NotSupported, stream_error
-from .exchange import SURFACE, AnyRequest, open_or_fail, read_body, resolve
-from .state import LMSDep, SurfaceState, runner_facts
+from .exchange import SURFACE, AnyRequest, read_body, resolve
+from .state import LMSDep, SurfaceState
 from .v1chat import ChatFold, messages, openai_body
 from .wire import (
     V1ChatRequest,
@@ -46,9 +44,8 @@ class LMStudioV1Controller(Controller):
         sizes = await asyncio.to_thread(lambda: [model_size(spec) for spec in specs])
         out = []
         for spec, status, size in zip(specs, statuses, sizes, strict=True):
-            facts = lms.known_facts(spec.name, status.pid)
-            out.append(describe.v1_model(spec, status, default_publisher=lms.settings.default_publisher,
-                                         size_bytes=size, runner_n_ctx=facts.n_ctx if facts else None))
+            out.append(describe.v1_model(spec, status, host.scheduler.facts(spec.name),
+                                         default_publisher=lms.settings.default_publisher, size_bytes=size))
         return V1ModelList(models=out)
 
     @post("/models/load", status_code=200)
@@ -58,15 +55,12 @@ class LMStudioV1Controller(Controller):
         context = req.context_length or (req.config.context_length if req.config else None)
         load_params = {"ctx_size": context} if context else None
         lease = await host.scheduler.acquire(spec.name, ttl=req.ttl, load_params=load_params)
-        try:
-            facts = await runner_facts(host, lms, lease)
-        finally:
-            lease.release()
-        reply = V1LoadResponse(type=describe.v1_type(spec), instance_id=spec.name,
+        lease.release()
+        running = host.scheduler.facts(spec.name)
+        reply = V1LoadResponse(type=describe.v1_type(running), instance_id=spec.name,
                                load_time_seconds=lease.load_seconds)
         if req.echo_load_config:
-            reply.load_config = V1InstanceConfig(
-                context_length=describe.loaded_context(spec, describe.facts(spec), facts.n_ctx or context))
+            reply.load_config = V1InstanceConfig(context_length=describe.loaded_context(running))
         return reply
 
     @post("/models/unload", status_code=200)
@@ -89,37 +83,64 @@ class LMStudioV1Controller(Controller):
             if history is None:
                 raise BadRequest(f"unknown previous_response_id '{req.previous_response_id}'",
                                  param="previous_response_id")
-        chat = V1Chat(host, lms, spec, req, messages(req, history))
-        if req.stream:
-            return Stream(chat.events(), headers=SSE_HEADERS, media_type="text/event-stream")
-        return Response(await chat.run(), status_code=200, media_type="application/json")
+        return await run(host, V1Chat(host, lms, spec, req, messages(req, history)))
 
 
-class V1Chat:
-    """One ``/api/v1/chat`` request: the runner is always streamed from; the events or the fold go to the client."""
+class V1Chat(Exchange):
+    """One ``/api/v1/chat`` request: the runner is always streamed from; its chunks are folded into LM Studio's
+    events (a streaming client) or into the result (a non-streaming one)."""
+
+    surface = SURFACE
+    endpoint = "/api/v1/chat"
 
     def __init__(self, host: Host, lms: SurfaceState, spec: ModelSpec, req: V1ChatRequest,
                  conversation: list[dict[str, Any]]) -> None:
         self.host, self.lms, self.spec, self.req, self.conversation = host, lms, spec, req, conversation
-        self.fold = ChatFold(model_instance_id=spec.name)
-        self.meter = host.meter(SURFACE, "/api/v1/chat", spec.name, req.stream)
+        self.model, self.stream, self.ttl = spec.name, bool(req.stream), req.ttl
+        self.media_type = "text/event-stream" if self.stream else "application/json"
         self.load_params = {"ctx_size": req.context_length} if req.context_length else None
+        self.fold = ChatFold(model_instance_id=spec.name)
+        self.instance = {"model_instance_id": spec.name}
         self.lease: Lease | None = None
+        self.loading = False
 
-    async def _acquire(self) -> Lease:
-        self.lease = await self.host.scheduler.acquire(self.spec.name, ttl=self.req.ttl, load_params=self.load_params)
-        self.meter.queue_wait = self.lease.queue_wait
-        return self.lease
+    def body(self) -> dict[str, Any]:
+        return openai_body(self.req, self.conversation, self.spec.name)
 
-    async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
-        assert self.lease is not None
-        body = openai_body(self.req, self.conversation, self.spec.name)
-        async with await open_or_fail(self.host, self.lease, "/v1/chat/completions", body) as up:
-            async for chunk in up.iter_sse():
-                if chunk.get("choices"):
-                    self.meter.first_token()
-                self.meter.observe(chunk)
-                yield chunk
+    def opening(self) -> bytes:
+        out = sse.named_event("chat.start", self.instance)
+        self.loading = self.host.scheduler.status(self.spec.name).state != "loaded"
+        if self.loading:
+            out += sse.named_event("model_load.start", self.instance)
+            out += sse.named_event("model_load.progress", {**self.instance, "progress": 0.0})
+        return out
+
+    def begin(self, lease: Lease) -> bytes:
+        self.lease = lease
+        if not self.stream:
+            return b""
+        out = b""
+        if self.loading or lease.load_seconds > 0:
+            if not self.loading:
+                out += sse.named_event("model_load.start", self.instance)
+            out += sse.named_event("model_load.progress", {**self.instance, "progress": 1.0})
+            out += sse.named_event("model_load.end", {**self.instance, "load_time_seconds": lease.load_seconds})
+        return out + _named(self.fold.start())
+
+    def event(self, chunk: Any) -> bytes:
+        events = self.fold.feed(chunk)
+        return _named(events) if self.stream else b""
+
+    def end(self) -> bytes:
+        closing = self.fold.close()
+        result = self._result()
+        if not self.stream:
+            return _encode(result)
+        return _named(closing) + sse.named_event("chat.end", {"result": msgspec.to_builtins(result)})
+
+    def error(self, exc: HostError) -> bytes:
+        """LM Studio reports it as an event, then still ends with the partial result."""
+        return sse.named_event("error", {"error": stream_error(exc)}) + self.end()
 
     def _result(self) -> V1ChatResult:
         lease = self.lease
@@ -129,63 +150,12 @@ class V1Chat:
         return self.fold.result(waited=lease.queue_wait if lease else 0.0,
                                 load_seconds=lease.load_seconds if lease else 0.0, response_id=response_id)
 
-    async def run(self) -> V1ChatResult:
-        try:
-            await self._acquire()
-            async for chunk in self._chunks():
-                self.fold.feed(chunk)
-            self.fold.close()
-        except HostError as exc:
-            self.meter.finish(exc.status, exc.message)
-            raise
-        except BaseException:
-            self.meter.finish(499, "client disconnected")
-            raise
-        finally:
-            self._release()
-        self.meter.finish(200)
-        return self._result()
 
-    async def events(self) -> AsyncIterator[bytes]:
-        status, error = 200, None
-        instance = {"model_instance_id": self.spec.name}
-        try:
-            try:
-                yield sse.named_event("chat.start", instance)
-                loading = self.host.scheduler.status(self.spec.name).state != "loaded"
-                if loading:
-                    yield sse.named_event("model_load.start", instance)
-                    yield sse.named_event("model_load.progress", {**instance, "progress": 0.0})
-                lease = await self._acquire()
-                if loading or lease.load_seconds > 0:
-                    if not loading:
-                        yield sse.named_event("model_load.start", instance)
-                    yield sse.named_event("model_load.progress", {**instance, "progress": 1.0})
-                    yield sse.named_event("model_load.end", {**instance, "load_time_seconds": lease.load_seconds})
-                for name, data in self.fold.start():
-                    yield sse.named_event(name, data)
-                async for chunk in self._chunks():
-                    for name, data in self.fold.feed(chunk):
-                        yield sse.named_event(name, data)
-            except HostError as exc:  # LM Studio reports it as an event, then still ends with the partial result
-                status, error = exc.status, exc.message
-                yield sse.named_event("error", {"error": stream_error(exc)})
-            self._release()  # the runner is done: free the model before the closing events
-            for name, data in self.fold.close():
-                yield sse.named_event(name, data)
-            result = msgspec.to_builtins(self._result())
-            self.meter.finish(status, error)
-            yield sse.named_event("chat.end", {"result": result})
-        except BaseException:  # the client went away: leaving `async with` closed the upstream (stops generation)
-            status, error = 499, "client disconnected"
-            raise
-        finally:
-            self._release()
-            self.meter.finish(status, error)
+def _named(events: list[tuple[str, dict[str, Any]]]) -> bytes:
+    return b"".join([sse.named_event(name, data) for name, data in events])
 
-    def _release(self) -> None:
-        if self.lease is not None:
-            self.lease.release()
+
+_encode = msgspec.json.Encoder().encode
 
 
 def model_size(spec: ModelSpec) -> int | None:

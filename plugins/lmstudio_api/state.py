@@ -34,12 +34,6 @@ class SurfaceState:
     store: ResponseStore
     facts: OrderedDict[tuple[str, int | None, str], RunnerFacts] = field(default_factory=OrderedDict)
 
-    def known_facts(self, name: str, pid: int | None) -> RunnerFacts | None:
-        for (model, fact_pid, _), facts in reversed(self.facts.items()):
-            if model == name and fact_pid == pid:
-                return facts
-        return None
-
 
 #: A handler parameter ``lms: LMSDep`` receives the surface state (provided by the controllers' dependencies).
 LMSDep = NamedDependency[SurfaceState]

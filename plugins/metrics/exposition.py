@@ -88,6 +88,9 @@ def _model_families(rec: Recorder) -> Iterator[Any]:
                                          labels=["model"])
     failures = CounterMetricFamily(f"{PREFIX}_model_load_failures", "Model loads that failed.", labels=["model"])
     unloads = CounterMetricFamily(f"{PREFIX}_model_unloads", "Model unloads by reason.", labels=["model", "reason"])
+    log_dropped = CounterMetricFamily(f"{PREFIX}_runner_log_lines_dropped",
+                                      "Runner log lines its log file could not take (it logged faster than the disk).",
+                                      labels=["model"])
     for name, stats in list(rec.models.items()):
         in_flight.add_metric([name], stats.in_flight)
         loaded.add_metric([name], 1 if stats.state == "loaded" else 0)
@@ -96,7 +99,8 @@ def _model_families(rec: Recorder) -> Iterator[Any]:
         failures.add_metric([name], stats.failed_loads)
         for reason, count in stats.unloads.items():
             unloads.add_metric([name, reason], count)
-    yield from (in_flight, loaded, loads, load_seconds, failures, unloads)
+        log_dropped.add_metric([name], stats.log_lines_dropped)
+    yield from (in_flight, loaded, loads, load_seconds, failures, unloads, log_dropped)
 
 
 def _runner_families(runners: list[RunnerSample]) -> Iterator[Any]:

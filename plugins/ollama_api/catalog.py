@@ -1,4 +1,5 @@
-"""Ollama's model listings (``/api/tags``, ``/api/show``, ``/api/ps``) from model specs and GGUF metadata. Pure.
+"""Ollama's model listings (``/api/tags``, ``/api/show``, ``/api/ps``) from model specs, the core's model facts
+(``host.scheduler.facts(name)``: effective context and flags, capabilities) and GGUF metadata. Pure.
 
 GGUF facts come from ``ModelSpec.metadata`` (filled by a discovery plugin, or by the core from the file). Both the
 discovery plugin's short names (``architecture``, ``parameter_count``, ``quantization``, ``context_length``, ``tools``,
@@ -13,6 +14,7 @@ import hashlib
 import math
 from typing import Any
 
+from llama_host.facts import ModelFacts
 from llama_host.types import ModelSpec
 
 # llama.cpp's ``llama_ftype`` (``general.file_type``) → the quantization label Ollama shows.
@@ -22,9 +24,6 @@ FILE_TYPES = {
     20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M",
     28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4",
 }
-# Architectures that only embed (llama-server serves them with --embeddings).
-EMBEDDING_ARCHS = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "t5encoder", "modern-bert",
-                   "neo-bert"}
 FOREVER = dt.datetime(2318, 1, 1, tzinfo=dt.UTC)  # what Ollama shows for keep_alive < 0 (now + max Go duration)
 
 
@@ -78,23 +77,6 @@ def parameter_count(spec: ModelSpec) -> int | None:
     return int(value) if isinstance(value, (int, float)) else None
 
 
-def context_length(spec: ModelSpec) -> int | None:
-    meta = spec.metadata or {}
-    arch = architecture(spec)
-    value = _pick(meta, "context_length", "n_ctx_train", f"{arch}.context_length")
-    return int(value) if isinstance(value, (int, float)) else None
-
-
-def runtime_context(spec: ModelSpec) -> int | None:
-    """The context the runner is started with (``params.ctx_size``), else the model's own."""
-    params = spec.params or {}
-    for key in ("ctx_size", "c", "ctx-size"):
-        value = params.get(key)
-        if isinstance(value, int) and value > 0:
-            return value
-    return context_length(spec)
-
-
 def details(spec: ModelSpec) -> dict[str, Any]:
     arch = architecture(spec)
     return {
@@ -105,21 +87,6 @@ def details(spec: ModelSpec) -> dict[str, Any]:
         "parameter_size": format_parameter_size(parameter_count(spec)),
         "quantization_level": quantization(spec),
     }
-
-
-def _truthy(value: Any) -> bool:
-    return value is True or (isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"))
-
-
-def is_embedding(spec: ModelSpec) -> bool:
-    params = spec.params or {}
-    if _truthy(params.get("embeddings")) or _truthy(params.get("embedding")) or "--embeddings" in spec.args:
-        return True
-    meta = spec.metadata or {}
-    if _truthy(meta.get("embedding")) or _truthy(meta.get("is_embedding")) or meta.get("type") in ("embedding",
-                                                                                                   "embeddings"):
-        return True
-    return architecture(spec) in EMBEDDING_ARCHS
 
 
 def raw_gguf(spec: ModelSpec) -> dict[str, Any]:
@@ -137,22 +104,12 @@ def chat_template(spec: ModelSpec) -> str:
     return value if isinstance(value, str) else ""
 
 
-def capabilities(spec: ModelSpec) -> list[str]:
-    """Ollama capabilities: ``embedding`` for embedding models, else ``completion`` plus ``tools`` (template handles
-    tools), ``thinking`` (template knows a thinking switch or tags), ``vision`` (a projector)."""
-    if is_embedding(spec):
-        return ["embedding"]
+def capabilities(spec: ModelSpec, facts: ModelFacts) -> list[str]:
+    """Ollama capabilities: the core's (``embedding`` alone, else ``completion``, ``tools``, ``thinking``,
+    ``vision``), plus ``audio`` when the metadata says so."""
+    caps = facts.capabilities
     meta = spec.metadata or {}
-    caps = ["completion"]
-    template = chat_template(spec)
-    if _truthy(meta.get("tools")) or _truthy(meta.get("tool_use")) or _truthy(meta.get("supports_tools")) or (
-            "tools" in template or "tool_call" in template):
-        caps.append("tools")
-    if any(marker in template for marker in ("enable_thinking", "<think>", "reasoning_content")):
-        caps.append("thinking")
-    if spec.mmproj or _truthy(meta.get("vision")) or meta.get("mmproj"):
-        caps.append("vision")
-    if _truthy(meta.get("audio")):
+    if not facts.embedding and (meta.get("audio") is True or str(meta.get("audio")).lower() in ("1", "true")):
         caps.append("audio")
     return caps
 
@@ -175,7 +132,7 @@ def timestamp(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).astimezone().isoformat()
 
 
-def tag_entry(spec: ModelSpec, size: int, mtime: float) -> dict[str, Any]:
+def tag_entry(spec: ModelSpec, facts: ModelFacts, size: int, mtime: float) -> dict[str, Any]:
     name = display_name(spec.name)
     return {
         "name": name,
@@ -184,7 +141,7 @@ def tag_entry(spec: ModelSpec, size: int, mtime: float) -> dict[str, Any]:
         "size": size,
         "digest": digest(spec, size, mtime),
         "details": details(spec),
-        "capabilities": capabilities(spec),
+        "capabilities": capabilities(spec, facts),
     }
 
 
@@ -231,13 +188,12 @@ def model_info(spec: ModelSpec, verbose: bool = False) -> dict[str, Any]:
     return info
 
 
-def parameters_text(spec: ModelSpec) -> str:
+def parameters_text(facts: ModelFacts) -> str:
     """Ollama's ``parameters`` string (``key value`` lines) for what the runner is started with."""
     lines = []
-    ctx = runtime_context(spec)
-    params = spec.params or {}
-    if isinstance(params.get("ctx_size"), int):
-        lines.append(f"num_ctx {ctx}")
+    params = facts.params
+    if isinstance(params.get("ctx_size"), int) and facts.context_length:
+        lines.append(f"num_ctx {facts.context_length}")
     for option, param in (("num_batch", "batch_size"), ("num_gpu", "n_gpu_layers"), ("num_thread", "threads")):
         value = params.get(param)
         if isinstance(value, int):
@@ -245,16 +201,16 @@ def parameters_text(spec: ModelSpec) -> str:
     return "\n".join(lines)
 
 
-def show(spec: ModelSpec, *, size: int, mtime: float, verbose: bool = False) -> dict[str, Any]:
+def show(spec: ModelSpec, facts: ModelFacts, *, size: int, mtime: float, verbose: bool = False) -> dict[str, Any]:
     path = spec.path or ""
     out: dict[str, Any] = {
         "license": str((spec.metadata or {}).get("general.license") or (spec.metadata or {}).get("license") or ""),
         "modelfile": f"# Served by llama-host from {path or spec.runtime}\nFROM {path}\n",
-        "parameters": parameters_text(spec),
+        "parameters": parameters_text(facts),
         "template": chat_template(spec),
         "details": details(spec),
         "model_info": model_info(spec, verbose),
-        "capabilities": capabilities(spec),
+        "capabilities": capabilities(spec, facts),
         "modified_at": timestamp(mtime or 0.0),
     }
     if spec.mmproj:
@@ -262,9 +218,11 @@ def show(spec: ModelSpec, *, size: int, mtime: float, verbose: bool = False) -> 
     return out
 
 
-def ps_entry(spec: ModelSpec, *, memory: int, expires_at: float | None, size: int, mtime: float) -> dict[str, Any]:
+def ps_entry(spec: ModelSpec, facts: ModelFacts, *, memory: int, expires_at: float | None, size: int,
+             mtime: float) -> dict[str, Any]:
+    """A loaded model: its context is the one the runner runs with (configured, plugin-level or load-time)."""
     name = display_name(spec.name)
-    params = spec.params or {}
+    params = facts.params
     ngl = params.get("n_gpu_layers", params.get("ngl", params.get("gpu_layers")))
     on_gpu = (isinstance(ngl, int) and ngl != 0) or ngl in ("all", "auto")
     return {
@@ -275,5 +233,5 @@ def ps_entry(spec: ModelSpec, *, memory: int, expires_at: float | None, size: in
         "details": details(spec),
         "expires_at": timestamp(expires_at),
         "size_vram": memory if on_gpu else 0,
-        "context_length": runtime_context(spec) or 0,
+        "context_length": facts.context_length or 0,
     }

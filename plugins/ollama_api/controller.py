@@ -6,27 +6,25 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, route
 from litestar.params import FromPath
-from litestar.response import Stream
 
 from llama_host import Host, HostDep, ModelSpec
 from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError, UpstreamError
-from llama_host.proxy import end_request
+from llama_host.request import Exchange, run
 
 from . import catalog
 from . import translate as tr
 from .settings import SURFACE, Settings
-from .sse import sse_batches
 from .wire import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, ShowRequest
 
 if TYPE_CHECKING:
-    from llama_host.proxy import RequestMeter, Upstream
+    from llama_host.proxy import Upstream
     from llama_host.scheduler import Lease
 
 log = logging.getLogger("llama_host.ollama_api")
@@ -104,14 +102,16 @@ class OllamaController(Controller):
         specs = [s for s in host.scheduler.models.values() if not s.unlisted and not s.missing]
         specs.sort(key=lambda s: s.name)
         facts = await _files_facts(specs)
-        return _json({"models": [catalog.tag_entry(s, size, mtime) for s, (size, mtime) in zip(specs, facts)]})
+        return _json({"models": [catalog.tag_entry(s, host.scheduler.facts(s.name), size, mtime)
+                                      for s, (size, mtime) in zip(specs, facts)]})
 
     @post("/api/show", status_code=200)
     async def api_show(self, request: Request, host: HostDep) -> Response:
         req = await _decode(request, ShowRequest)
         spec = _model_of(host, req.requested)
         ((size, mtime),) = await _files_facts([spec])
-        return _json(catalog.show(spec, size=size, mtime=mtime, verbose=req.verbose))
+        return _json(catalog.show(spec, host.scheduler.facts(spec.name), size=size, mtime=mtime,
+                                  verbose=req.verbose))
 
     @get("/api/ps")
     async def api_ps(self, host: HostDep) -> Response:
@@ -125,7 +125,7 @@ class OllamaController(Controller):
             expires = st.expires_at
             if expires is None and st.ttl is not None:  # busy now: it expires ttl after the last request ends
                 expires = now + st.ttl
-            out.append(catalog.ps_entry(spec, memory=st.memory, expires_at=expires, size=size, mtime=mtime))
+            out.append(catalog.ps_entry(spec, host.scheduler.facts(spec.name), memory=st.memory, expires_at=expires, size=size, mtime=mtime))
         return _json({"models": out})
 
     # --- generation ----------------------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ class OllamaController(Controller):
         sampling, load_params = tr.split_options(req.options)
         if not req.prompt and not req.system and not req.images and not req.suffix:
             return await _load_or_unload(host, spec, req.model, ttl, load_params, chat=False)
-        _can_generate(spec, req.model, "generate")
+        _can_generate(host, spec, req.model, "generate")
         try:
             path, body = tr.generate_request(req, spec.name, sampling, stream=req.stream is not False)
         except ValueError as exc:
@@ -156,7 +156,7 @@ class OllamaController(Controller):
         sampling, load_params = tr.split_options(req.options)
         if not req.messages:
             return await _load_or_unload(host, spec, req.model, ttl, load_params, chat=True)
-        _can_generate(spec, req.model, "chat")
+        _can_generate(host, spec, req.model, "chat")
         try:
             body = tr.chat_body(req, spec.name, sampling, stream=req.stream is not False)
         except ValueError as exc:
@@ -174,13 +174,14 @@ class OllamaController(Controller):
         ttl = _ttl(req.keep_alive)
         _, load_params = tr.split_options(req.options)
         inputs = tr.embed_inputs(req.input)
-        reply, load_ns = await _embeddings(host, spec, "embed", inputs, ttl, load_params)
-        usage = reply.get("usage") or {}
-        return _json({
-            "model": req.model, "embeddings": tr.embeddings_from(reply, req.dimensions),
-            "total_duration": time.monotonic_ns() - started, "load_duration": load_ns,
-            "prompt_eval_count": int(usage.get("prompt_tokens") or 0),
-        })
+
+        def shape(reply: dict[str, Any], load_ns: int) -> dict[str, Any]:
+            usage = reply.get("usage") or {}
+            return {"model": req.model, "embeddings": tr.embeddings_from(reply, req.dimensions),
+                    "total_duration": time.monotonic_ns() - started, "load_duration": load_ns,
+                    "prompt_eval_count": int(usage.get("prompt_tokens") or 0)}
+
+        return await _embeddings(host, spec, "embed", inputs, ttl, load_params, shape)
 
     @post("/api/embeddings", status_code=200)
     async def api_embeddings(self, request: Request, host: HostDep) -> Response:
@@ -188,9 +189,12 @@ class OllamaController(Controller):
         spec = _model_of(host, req.model)
         ttl = _ttl(req.keep_alive)
         _, load_params = tr.split_options(req.options)
-        reply, _ = await _embeddings(host, spec, "embeddings", [req.prompt] if req.prompt else [], ttl, load_params)
-        vectors = tr.embeddings_from(reply)
-        return _json({"embedding": vectors[0] if vectors else []})
+        def shape(reply: dict[str, Any], load_ns: int) -> dict[str, Any]:
+            vectors = tr.embeddings_from(reply)
+            return {"embedding": vectors[0] if vectors else []}
+
+        return await _embeddings(host, spec, "embeddings", [req.prompt] if req.prompt else [], ttl, load_params,
+                                 shape)
 
     # --- model management llama-host does not do -----------------------------------------------------------------
 
@@ -227,13 +231,8 @@ class OllamaController(Controller):
                   "site file"))
 
 
-def _runner_params(spec: ModelSpec, load_params: dict[str, Any]) -> dict[str, Any] | None:
-    """Load-time options are llama-server flags: other runtimes (a remote server, a command) are left alone."""
-    return load_params if load_params and spec.runtime == "llama-server" else None
-
-
-def _can_generate(spec: ModelSpec, requested: str, what: str) -> None:
-    if catalog.is_embedding(spec):
+def _can_generate(host: Host, spec: ModelSpec, requested: str, what: str) -> None:
+    if host.scheduler.facts(spec.name).embedding:
         raise BadRequest(f'"{requested}" does not support {what}: it is an embedding model')
 
 
@@ -249,39 +248,87 @@ async def _load_or_unload(host: Host, spec: ModelSpec, echo: str, ttl: float | N
     if ttl == 0:
         await host.scheduler.unload(spec.name)
         return _json(tr.load_reply(echo, chat=chat, unloaded=True))
-    async with host.scheduler.lease(spec.name, ttl=ttl, load_params=_runner_params(spec, load_params)):
+    async with host.scheduler.lease(spec.name, ttl=ttl, load_params=load_params):
         pass
     return _json(tr.load_reply(echo, chat=chat, unloaded=False))
 
 
 async def _embeddings(host: Host, spec: ModelSpec, endpoint: str, inputs: list[str], ttl: float | None,
-                      load_params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """The runner's ``/v1/embeddings`` reply for ``inputs`` (none: just load the model) and the load wait in ns."""
-    meter = host.meter(SURFACE, endpoint, spec.name)
-    try:
-        async with host.scheduler.lease(spec.name, ttl=ttl, load_params=_runner_params(spec, load_params)) as lease:
-            meter.queue_wait = lease.queue_wait
-            load_ns = int(lease.queue_wait * 1e9)
-            if not inputs:
-                meter.finish(200)
-                return {"data": []}, load_ns
-            async with await host.relay.open(lease, "POST", "/v1/embeddings",
-                                             json={"model": spec.name, "input": inputs,
-                                                   "encoding_format": "float"}) as up:
-                reply = await up.json()
-                if up.status == 501:  # llama-server answers embeddings only when started for them
-                    raise BadRequest(
-                        f"model '{spec.name}' is not served for embeddings: give it 'params: {{embeddings: true, "
-                        f"pooling: mean}}' in the site file ({UpstreamError(reply).message})")
-                if up.status >= 400:
-                    raise UpstreamError(reply, up.status)
-    except HostError as exc:
-        meter.finish(exc.status, exc.message)
-        raise
-    meter.first_token()
-    meter.observe(reply)
-    meter.finish(200)
-    return reply, load_ns
+                      load_params: dict[str, Any], shape: Callable[[dict[str, Any], int], dict[str, Any]]) -> Response:
+    """The runner's ``/v1/embeddings`` reply for ``inputs`` shaped by ``shape(reply, load_ns)``; no inputs: just load
+    the model."""
+    if not inputs:
+        meter = host.meter(SURFACE, endpoint, spec.name)
+        try:
+            async with host.scheduler.lease(spec.name, ttl=ttl, load_params=load_params) as lease:
+                meter.queue_wait = lease.queue_wait
+        except HostError as exc:
+            meter.finish(exc.status, exc.message)
+            raise
+        meter.finish(200)
+        return _json(shape({"data": []}, int(lease.queue_wait * 1e9)))
+    return await run(host, Embeddings(spec.name, endpoint, inputs, ttl, load_params, shape))
+
+
+class Embeddings(Exchange):
+    surface = SURFACE
+    path = "/v1/embeddings"
+
+    def __init__(self, model: str, endpoint: str, inputs: list[str], ttl: float | None, load_params: dict[str, Any],
+                 shape: Callable[[dict[str, Any], int], dict[str, Any]]) -> None:
+        self.model, self.endpoint, self.ttl, self.load_params = model, endpoint, ttl, load_params
+        self._inputs, self._shape, self._load_ns = inputs, shape, 0
+
+    def body(self) -> dict[str, Any]:
+        return {"model": self.model, "input": self._inputs, "encoding_format": "float"}
+
+    def upstream_error(self, status: int, payload: Any) -> HostError:
+        if status == 501:  # llama-server answers embeddings only when started for them
+            return BadRequest(f"model '{self.model}' is not served for embeddings: give it 'params: {{embeddings: "
+                              f"true, pooling: mean}}' in the site file ({UpstreamError(payload).message})")
+        return UpstreamError(payload, status)
+
+    def begin(self, lease: Lease) -> bytes:
+        self._load_ns = int(lease.queue_wait * 1e9)
+        return b""
+
+    def reply(self, reply: Any, up: Upstream) -> bytes:
+        return _encode(self._shape(reply if isinstance(reply, dict) else {}, self._load_ns))
+
+
+class Generation(Exchange):
+    """A chat or generate request: OpenAI chunks from the runner become Ollama NDJSON lines as they arrive."""
+
+    surface = SURFACE
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+    def __init__(self, model: str, echo: str, endpoint: str, path: str, body: dict[str, Any], ttl: float | None,
+                 load_params: dict[str, Any], started: int, *,
+                 stream_type: type[tr.ChatStream] | type[tr.GenerateStream],
+                 reply: Callable[..., dict[str, Any]]) -> None:
+        self.model, self.endpoint, self.path, self._body = model, endpoint, path, body
+        self.ttl, self.load_params, self.stream = ttl, load_params, bool(body.get("stream"))
+        self.media_type = NDJSON if self.stream else "application/json"
+        self._echo, self._started, self._reply = echo, started, reply
+        self._translator = stream_type(echo, started, 0)
+        self.event = self._translator.feed  # type: ignore[method-assign]  # per token: no extra call layer
+
+    def body(self) -> dict[str, Any]:
+        return self._body
+
+    def begin(self, lease: Lease) -> bytes:
+        self._translator.load_ns = int(lease.queue_wait * 1e9)
+        return b""
+
+    def end(self) -> bytes:
+        return self._translator.finish()
+
+    def reply(self, reply: Any, up: Upstream) -> bytes:
+        out = self._reply(reply, self._echo, started_ns=self._started, load_ns=self._translator.load_ns)
+        return tr.ndjson(out) if self.stream else _encode(out)  # a streaming client still gets NDJSON
+
+    def error(self, exc: HostError) -> bytes:
+        return tr.error_line(exc.detail())
 
 
 async def _complete(host: Host, spec: ModelSpec, echo: str, endpoint: str, path: str, body: dict[str, Any],
@@ -289,67 +336,5 @@ async def _complete(host: Host, spec: ModelSpec, echo: str, endpoint: str, path:
                     stream_type: type[tr.ChatStream] | type[tr.GenerateStream],
                     reply: Callable[..., dict[str, Any]]) -> Response:
     """Run one generation on the model's runner; a streamed reply is translated chunk by chunk as it arrives."""
-    stream = bool(body.get("stream"))
-    meter = host.meter(SURFACE, endpoint, spec.name, stream)
-    try:
-        lease = await host.scheduler.acquire(spec.name, ttl=ttl, load_params=_runner_params(spec, load_params))
-    except HostError as exc:
-        meter.finish(exc.status, exc.message)
-        raise
-    meter.queue_wait = lease.queue_wait
-    load_ns = int(lease.queue_wait * 1e9)
-    try:
-        up = await host.relay.open(lease, "POST", path, json=body)
-    except HostError as exc:
-        lease.release()
-        meter.finish(exc.status, exc.message)
-        raise
-    if not stream or up.status >= 400 or not up.is_sse:
-        try:
-            data = await up.json()
-            if up.status >= 400:
-                raise UpstreamError(data, up.status)
-        except HostError as exc:
-            meter.finish(exc.status, exc.message)
-            raise
-        finally:
-            up.close()
-            lease.release()
-        meter.first_token()
-        meter.observe(data)
-        meter.finish(200)
-        out = reply(data, echo, started_ns=started, load_ns=load_ns)
-        if stream:  # the runner answered in one piece: still one NDJSON line for a streaming client
-            return Response(content=tr.ndjson(out), media_type=NDJSON)
-        return _json(out)
-    return Stream(_relay(up, lease, meter, stream_type(echo, started, load_ns)), media_type=NDJSON,
-                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-async def _relay(up: Upstream, lease: Lease, meter: RequestMeter,
-                 translator: tr.ChatStream | tr.GenerateStream) -> AsyncIterator[bytes]:
-    """Translate the runner's stream as it arrives; the lease and the upstream end with the stream (or the client)."""
-    status, error = 200, None
-    try:
-        feed = translator.feed
-        async for events in sse_batches(up):
-            stamp = tr.created_at()
-            out = b"".join([feed(event, stamp) for event in events])
-            if out:
-                if meter.ttft is None:
-                    meter.first_token()
-                yield out
-        meter.observe({"usage": translator.usage, "timings": translator.timings,
-                       "choices": [{"finish_reason": translator.finish_reason}]})
-        yield translator.finish()
-    except HostError as exc:
-        status, error = exc.status, exc.message
-        yield tr.error_line(exc.detail())
-    except msgspec.DecodeError as exc:
-        status, error = 502, f"bad reply from the runner: {exc}"
-        yield tr.error_line(error)
-    except BaseException:  # the client went away: closing the upstream below stops generation
-        status, error = 499, "client disconnected"
-        raise
-    finally:
-        end_request(up, lease, meter, status, error)
+    return await run(host, Generation(spec.name, echo, endpoint, path, body, ttl, load_params, started,
+                                      stream_type=stream_type, reply=reply))

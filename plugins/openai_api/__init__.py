@@ -10,12 +10,14 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, Response, get, post, route
 from litestar.params import FromPath
-from litestar.response import Stream
 
 from llama_host import Host, HostDep, Surface, hookimpl
 from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError, ModelNotFound
-from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS
+from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS, error_event
+from llama_host.proxy import Upstream
+from llama_host.request import Exchange, run
+from llama_host.scheduler import Lease
 
 NAME = "openai_api"
 #: OpenAI count parameters; a negative one is refused here rather than passed to the runner
@@ -33,11 +35,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 def model_entry(host: HostDep, name: str) -> dict[str, Any]:
     s = host.scheduler.status(name)
-    md = s.metadata
-    return {"id": s.name, "object": "model", "created": int(md.get("mtime") or host.started_at),
+    facts = s.facts or host.scheduler.facts(name)
+    return {"id": s.name, "object": "model", "created": int(s.metadata.get("mtime") or host.started_at),
             "owned_by": "llama-host", "state": s.state, "runtime": s.runtime, "aliases": s.aliases,
-            "context_length": md.get("context_length") or s.metadata.get("ctx_size"),
-            "architecture": md.get("architecture"), "quantization": md.get("quantization")}
+            "context_length": facts.context_length, "capabilities": facts.capabilities,
+            "architecture": facts.architecture, "quantization": facts.quantization}
 
 
 class OpenAIController(Controller):
@@ -76,27 +78,33 @@ class OpenAIController(Controller):
     async def upstream(self, request: Request, host: HostDep, model: FromPath[str], rest: FromPath[str]) -> Response:
         """Raw passthrough to the model's own server (``/props``, ``/slots``, ``/tokenize``, ...)."""
         spec = host.scheduler.get(model, NAME)
-        body = await request.body()
-        lease = await host.scheduler.acquire(spec.name)
         path = rest if rest.startswith("/") else "/" + rest
         if request.url.query:
             path += "?" + request.url.query
-        try:
-            up = await host.relay.open(lease, request.method, path, body=body or None,
-                                       headers={"Content-Type": request.headers.get("content-type", "application/json")})
-        except HostError:
-            lease.release()
-            raise
+        return await run(host, Passthrough(spec.name, "upstream", path, await request.body() or None, stream=True,
+                                           method=request.method, content_type=request.headers.get("content-type"),
+                                           check_status=False))
 
-        async def chunks():
-            try:
-                async for chunk in up.iter_chunks():
-                    yield chunk
-            finally:
-                up.close()
-                lease.release()
 
-        return Stream(chunks(), status_code=up.status, media_type=up.headers.get("Content-Type"))
+class Passthrough(Exchange):
+    """The OpenAI dialect is the runner's own: the body goes as it came, the reply's bytes come back unchanged."""
+
+    surface = NAME
+    raw = True
+    media_type = "text/event-stream"
+
+    def __init__(self, model: str, endpoint: str, path: str, body: bytes | None, *, stream: bool,
+                 method: str = "POST", content_type: str | None = None, check_status: bool = True) -> None:
+        self.model, self.endpoint, self.path, self._body, self.stream = model, endpoint, path, body, stream
+        self.method, self.check_status = method, check_status
+        self._content_type = content_type or "application/json"
+
+    async def send(self, host: Host, lease: Lease) -> Upstream:
+        return await host.relay.open(lease, self.method, self.path, body=self._body,
+                                     headers={"Content-Type": self._content_type})
+
+    def error(self, exc: HostError) -> bytes:
+        return error_event(exc)
 
 
 async def relay(request: Request, host: HostDep, path: str, endpoint: str) -> Response:
@@ -108,8 +116,7 @@ async def relay(request: Request, host: HostDep, path: str, endpoint: str) -> Re
     if not requested or not isinstance(requested, str):
         raise BadRequest("you must provide a model parameter", param="model")
     spec = host.scheduler.get(requested, NAME)
-    return await host.relay.passthrough(request, surface=NAME, endpoint=endpoint, path=path, body=body,
-                                        model_name=spec.name, stream=obj.get("stream") is True)
+    return await run(host, Passthrough(spec.name, endpoint, path, body, stream=obj.get("stream") is True))
 
 
 @hookimpl

@@ -11,15 +11,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.exceptions import HTTPException, InternalServerException
 
 from llama_host import HostDep
-from llama_host.errors import BadRequest, HostError, PayloadTooLarge, RunnerCrashed, UpstreamError
+from llama_host.errors import BadRequest, HostError, PayloadTooLarge, RunnerCrashed
+from llama_host.proxy import Upstream
+from llama_host.request import Exchange, run
 
 from llama_host_whisper_server.form import FilePart, IncomingForm, OutgoingForm, Spool, boundary_of
 from llama_host_whisper_server.options import (CONTENT_TYPES, AudioOptions, decode_failure_reason, openai_reply,
@@ -88,20 +89,7 @@ class AudioService:
             if spec.runtime != RUNTIME:
                 raise BadRequest(f"model '{spec.name}' does not transcribe audio (runtime '{spec.runtime}'); "
                                  f"use a model with runtime: {RUNTIME}", param="model")
-            meter = host.meter(NAME, endpoint, spec.name)
-            status, error = 500, None
-            try:
-                async with host.scheduler.lease(spec.name) as lease:
-                    meter.queue_wait = lease.queue_wait
-                    response = await self._forward(lease, form, file, spool, translate)
-                meter.first_token()
-                status = response.status_code
-                return response
-            except HostError as exc:
-                status, error = exc.status, exc.message
-                raise
-            finally:
-                meter.finish(status, error)
+            return await run(host, Transcription(self, spec.name, endpoint, form, file, spool, translate))
         finally:
             if spool is not None:
                 await spool.close()
@@ -118,8 +106,22 @@ class AudioService:
             raise PayloadTooLarge(f"the upload is larger than the limit of {_size(self.max_upload)} "
                                   f"(plugins.whisper_server.max_upload_size)") from None
 
-    async def _forward(self, lease: Lease, form: IncomingForm, file: FilePart, spool: Spool | None,
-                       translate: bool) -> Response:
+
+
+class Transcription(Exchange):
+    """The upload goes to whisper-server as it arrives (re-written on the fly); its reply becomes OpenAI's."""
+
+    surface = NAME
+    raw = True  # whisper-server's reply is text, srt, vtt or JSON: openai_reply reads its bytes
+
+    def __init__(self, service: AudioService, model: str, endpoint: str, form: IncomingForm, file: FilePart,
+                 spool: Spool | None, translate: bool) -> None:
+        self.model, self.endpoint = model, endpoint
+        self._service, self._form, self._file, self._spool, self._translate = service, form, file, spool, translate
+        self._options: AudioOptions | None = None
+
+    async def send(self, host: Host, lease: Lease) -> Upstream:
+        form, file, spool, translate = self._form, self._file, self._spool, self._translate
         out = OutgoingForm()
         failure: list[Exception] = []
         final: list[AudioOptions] = []
@@ -142,25 +144,31 @@ class AudioService:
         runner = lease.runner
         with runner.logs.subscribe() as log_lines:
             try:
-                async with self.session.post(runner.base_url + INFERENCE_PATH, data=body(),
-                                             headers={**runner.headers, "Content-Type": out.content_type}) as r:
-                    status, data = r.status, await r.read()
+                r = await self._service.session.post(runner.base_url + INFERENCE_PATH, data=body(),
+                                                     headers={**runner.headers, "Content-Type": out.content_type})
+                up = Upstream(r, lease.model.name)
+                data = await up.read()  # the whole reply, so that a failed upload is known before it is used
             except (aiohttp.ClientError, OSError) as exc:
                 if failure:
                     raise failure[0] from None
                 raise RunnerCrashed(f"model '{lease.model.name}': runner unreachable ({exc})") from None
             if failure:
+                up.close()
                 raise failure[0]
-            if status == 400:
+            if up.status == 400:
+                up.close()
                 reason = await _runner_reason(log_lines) or data.decode("utf-8", "replace").strip()
                 raise InvalidAudio(f"could not read the audio file: {reason}", param="file")
-        if status >= 400:
-            raise UpstreamError(_json_or_text(data), status)
-        if not final:
+        if up.status < 400 and not final:
+            up.close()
             raise RunnerCrashed(f"model '{lease.model.name}': the runner answered before the upload ended")
-        options = final[0]
-        return Response(content=openai_reply(options, data), status_code=200,
-                        media_type=CONTENT_TYPES[options.response_format])
+        self._options = final[0] if final else None
+        return up
+
+    def reply(self, reply: Any, up: Upstream) -> Response:
+        assert self._options is not None
+        return Response(content=openai_reply(self._options, reply), status_code=200,
+                        media_type=CONTENT_TYPES[self._options.response_format])
 
 
 async def _runner_reason(lines: asyncio.Queue[str]) -> str | None:
@@ -179,13 +187,6 @@ async def _runner_reason(lines: asyncio.Queue[str]) -> str | None:
             return reason
         with contextlib.suppress(asyncio.TimeoutError):
             seen.append(await asyncio.wait_for(lines.get(), remaining))
-
-
-def _json_or_text(data: bytes) -> object:
-    try:
-        return msgspec.json.decode(data)
-    except msgspec.DecodeError:
-        return data.decode("utf-8", "replace").strip() or "the runner failed"
 
 
 def _size(n: int) -> str:

@@ -35,6 +35,13 @@ def sample_models(now: float) -> dict[str, dict[str, Any]]:
                     in_flight=0, pinned=False, unlisted=False, missing=False, ttl=300.0, last_used=None,
                     expires_at=None, loaded_at=None, load_seconds=None, pid=None, error=None, path=None, metadata={})
         base.update(kw)
+        md = base["metadata"]
+        # what /api/v1/models serves as `facts` (the core's model facts; here the trained context is the one run)
+        base["facts"] = {"context_length": md.get("context_length"), "trained_context": md.get("context_length"),
+                         "architecture": md.get("architecture"), "quantization": md.get("quantization"),
+                         "parameter_count": md.get("parameter_count"), "params": {},
+                         "embedding": md.get("architecture") == "nomic-bert", "vision": False, "tools": False,
+                         "thinking": False, "file_size": None, "memory": base["memory"]}
         return base
 
     return {

@@ -5,8 +5,17 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from llama_host.types import ModelSpec, ModelStatus
+from llama_host.facts import model_facts
+from llama_host.types import ModelSpec, ModelStatus, RuntimeInfo
+from llama_host_llama_server import LlamaServerRunner, runtime_facts
 from llama_host_lmstudio_api import describe
+
+LLAMA_SERVER = RuntimeInfo("llama-server", LlamaServerRunner, "llama_server", facts=runtime_facts)
+
+
+def f(spec: ModelSpec):
+    """The core's facts of a llama-server model (no host: the plugin's default settings)."""
+    return model_facts(spec, LLAMA_SERVER)
 
 
 def status(spec: ModelSpec, state: str = "unloaded", **metadata) -> ModelStatus:
@@ -25,7 +34,7 @@ GGUF_FACTS = {
 
 def test_v0_llm_from_gguf_facts():
     spec = ModelSpec(name="qwen", path="/m/qwen.gguf", metadata=GGUF_FACTS)
-    model = describe.v0_model(spec, status(spec), default_publisher="local")
+    model = describe.v0_model(spec, status(spec), f(spec), default_publisher="local")
     assert msgspec.to_builtins(model) == {
         "id": "qwen", "object": "model", "type": "llm", "publisher": "local", "arch": "qwen2",
         "compatibility_type": "gguf", "quantization": "Q4_K_M", "state": "not-loaded", "max_context_length": 32768,
@@ -35,9 +44,9 @@ def test_v0_llm_from_gguf_facts():
 
 def test_v0_state_follows_the_scheduler():
     spec = ModelSpec(name="m", path="/m/m.gguf")
-    assert describe.v0_model(spec, status(spec, "loaded"), default_publisher="x").state == "loaded"
-    assert describe.v0_model(spec, status(spec, "loading"), default_publisher="x").state == "not-loaded"
-    assert describe.v0_model(spec, None, default_publisher="x").state == "not-loaded"
+    assert describe.v0_model(spec, status(spec, "loaded"), f(spec), default_publisher="x").state == "loaded"
+    assert describe.v0_model(spec, status(spec, "loading"), f(spec), default_publisher="x").state == "not-loaded"
+    assert describe.v0_model(spec, None, f(spec), default_publisher="x").state == "not-loaded"
 
 
 @pytest.mark.parametrize(
@@ -48,11 +57,12 @@ def test_v0_state_follows_the_scheduler():
         (ModelSpec(name="e", metadata={"embedding": True}), "embeddings"),
         (ModelSpec(name="v", mmproj="/m/proj.gguf"), "vlm"),
         (ModelSpec(name="v", metadata={"vision": True}), "vlm"),
+        (ModelSpec(name="e", params={"embeddings": 1}), "embeddings"),  # as Ollama sees it
         (ModelSpec(name="l", params={"embeddings": False}), "llm"),
     ],
 )
 def test_model_kind(spec, kind):
-    assert describe.model_kind(spec, describe.facts(spec)) == kind
+    assert describe.model_kind(f(spec)) == kind
 
 
 @pytest.mark.parametrize(
@@ -93,17 +103,16 @@ def test_params_string(count, text):
 
 def test_context_lengths():
     spec = ModelSpec(name="m", params={"ctx_size": 4096}, metadata={"context_length": 32768})
-    assert describe.max_context_length(spec, describe.facts(spec)) == 32768
-    assert describe.loaded_context(spec, describe.facts(spec)) == 4096
-    assert describe.loaded_context(spec, describe.facts(spec), runner_n_ctx=2048) == 2048
+    assert describe.max_context_length(f(spec)) == 32768
+    assert describe.loaded_context(f(spec)) == 4096
     bare = ModelSpec(name="m", args=["-c", "1024"])
-    assert describe.max_context_length(bare, {}) == 1024
-    assert describe.max_context_length(ModelSpec(name="m"), {}) == 0
+    assert describe.max_context_length(f(bare)) == 1024
+    assert describe.max_context_length(f(ModelSpec(name="m"))) == 0
 
 
 def test_v1_llm_shape():
     spec = ModelSpec(name="qwen", path="/m/qwen.gguf", params={"ctx_size": 4096}, metadata=GGUF_FACTS)
-    model = msgspec.to_builtins(describe.v1_model(spec, status(spec, "loaded"), default_publisher="local", size_bytes=123))
+    model = msgspec.to_builtins(describe.v1_model(spec, status(spec, "loaded"), f(spec), default_publisher="local", size_bytes=123))
     assert model == {
         "type": "llm", "publisher": "local", "key": "qwen", "display_name": "Qwen2.5 7B Instruct",
         "architecture": "qwen2", "quantization": {"name": "Q4_K_M", "bits_per_weight": 4}, "size_bytes": 123,
@@ -115,7 +124,7 @@ def test_v1_llm_shape():
 
 def test_v1_embedding_leaves_out_llm_fields():
     spec = ModelSpec(name="emb", path="/m/nomic-f16.gguf", params={"embeddings": True}, metadata={"context_length": 2048})
-    model = msgspec.to_builtins(describe.v1_model(spec, status(spec), default_publisher="nomic"))
+    model = msgspec.to_builtins(describe.v1_model(spec, status(spec), f(spec), default_publisher="nomic"))
     assert model["type"] == "embedding"
     assert model["loaded_instances"] == []
     assert model["quantization"] == {"name": "F16", "bits_per_weight": 16}
@@ -125,7 +134,7 @@ def test_v1_embedding_leaves_out_llm_fields():
 
 def test_v1_vlm_is_an_llm_with_vision():
     spec = ModelSpec(name="v", mmproj="/m/proj.gguf")
-    model = describe.v1_model(spec, None, default_publisher="p")
+    model = describe.v1_model(spec, None, f(spec), default_publisher="p")
     assert model.type == "llm"
     assert model.capabilities.vision is True
     assert model.quantization is None

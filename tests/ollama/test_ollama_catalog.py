@@ -7,8 +7,17 @@ import re
 
 import pytest
 
-from llama_host.types import ModelSpec
+from llama_host.facts import model_facts
+from llama_host.types import ModelSpec, RuntimeInfo
+from llama_host_llama_server import LlamaServerRunner, runtime_facts
 from llama_host_ollama_api import catalog as c
+
+LLAMA_SERVER = RuntimeInfo("llama-server", LlamaServerRunner, "llama_server", facts=runtime_facts)
+
+
+def f(spec: ModelSpec):
+    """The core's facts of a llama-server model (no host: the plugin's default settings)."""
+    return model_facts(spec, LLAMA_SERVER)
 
 
 @pytest.mark.parametrize(("count", "text"), [
@@ -36,12 +45,17 @@ def test_details_from_short_and_raw_keys():
     assert c.details(ModelSpec(name="x"))["family"] == ""
 
 
+def caps(spec: ModelSpec) -> list[str]:
+    return c.capabilities(spec, f(spec))
+
+
 def test_capabilities():
-    assert c.capabilities(SHORT) == ["completion", "tools"]
-    assert c.capabilities(RAW) == ["completion", "thinking"]
-    assert c.capabilities(ModelSpec(name="e", params={"embeddings": True, "pooling": "mean"})) == ["embedding"]
-    assert c.capabilities(ModelSpec(name="b", metadata={"architecture": "nomic-bert"})) == ["embedding"]
-    assert "vision" in c.capabilities(ModelSpec(name="v", mmproj="/m/mmproj.gguf"))
+    assert caps(SHORT) == ["completion", "tools"]
+    assert caps(RAW) == ["completion", "thinking"]
+    assert caps(ModelSpec(name="e", params={"embeddings": True, "pooling": "mean"})) == ["embedding"]
+    assert caps(ModelSpec(name="e1", params={"embeddings": 1})) == ["embedding"]  # as LM Studio sees it
+    assert caps(ModelSpec(name="b", metadata={"architecture": "nomic-bert"})) == ["embedding"]
+    assert "vision" in caps(ModelSpec(name="v", mmproj="/m/mmproj.gguf"))
 
 
 def test_model_info_has_context_length_and_hides_vocab():
@@ -57,22 +71,25 @@ def test_model_info_has_context_length_and_hides_vocab():
 
 
 def test_tag_entry_show_and_ps_shapes():
-    tag = c.tag_entry(SHORT, size=123, mtime=1_700_000_000.5)
+    tag = c.tag_entry(SHORT, f(SHORT), size=123, mtime=1_700_000_000.5)
     assert tag["name"] == tag["model"] == "qwen:latest"
     assert tag["size"] == 123 and re.fullmatch(r"[0-9a-f]{64}", tag["digest"])
     assert dt.datetime.fromisoformat(tag["modified_at"]).timestamp() == pytest.approx(1_700_000_000.5)
-    assert c.tag_entry(RAW, size=1, mtime=0)["name"] == "tiny:q8"
+    assert c.tag_entry(RAW, f(RAW), size=1, mtime=0)["name"] == "tiny:q8"
 
-    shown = c.show(RAW, size=1, mtime=1.0)
+    shown = c.show(RAW, f(RAW), size=1, mtime=1.0)
     assert "model_info" in shown and shown["capabilities"] == ["completion", "thinking"]
     assert shown["parameters"] == "num_ctx 2048"
     assert shown["template"] == "<think>"
 
-    ps = c.ps_entry(RAW, memory=5000, expires_at=None, size=1, mtime=1.0)
+    ps = c.ps_entry(RAW, f(RAW), memory=5000, expires_at=None, size=1, mtime=1.0)
     assert ps["size"] == 5000 and ps["size_vram"] == 0 and ps["context_length"] == 2048
     assert ps["expires_at"].startswith("2318-")
     gpu = ModelSpec(name="g", params={"n_gpu_layers": 99})
-    assert c.ps_entry(gpu, memory=10, expires_at=1_700_000_000.0, size=1, mtime=1)["size_vram"] == 10
+    assert c.ps_entry(gpu, f(gpu), memory=10, expires_at=1_700_000_000.0, size=1, mtime=1)["size_vram"] == 10
+    # the context the runner runs with: a -c in args wins over params, as on llama-server's command line
+    short_ctx = ModelSpec(name="s", params={"ctx_size": 2048}, args=["-c", "1024"], metadata={"context_length": 4096})
+    assert c.ps_entry(short_ctx, f(short_ctx), memory=1, expires_at=None, size=1, mtime=1)["context_length"] == 1024
 
 
 DISCOVERED = ModelSpec(name="qwen3", path="/m/qwen3.gguf", source="discovery_gguf", metadata={
@@ -86,8 +103,8 @@ DISCOVERED = ModelSpec(name="qwen3", path="/m/qwen3.gguf", source="discovery_ggu
 def test_discovery_metadata_shape():
     assert c.details(DISCOVERED)["parameter_size"] == "4.0B"
     assert c.details(DISCOVERED)["quantization_level"] == "Q4_K_M"
-    assert c.capabilities(DISCOVERED) == ["completion", "tools", "thinking"]
+    assert caps(DISCOVERED) == ["completion", "tools", "thinking"]
     info = c.model_info(DISCOVERED)
     assert info["qwen3.context_length"] == 40960 and info["tokenizer.ggml.tokens"] == []
     assert "tokenizer.chat_template" not in info
-    assert c.show(DISCOVERED, size=1, mtime=1.0)["template"].startswith("{%- if enable_thinking")
+    assert c.show(DISCOVERED, f(DISCOVERED), size=1, mtime=1.0)["template"].startswith("{%- if enable_thinking")

@@ -310,44 +310,6 @@ def test_messages_accept_openai_style_tool_results():
     assert msgs[1]["tool_call_id"] == "x1"
 
 
-# --- SSE batches -----------------------------------------------------------------------------------------------------
-
-
-class _Up:
-    def __init__(self, *reads: bytes) -> None:
-        self.reads = reads
-
-    async def iter_chunks(self):
-        for r in self.reads:
-            yield r
-
-
-async def _batches(*reads: bytes) -> list[list[dict]]:
-    from llama_host_ollama_api.sse import sse_batches
-
-    return [batch async for batch in sse_batches(_Up(*reads))]
-
-
-async def test_sse_batches_group_what_arrived_together():
-    batches = await _batches(b'data: {"a":1}\n\ndata: {"a"', b':2}\n\n: ping\n\ndata: {"a":3}\n\n', b"data: [DONE]\n\n",
-                             b'data: {"never":1}\n\n')
-    assert batches == [[{"a": 1}], [{"a": 2}, {"a": 3}]]
-    assert await _batches(b'data: {"x":1}') == [[{"x": 1}]]  # a body that ended without a newline
-
-
-async def test_sse_batches_raise_upstream_errors_after_the_good_events():
-    from llama_host.errors import UpstreamError
-    from llama_host_ollama_api.sse import sse_batches
-
-    got = []
-    with pytest.raises(UpstreamError, match="slot died") as err:
-        async for batch in sse_batches(_Up(b'data: {"a":1}\n\ndata: {"error":{"code":503,"message":"slot died"}}\n\n')):
-            got.append(batch)
-    assert got == [[{"a": 1}]] and err.value.status == 503
-    with pytest.raises(UpstreamError, match="legacy"):
-        await _batches(b'error: {"message":"legacy"}\n\n')
-
-
 def test_logprobs_both_ways():
     req = decode_chat({"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": True,
                        "top_logprobs": 3})

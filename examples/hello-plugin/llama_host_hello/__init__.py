@@ -3,7 +3,8 @@
 It shows the three things most plugins do:
 
 * ``config_schema``      — its section of the site file (``plugins.hello``), validated before anything starts;
-* ``register_surfaces``  — a route on the main port (``GET /hello``, path configurable);
+* ``register_surfaces``  — a route on the main port (``GET /hello``, path configurable) and a dialect of its own,
+  ``POST /hello/say``, written on the host's request primitive (``dialect.py``);
 * ``register_runtimes``  — a runtime, ``echo``: models with ``runtime: echo`` answer chat requests with the prompt.
 
 The host finds it through the entry point ``hello = "llama_host_hello"`` (group ``llama_host``) in pyproject.toml.
@@ -19,6 +20,7 @@ from litestar import get
 from llama_host import Host, HostDep, Surface, hookimpl
 from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS
 
+from llama_host_hello.dialect import say_handler
 from llama_host_hello.echo import EchoRunner
 from llama_host_hello.settings import NAME, Settings
 
@@ -41,7 +43,8 @@ def register_surfaces(host: Host) -> list[Surface]:
         echo_models = sorted(name for name, spec in host.scheduler.models.items() if spec.runtime == "echo")
         return {"greeting": settings.greeting, "plugin": NAME, "version": __version__, "echo_models": echo_models}
 
-    return [Surface(name=NAME, port=host.site.port, route_handlers=[hello],
+    say = say_handler(settings.path.rstrip("/") + "/say")
+    return [Surface(name=NAME, port=host.site.port, route_handlers=[hello, say],
                     exception_handlers=OPENAI_EXCEPTION_HANDLERS)]
 
 

@@ -40,12 +40,14 @@ function nameCell(m) {
 }
 
 function detailsCell(m) {
-  const md = m.metadata || {};
+  // the core's model facts: the context the runner runs with (not the trained one), the capabilities
+  const f = m.facts || {};
   const chips = [];
-  if (md.architecture) chips.push(["arch", md.architecture]);
-  if (md.parameter_count) chips.push(["params", fmt.count(md.parameter_count)]);
-  if (md.quantization) chips.push(["quant", md.quantization]);
-  if (md.context_length) chips.push(["ctx", fmt.integer(md.context_length)]);
+  if (f.architecture) chips.push(["arch", f.architecture]);
+  if (f.parameter_count) chips.push(["params", fmt.count(f.parameter_count)]);
+  if (f.quantization) chips.push(["quant", f.quantization]);
+  if (f.context_length) chips.push(["ctx", fmt.integer(f.context_length)]);
+  if (f.embedding) chips.push(["kind", "embedding"]);
   if (!chips.length) return h("td", { class: "muted", text: "—" });
   return h("td", {}, h("dl", { class: "chips" }, chips.map(([k, v]) => h("div", { class: "chip" }, h("dt", { text: k }), h("dd", { text: v })))));
 }

@@ -1,0 +1,477 @@
+"""One model request, from the lease to the end-of-request record: the core primitive every surface uses.
+
+A surface writes an :class:`Exchange` — its translation only: the client's request as a runner request
+(:meth:`Exchange.body`), the runner's events as dialect bytes (:meth:`Exchange.event`, :meth:`Exchange.end`), a reply
+in one piece (:meth:`Exchange.reply`) and an error in its dialect (:meth:`Exchange.error`) — and hands it to
+:func:`run`. The primitive owns everything else, the same way for every dialect:
+
+- metering (``request_started`` now, ``request_finished`` once at the end, with queue wait, time to first byte,
+  usage, timings and the stop reason read from the runner's events);
+- the lease: the model is acquired (started on demand, load parameters applied where the runtime takes them) and
+  released as soon as the runner is done — before the client sees the last bytes;
+- opening the upstream (``Relay.open``) and the status check (an error status → ``UpstreamError`` with that status,
+  raised before anything is sent, so the surface's exception handlers shape it);
+- one SSE parser (:class:`SSEParser`): ``data:`` events until ``[DONE]``, comments skipped, ``error`` events in
+  either form raised, a final event without its newline kept;
+- error classification: a host error → its status; a malformed runner event → 502 and an error in the dialect;
+  the client gone → 499 only when the reply was incomplete; anything else → 500, logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from litestar import Response
+from litestar.response import Stream
+
+from llama_host.errors import HostError, UpstreamError
+from llama_host.proxy import SSE_HEADERS, RequestMeter, Upstream
+
+if TYPE_CHECKING:
+    from llama_host.host import Host
+    from llama_host.scheduler import Lease
+
+log = logging.getLogger(__name__)
+
+_decode_any = msgspec.json.Decoder().decode
+_validate = msgspec.json.Decoder(msgspec.Raw).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class BadUpstreamEvent(HostError):
+    """The runner sent an event that is not JSON: the reply cannot go on."""
+
+    status, code, type = 502, "bad_upstream_event", "server_error"
+
+
+class InternalError(HostError):
+    """Anything unexpected while serving a request (logged once, with its traceback)."""
+
+    status, code, type = 500, "internal_error", "server_error"
+
+
+class SSEParser:
+    """Server-sent events from a runner, fed one network read at a time.
+
+    :meth:`events` returns the decoded ``data:`` payloads completed by a read (``decode`` chooses the type: a
+    surface may decode into msgspec Structs); :meth:`passthrough` returns the completed lines unchanged, each
+    ``data:`` payload checked to be JSON (a relay forwards them as they are). Both stop at ``[DONE]`` (``done``).
+    An ``error`` event (``data: {"error": ...}`` or an old ``error: ...`` line) or a payload that is not JSON sets
+    ``error`` (an ``UpstreamError`` / ``BadUpstreamEvent``) after the events before it: the caller sends those,
+    then raises it. :meth:`close` parses a last event that came without its newline. ``observe`` sees the
+    generic decoding of the few events that carry ``usage``, ``timings`` or a finish reason (metering).
+    """
+
+    __slots__ = ("_buf", "_decode", "_observe", "done", "error")
+
+    def __init__(self, decode: Callable[[bytes], Any] | None = None,
+                 observe: Callable[[Any], None] | None = None) -> None:
+        self._buf = b""
+        self._decode = decode or _decode_any
+        self._observe = observe
+        self.done = False
+        self.error: HostError | None = None
+
+    def _payload(self, line: bytes) -> bytes | None:
+        """The JSON payload of a ``data:`` line (``None``: nothing to hand over); sets ``done`` / ``error``."""
+        if line.startswith(b"data:"):
+            payload = line[5:].strip()
+            if not payload:
+                return None
+            if payload == b"[DONE]":
+                self.done = True
+                return None
+            if b'"error"' in payload or (self._observe is not None and (
+                    b'"usage"' in payload or b'"timings"' in payload or b'"finish_reason":"' in payload
+                    or b'"finish_reason": "' in payload)):
+                try:
+                    obj = _decode_any(payload)
+                except msgspec.DecodeError as exc:
+                    self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
+                    return None
+                if isinstance(obj, dict) and "error" in obj:
+                    self.error = UpstreamError(obj)
+                    return None
+                if self._observe is not None:
+                    self._observe(obj)
+            return payload
+        if line.startswith(b"error:"):
+            try:
+                self.error = UpstreamError(_decode_any(line[6:].strip() or b'"upstream error"'))
+            except msgspec.DecodeError:
+                self.error = UpstreamError(line[6:].strip().decode("utf-8", "replace"))
+        return None
+
+    def _complete(self, chunk: bytes) -> bytes:
+        """The completed lines of the buffer (up to its last newline); the rest waits for the next read."""
+        buf = self._buf + chunk if self._buf else chunk
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            self._buf = buf
+            return b""
+        self._buf = buf[cut + 1:]
+        return buf[:cut + 1]
+
+    def _plain(self, payload: bytes) -> bool:
+        """A payload that needs no closer look: not an error, nothing to meter (most token events)."""
+        return b'"error"' not in payload and (self._observe is None or not (
+            b'"usage"' in payload or b'"timings"' in payload or b'"finish_reason":"' in payload
+            or b'"finish_reason": "' in payload))
+
+    def events(self, chunk: bytes) -> list[Any]:
+        out: list[Any] = []
+        decode = self._decode
+        for block in self._complete(chunk).split(b"\n\n"):
+            if not block:
+                continue
+            # the common case first: one `data: {...}` line per event (llama-server's framing)
+            if block.startswith(b"data: {") and b"\n" not in block and self._plain(block):
+                try:
+                    out.append(decode(block[6:]))
+                except msgspec.DecodeError as exc:
+                    self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
+                    return out
+                continue
+            for line in block.split(b"\n"):
+                payload = self._payload(line)
+                if payload is not None:
+                    try:
+                        out.append(decode(payload))
+                    except msgspec.DecodeError as exc:
+                        self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
+                if self.done or self.error is not None:
+                    return out
+        return out
+
+    def passthrough(self, chunk: bytes) -> bytes:
+        complete = self._complete(chunk)
+        if not complete:
+            return b""
+        offset = 0
+        observe = self._observe is not None
+        for block in complete.split(b"\n\n"):
+            if not block:
+                offset += 2
+                continue
+            # the common case inline (once per token): one `data: {...}` line, not an error, nothing to meter
+            if block.startswith(b"data: {") and b"\n" not in block and b'"error"' not in block and not (observe and (
+                    b'"usage"' in block or b'"timings"' in block or b'"finish_reason":"' in block
+                    or b'"finish_reason": "' in block)):
+                try:
+                    _validate(block[6:])
+                except msgspec.DecodeError as exc:
+                    self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
+                    return complete[:offset]
+            else:
+                for line in block.split(b"\n"):
+                    if line and line[0] in b"de":  # data: and error: lines; comments pass as they are
+                        payload = self._payload(line)
+                        if payload is not None:
+                            try:
+                                _validate(payload)
+                            except msgspec.DecodeError as exc:
+                                self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
+                        if self.error is not None:
+                            return complete[:offset]
+                        if self.done:
+                            return complete[:offset + len(block)].rstrip(b"\n") + b"\n\n"
+            offset += len(block) + 2
+        return complete
+
+    def close(self) -> list[Any]:
+        """The last event of a body that ended without a newline (kept, as the runner sent it)."""
+        rest, self._buf = self._buf, b""
+        if self.done or self.error is not None or not rest.strip():
+            return []
+        return self.events(rest + b"\n")
+
+    def close_passthrough(self) -> bytes:
+        """The last event of a body that ended without a newline, ended as an event (a blank line): SSE clients
+        drop an event cut off at the end of the stream."""
+        rest, self._buf = self._buf, b""
+        if self.done or self.error is not None or not rest.strip():
+            return b""
+        out = self.passthrough(rest + b"\n")
+        return out + b"\n" if out and not rest.endswith(b"\n") else out
+
+
+class Exchange:
+    """A surface's side of one model request: its translation. Subclass it and override what differs.
+
+    Set in ``__init__`` (or as class attributes): ``surface``, ``endpoint``, ``model`` (the resolved model's
+    name), ``stream`` (the client gets a stream), ``ttl`` and ``load_params`` (for the scheduler), ``path`` and
+    ``method`` of the runner request, ``media_type`` of the reply. ``raw = True`` relays the runner's bytes
+    unchanged (each event still checked and metered; :meth:`event` is not called); ``check_status = False`` passes
+    the runner's error statuses through as they are (a raw passthrough). ``decode`` decodes runner events (e.g. a
+    msgspec ``Decoder(MyChunk).decode``; default: Python objects).
+    """
+
+    surface: str = ""
+    endpoint: str = ""
+    model: str = ""
+    stream: bool = False
+    ttl: float | None = None
+    load_params: Mapping[str, Any] | None = None
+    method: str = "POST"
+    path: str = "/v1/chat/completions"
+    media_type: str = "application/json"
+    headers: Mapping[str, str] = SSE_HEADERS
+    raw: bool = False
+    check_status: bool = True
+    decode: Callable[[bytes], Any] | None = None
+
+    # --- request → runner request -------------------------------------------------------------------------------
+
+    def body(self) -> Any:
+        """The runner request's body: ``bytes`` are sent as they are, anything else as JSON; ``None``: no body."""
+        return None
+
+    async def send(self, host: Host, lease: Lease) -> Upstream:
+        """Open the runner request (override for a body that is not JSON, e.g. a streamed upload)."""
+        body = self.body()
+        if body is None or isinstance(body, bytes):
+            return await host.relay.open(lease, self.method, self.path, body=body,
+                                         headers={"Content-Type": "application/json"})
+        return await host.relay.open(lease, self.method, self.path, json=body)
+
+    def upstream_error(self, status: int, payload: Any) -> HostError:
+        """The error for a runner's error status (override to say more, e.g. a model not served for embeddings)."""
+        return UpstreamError(payload, status)
+
+    # --- runner → dialect ---------------------------------------------------------------------------------------
+
+    def opening(self) -> bytes:
+        """Bytes a stream starts with before the model is acquired (``b""``: acquire first, so that start
+        failures are HTTP errors; else they come in the stream, through :meth:`error`)."""
+        return b""
+
+    def begin(self, lease: Lease) -> bytes:
+        """Called once the runner answered; returns the first bytes of a stream (``lease.queue_wait`` is the time
+        the request waited for the model)."""
+        return b""
+
+    def event(self, event: Any) -> bytes:
+        """One runner event → the bytes to send now (``b""``: nothing yet)."""
+        return b""
+
+    def end(self) -> bytes:
+        """After the runner's last event: the closing bytes (a final chunk, ``[DONE]``, a folded result)."""
+        return b""
+
+    def reply(self, reply: Any, up: Upstream) -> bytes | Response:
+        """The runner's reply in one piece (decoded JSON; raw: its bytes) → the client's reply."""
+        return reply if isinstance(reply, bytes) else _encode(reply)
+
+    def error(self, exc: HostError) -> bytes:
+        """An error after the reply began, in the dialect (the stream ends after it)."""
+        return b""
+
+
+class ModelCall:
+    """One request's run through the lifecycle (see the module docstring); made by :func:`run`."""
+
+    __slots__ = ("host", "ex", "meter", "lease", "up", "status", "head")
+
+    def __init__(self, host: Host, ex: Exchange) -> None:
+        self.host, self.ex = host, ex
+        self.meter = RequestMeter(host, ex.surface, ex.endpoint, ex.model, ex.stream)
+        self.lease: Lease | None = None
+        self.up: Upstream | None = None
+        self.status = 200
+        self.head = b""  # what Exchange.begin returned: a stream's first bytes
+
+    async def open(self) -> Upstream:
+        """Acquire the model, open the runner request and check its status; a failure ends the call (recorded)
+        and raises."""
+        ex, meter = self.ex, self.meter
+        try:
+            self.lease = lease = await self.host.scheduler.acquire(ex.model, ttl=ex.ttl, load_params=ex.load_params)
+            meter.queue_wait = lease.queue_wait
+            self.up = up = await ex.send(self.host, lease)
+            self.status = up.status
+            if up.status >= 400 and ex.check_status:
+                raw = await up.read()
+                try:
+                    payload: Any = _decode_any(raw)
+                except msgspec.DecodeError:
+                    payload = {"message": raw.decode("utf-8", "replace")[:500] or f"runner answered {up.status}"}
+                raise ex.upstream_error(up.status, payload)
+            self.head = ex.begin(lease)
+            return up
+        except BaseException as exc:
+            err = self.fail(exc)
+            if err is None or err is exc:
+                raise
+            raise err from None
+
+    def end(self, status: int, error: str | None = None) -> None:
+        """Close the runner's response (an early close stops generation), release the model, record the request.
+        Idempotent: error paths and ``finally`` blocks may both call it."""
+        if self.up is not None:
+            self.up.close()
+        if self.lease is not None:
+            self.lease.release()
+        self.meter.finish(status, error)
+
+    def classify(self, exc: BaseException) -> HostError:
+        if isinstance(exc, HostError):
+            return exc
+        if isinstance(exc, msgspec.DecodeError):
+            return BadUpstreamEvent(f"the runner sent a reply that is not JSON ({exc})")
+        return InternalError(f"internal error: {type(exc).__name__}: {exc}")
+
+    def fail(self, exc: BaseException, complete: bool = False) -> HostError | None:
+        """Record the end of a failed call: a host error → its status; the client gone → 499 unless the reply was
+        complete; anything else → 500, logged here (once). Returns the error to show the client (``None``: the
+        client is gone)."""
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit)):
+            if complete:
+                self.end(self.status)
+            else:
+                self.end(499, "client disconnected")
+            return None
+        err = self.classify(exc)
+        if not isinstance(exc, HostError) and not isinstance(exc, msgspec.DecodeError):
+            log.error("model %s, %s %s: %s", self.ex.model, self.ex.surface, self.ex.endpoint, err.message,
+                      exc_info=exc)
+        self.end(err.status, err.message)
+        return err
+
+    async def whole(self) -> Response:
+        """A reply in one piece (the runner's, or a runner stream folded by the exchange)."""
+        ex, up = self.ex, self.up
+        assert up is not None
+        try:
+            if up.is_sse and not ex.raw:
+                parser = SSEParser(ex.decode, self.meter.observe)
+                parts = []
+                async for chunk in up.iter_chunks():
+                    parts += [ex.event(e) for e in parser.events(chunk)]
+                    if parser.error is not None:
+                        raise parser.error
+                    if parser.done:
+                        break
+                parts += [ex.event(e) for e in parser.close()]
+                if parser.error is not None:
+                    raise parser.error
+                self.meter.first_token()
+                self.end(200)
+                body: bytes | Response = b"".join(parts) + ex.end()
+            else:
+                data = await up.read()
+                self.meter.first_token()
+                if ex.raw:
+                    if up.content_type == "application/json" and up.status < 400:
+                        try:
+                            self.meter.observe(_decode_any(data))
+                        except msgspec.DecodeError:
+                            pass
+                    self.end(up.status, None if up.status < 400 else data[:300].decode("utf-8", "replace"))
+                    body = ex.reply(data, up)
+                    if isinstance(body, bytes):
+                        return Response(content=body, status_code=up.status,
+                                        media_type=up.headers.get("Content-Type") or ex.media_type)
+                    return body
+                reply = _decode_any(data)
+                self.meter.observe(reply)
+                body = ex.reply(reply, up)
+                self.end(200)
+        except BaseException as exc:
+            err = self.fail(exc)
+            if err is None or err is exc:
+                raise
+            raise err from None
+        if isinstance(body, Response):
+            return body
+        return Response(content=body, status_code=200, media_type=ex.media_type)
+
+    async def events(self, opening: bytes = b"") -> AsyncIterator[bytes]:
+        """The reply as a stream: the exchange's bytes as the runner's events arrive (raw: the runner's bytes)."""
+        ex, meter = self.ex, self.meter
+        complete = False
+        try:
+            if opening:
+                yield opening
+                try:
+                    await self.open()
+                except HostError as exc:
+                    yield ex.error(exc)
+                    return
+            up = self.up
+            assert up is not None
+            if self.head:
+                yield self.head
+            chunks = up.iter_chunks()
+            if ex.raw and not up.is_sse:  # not events: the bytes as they come
+                async for chunk in chunks:
+                    if meter.ttft is None:
+                        meter.first_token()
+                    yield chunk
+                self.end(self.status)
+                complete = True
+                return
+            parser = SSEParser(ex.decode, meter.observe)
+            translate = None if ex.raw else ex.event
+            out = b""
+            async for chunk in chunks:
+                if translate is None:
+                    out = parser.passthrough(chunk)
+                else:
+                    out = b"".join([translate(e) for e in parser.events(chunk)])
+                if out and meter.ttft is None:
+                    meter.first_token()
+                if parser.error is not None:
+                    if out:
+                        yield out
+                    raise parser.error
+                if parser.done:
+                    await chunks.aclose()  # stop reading here: no finalizer task for the rest of the body
+                    break
+                if out:
+                    yield out
+                    out = b""
+            else:  # the body ended without [DONE]: its last event may lack its newline
+                if translate is None:
+                    out = parser.close_passthrough()
+                else:
+                    out = b"".join([translate(e) for e in parser.close()])
+                if out and meter.ttft is None:
+                    meter.first_token()
+                if parser.error is not None:
+                    if out:
+                        yield out
+                    raise parser.error
+            self.end(self.status)  # the runner is done: free the model and record the request before the client
+            complete = True        # sees the end; from here a client that goes away had the whole reply
+            yield out if translate is None else out + ex.end()
+        except BaseException as exc:
+            err = self.fail(exc, complete)
+            if err is None:
+                raise
+            yield ex.error(err)
+        finally:
+            if not complete:
+                self.fail(asyncio.CancelledError())  # a generator closed before it began (never iterated)
+
+
+async def run(host: Host, ex: Exchange) -> Response:
+    """Serve one model request through the lifecycle (see the module docstring) with ``ex``'s translation.
+
+    Errors before the reply begins are raised as ``HostError`` (the surface's exception handlers give them its
+    shape); after it began, they end the stream with :meth:`Exchange.error`.
+    """
+    call = ModelCall(host, ex)
+    if ex.stream:
+        opening = ex.opening()
+        if opening:
+            return Stream(call.events(opening), status_code=200, headers=ex.headers, media_type=ex.media_type)
+    up = await call.open()
+    if ex.stream and (up.is_sse or ex.raw):
+        media = ex.media_type if not ex.raw else (up.headers.get("Content-Type") or ex.media_type)
+        return Stream(call.events(), status_code=up.status if ex.raw else 200, headers=ex.headers,
+                      media_type=media)
+    return await call.whole()

@@ -1,0 +1,159 @@
+"""The host calls every hook through the plugin manager, honouring pluggy's contract: implementations that take a
+subset of the arguments (here: none), ``tryfirst``/``trylast``, wrappers, call monitoring. Listeners are computed
+once, after the surfaces; route collisions fail when the host is built."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from litestar import get
+
+from llama_host import hookimpl
+from llama_host.errors import PluginError
+from llama_host.host import TRACE_ENV, Host
+from llama_host.testing import serve_host
+from llama_host.types import ModelsChanged, ModelSpec, Surface
+
+CALLS: list[str] = []
+
+
+class Echo:
+    """A runner that is never started (the runtime is only registered)."""
+
+    def __init__(self, spec: ModelSpec, host: Any) -> None:
+        self.model = spec
+
+
+@get("/bare/hello", sync_to_thread=False)
+def bare_hello() -> str:
+    return "hello"
+
+
+class Bare:
+    """Each hook implemented without any argument: pluggy passes only what an implementation asks for."""
+
+    @hookimpl
+    def config_schema(self) -> None:
+        CALLS.append("config_schema")
+
+    @hookimpl
+    def register_runtimes(self) -> None:
+        CALLS.append("register_runtimes")
+
+    @hookimpl
+    def register_surfaces(self) -> list[Surface]:
+        CALLS.append("register_surfaces")
+        return [Surface(name="bare", port=0, route_handlers=[bare_hello], on_api_ports=True)]
+
+    @hookimpl
+    def discover_models(self) -> list[ModelSpec]:
+        CALLS.append("discover_models")
+        return [ModelSpec(name="bare-model", runtime="bare-echo", source="config")]
+
+    @hookimpl
+    def resolve_model(self) -> None:
+        CALLS.append("resolve_model")
+
+    @hookimpl
+    def lifespan(self) -> Any:
+        CALLS.append("lifespan")
+
+        @contextlib.asynccontextmanager
+        async def run():
+            CALLS.append("lifespan entered")
+            yield
+            CALLS.append("lifespan exited")
+
+        return run()
+
+    @hookimpl
+    def track_event(self) -> None:
+        CALLS.append("track_event")
+
+
+class Ordered:
+    """tryfirst/trylast and wrappers around the register_runtimes and discover_models calls."""
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+
+    @hookimpl(tryfirst=True)
+    def register_runtimes(self, register: Any) -> None:
+        self.order.append("first")
+        register("bare-echo", Echo, description="first wins", extra_future_keyword=True)
+
+    @hookimpl(wrapper=True)
+    def register_surfaces(self, host: Any):
+        surfaces = yield
+        self.order.append(f"wrapped {len(surfaces)} surface lists")
+        return surfaces
+
+    @hookimpl(wrapper=True)
+    def discover_models(self):
+        specs = yield
+        return specs
+
+
+class Later:
+    @hookimpl(trylast=True)
+    def register_runtimes(self, register: Any) -> None:
+        register("bare-later", Echo)
+
+
+def test_argumentless_implementations_of_every_hook_are_called(tmp_path, monkeypatch) -> None:
+    CALLS.clear()
+    ordered = Ordered()
+    extra = [("bare", Bare()), ("ordered", ordered), ("later", Later())]
+    with serve_host({"log_dir": str(tmp_path)}, ["openai_api"], extra=extra) as rh:
+        host: Host = rh.host
+        assert httpx.get(rh.url() + "/bare/hello").text == "hello"
+        assert host.scheduler.resolve("bare-model") is not None  # through the argument-less resolve_model
+        assert host.scheduler.models["bare-model"].source == "bare"  # discovered: named after its plugin
+        assert host.runtimes["bare-echo"].plugin == "ordered" and host.runtimes["bare-later"].plugin == "later"
+        assert host.runtimes["bare-echo"].description == "first wins"
+        host.emit(ModelsChanged(added=["bare-model"]))
+    assert {"config_schema", "register_runtimes", "register_surfaces", "discover_models", "resolve_model",
+            "lifespan", "lifespan entered", "lifespan exited"} <= set(CALLS)
+    assert "track_event" in CALLS
+    assert ordered.order[0] == "first"
+    assert any(o.startswith("wrapped") for o in ordered.order)  # the wrapper saw the real result
+
+
+def test_trace_switch_logs_every_hook_call(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv(TRACE_ENV, "1")
+    with caplog.at_level(logging.INFO, logger="llama_host.hooks"):
+        with serve_host({"log_dir": str(tmp_path)}, ["openai_api"], extra=[("bare", Bare())]) as rh:
+            httpx.get(rh.url() + "/bare/hello")
+    traced = [r.getMessage() for r in caplog.records if r.name == "llama_host.hooks"]
+    for hook in ("register_runtimes", "register_surfaces", "discover_models", "lifespan"):
+        assert any(m.startswith(f"hook {hook}(") for m in traced), hook
+    assert any("returned" in m for m in traced)
+
+
+class Clash:
+    @hookimpl
+    def register_surfaces(self) -> list[Surface]:
+        return [Surface(name="clash", port=0, route_handlers=[bare_hello]),
+                Surface(name="clash2", port=0, route_handlers=[bare_hello])]
+
+
+def test_route_collisions_are_rejected_when_the_host_is_built(tmp_path) -> None:
+    with pytest.raises(PluginError, match=r"GET /bare/hello is served by both 'clash' and 'clash2'"):
+        Host.from_config(data={"port": 18123, "log_dir": str(tmp_path)}, only=[], extra=[("clash", Clash())])
+
+
+def test_listeners_are_computed_once(tmp_path, monkeypatch) -> None:
+    import llama_host.host as host_module
+
+    with serve_host({"log_dir": str(tmp_path)}, ["openai_api", "ollama_api"]) as rh:
+        first = rh.host.listeners()
+        calls = []
+        monkeypatch.setattr(host_module, "_routes_of", lambda s: calls.append(s) or [])
+        for _ in range(3):
+            status = httpx.get(rh.url() + "/api/v1/status").json()
+        assert rh.host.listeners() is first and calls == []
+        assert {tuple(sorted(x["surfaces"])) for x in status["listeners"]} >= {("core", "openai_api")}

@@ -1,0 +1,59 @@
+"""The core request primitive's parts that need no server: the one SSE parser."""
+
+from __future__ import annotations
+
+import pytest
+
+from llama_host.errors import UpstreamError
+from llama_host.request import BadUpstreamEvent, SSEParser
+
+
+def parse(*reads: bytes) -> tuple[list, SSEParser]:
+    parser = SSEParser()
+    out = []
+    for r in reads:
+        out.append(parser.events(r))
+        if parser.error is not None or parser.done:
+            return out, parser
+    out.append(parser.close())
+    return out, parser
+
+
+def test_events_are_grouped_by_read_and_end_at_done():
+    out, p = parse(b'data: {"a":1}\n\ndata: {"a"', b':2}\n\n: ping\n\ndata: {"a":3}\n\n', b"data: [DONE]\n\n",
+                   b'data: {"never":1}\n\n')
+    assert out == [[{"a": 1}], [{"a": 2}, {"a": 3}], []] and p.done
+
+
+def test_a_final_event_without_its_newline_is_kept():
+    out, p = parse(b'data: {"x":1}\n\ndata: {"x":2}')
+    assert out == [[{"x": 1}], [{"x": 2}]] and not p.done
+    parser = SSEParser()
+    assert parser.passthrough(b'data: {"x":1}\n\ndata: {"x":2}') == b'data: {"x":1}\n\n'
+    assert parser.close_passthrough() == b'data: {"x":2}\n\n'
+
+
+def test_error_events_in_either_form_come_after_the_good_events():
+    out, p = parse(b'data: {"a":1}\n\ndata: {"error":{"code":503,"message":"slot died"}}\n\n')
+    assert out == [[{"a": 1}]]
+    assert isinstance(p.error, UpstreamError) and p.error.status == 503 and "slot died" in p.error.message
+    _, p = parse(b'error: {"message":"legacy"}\n\n')
+    assert isinstance(p.error, UpstreamError) and p.error.message == "legacy"
+
+
+@pytest.mark.parametrize("mode", ["events", "passthrough"])
+def test_a_malformed_event_is_a_bad_upstream_event_after_the_good_ones(mode):
+    parser = SSEParser()
+    got = getattr(parser, mode)(b'data: {"a":1}\n\ndata: {"a": tru\n\ndata: {"a":3}\n\n')
+    assert got == ([{"a": 1}] if mode == "events" else b'data: {"a":1}\n\n')
+    assert isinstance(parser.error, BadUpstreamEvent) and parser.error.status == 502
+
+
+def test_passthrough_forwards_complete_lines_unchanged_and_observes_the_metered_ones():
+    seen = []
+    parser = SSEParser(observe=seen.append)
+    head = b'data: {"choices":[{"delta":{"content":"x"},"finish_reason":null}]}\n\n'
+    last = b'data: {"choices":[{"delta":{},"finish_reason":"stop"}],"timings":{"predicted_n":3}}\n\n'
+    assert parser.passthrough(head + last[:20]) == head
+    assert parser.passthrough(last[20:] + b"data: [DONE]\n\nextra") == last + b"data: [DONE]\n\n"
+    assert parser.done and seen == [{"choices": [{"delta": {}, "finish_reason": "stop"}], "timings": {"predicted_n": 3}}]
