@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import sys
@@ -217,6 +218,11 @@ def cmd_worker(args: argparse.Namespace, level: str | None) -> int:
 
     if not 0 < args.rpc_port < 65536:
         print(f"llama-host worker: --rpc-port {args.rpc_port} is not a TCP port", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        ipaddress.ip_address(args.host)
+    except ValueError:  # rpc-server would look the name up while binding, and hang where no resolver answers
+        print(f"llama-host worker: --host {args.host!r} is not a numeric address (e.g. 10.0.0.2)", file=sys.stderr)
         return EXIT_USAGE
     binary = find_rpc_server(args.binary)
     if binary is None:

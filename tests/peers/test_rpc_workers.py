@@ -94,10 +94,15 @@ def test_worker_restarts_its_rpc_server_and_stops_it_with_itself(tmp_path):
                 os.kill(int(line.split()[0]), signal.SIGKILL)
 
 
-def test_worker_without_rpc_server_is_a_usage_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "llama_host.cli", "worker", "--rpc-port", "5", "--binary",
-                        str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60)
+def test_worker_usage_errors(tmp_path):
+    def worker(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "llama_host.cli", "worker", *args], capture_output=True,
+                              text=True, timeout=60)
+
+    r = worker("--rpc-port", "5", "--binary", str(tmp_path / "nothing"))
     assert r.returncode == 2 and "rpc-server not found" in r.stderr
+    r = worker("--rpc-port", "5", "--host", "worker.lan")
+    assert r.returncode == 2 and "not a numeric address" in r.stderr
 
 
 def _alive(pid: int) -> bool:
