@@ -1,9 +1,10 @@
-"""``llama-host``: serve, check, plugins, schema, discover, import-config, pull."""
+"""``llama-host``: serve, check, plugins, schema, discover, import-config, pull, worker."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import sys
@@ -16,7 +17,7 @@ from llama_host import __version__
 from llama_host.errors import ConfigError, PluginError
 
 EXIT_USAGE = 2
-COMMANDS = ("serve", "check", "plugins", "schema", "discover", "import-config", "pull")
+COMMANDS = ("serve", "check", "plugins", "schema", "discover", "import-config", "pull", "worker")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
                          description="Convert llama-runner's models_config.json into a YAML models section.")
     imp.add_argument("legacy", type=Path, help="path of models_config.json")
     imp.add_argument("-o", "--output", type=Path, help="write here (atomically) instead of stdout")
+    work = sub.add_parser("worker", parents=[common], help="run and supervise one llama.cpp rpc-server",
+                          description="Run one rpc-server (an RPC worker that llama-server reaches with --rpc; models "
+                                      "list it under 'rpc:'), restart it when it dies, stop it on Ctrl+C or SIGTERM. "
+                                      "rpc-server has no authentication: bind it to a private network only.")
+    work.add_argument("--rpc-port", type=int, required=True, help="TCP port the worker listens on")
+    work.add_argument("--host", default="127.0.0.1",
+                      help="numeric address to bind (default 127.0.0.1; a private-network address to serve others)")
+    work.add_argument("--threads", type=int, help="CPU threads of the worker (default: rpc-server's)")
+    work.add_argument("--binary", help="rpc-server to run (default: PATH, then scripts/get-rpc-server's build)")
     return p
 
 
@@ -262,6 +272,30 @@ def cmd_pull(args: argparse.Namespace, level: str | None) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, level: str | None) -> int:
+    from llama_host import logs
+    from llama_host.worker import WorkerSupervisor, find_rpc_server, serve_worker
+
+    if not 0 < args.rpc_port < 65536:
+        print(f"llama-host worker: --rpc-port {args.rpc_port} is not a TCP port", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        ipaddress.ip_address(args.host)
+    except ValueError:  # rpc-server would look the name up while binding, and hang where no resolver answers
+        print(f"llama-host worker: --host {args.host!r} is not a numeric address (e.g. 10.0.0.2)", file=sys.stderr)
+        return EXIT_USAGE
+    binary = find_rpc_server(args.binary)
+    if binary is None:
+        print("llama-host worker: rpc-server not found (run scripts/get-rpc-server or pass --binary)", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(level or "info")
+    try:
+        asyncio.run(serve_worker(WorkerSupervisor(binary, args.host, args.rpc_port, args.threads)))
+    finally:
+        logs.shutdown()
+    return 0
+
+
 def _count(n: Any) -> str:
     if not n:
         return "-"
@@ -281,7 +315,8 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 
 _COMMANDS = {"serve": cmd_serve, "check": cmd_check, "plugins": cmd_plugins, "schema": cmd_schema,
-             "discover": cmd_discover, "import-config": cmd_import_config, "pull": cmd_pull}
+             "discover": cmd_discover, "import-config": cmd_import_config, "pull": cmd_pull,
+             "worker": cmd_worker}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -58,6 +58,21 @@ class LimitSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         gt=0, description="idle seconds a kept-alive connection waits for its next request")] = 30.0
 
 
+class PeerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One entry of ``peers``: another llama-host whose models this one lists and routes to."""
+
+    url: str
+    """Base URL of the peer's main port, e.g. ``http://10.0.0.2:8000``."""
+    api_key: str | None = None
+    """One of the peer's ``api_keys`` (sent as ``Authorization: Bearer``)."""
+    name: str | None = None
+    """The node's name in model lists and metrics; default: the URL's host:port."""
+    poll_seconds: float = 5.0
+    """How often the peer's health and model list are read."""
+    timeout: float = 5.0
+    """Seconds a health check or model-list read may take before the peer counts as down."""
+
+
 class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -79,6 +94,7 @@ class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     plugins: dict[str, dict[str, Any]] = {}
     models: dict[str, ModelSpec] = {}
+    peers: list[PeerSettings] = []
 
 
 # Keys of ModelSpec that are filled by the host, not written by users.
@@ -256,6 +272,7 @@ def validate(data: dict[str, Any], schema: dict[str, Any]) -> list[str]:
             problems.append(f"scheduler.memory_budget: {exc}")
     if isinstance(sched, dict) and isinstance(sched.get("groups"), dict):
         problems += _group_problems(sched["groups"])
+    problems += _network_problems(data)
     for name, spec in (data.get("models") or {}).items():
         if isinstance(spec, dict) and spec.get("memory") is not None:
             try:
@@ -286,6 +303,27 @@ def _browser_problems(data: dict[str, Any]) -> list[str]:
     for i, value in enumerate(hosts if isinstance(hosts, list) else []):
         if isinstance(value, str) and (not value.strip() or "/" in value or (":" in value and not _is_ipv6(value))):
             problems.append(f"allowed_hosts[{i}]: {value!r} is not a host name (no scheme, port or path)")
+    return problems
+
+
+def _network_problems(data: dict[str, Any]) -> list[str]:
+    """``peers[].url`` must be an http(s) URL; ``models.<name>.rpc`` entries must be ``host:port``."""
+    from llama_host.worker import split_address
+
+    problems = []
+    peers = data.get("peers")
+    for i, peer in enumerate(peers if isinstance(peers, list) else ()):
+        url = peer.get("url") if isinstance(peer, dict) else None
+        if isinstance(url, str) and not re.match(r"^https?://[^/\s]+", url):
+            problems.append(f"peers[{i}].url: {url!r} is not an http:// or https:// URL")
+    for name, spec in (data.get("models") or {}).items():
+        rpc = spec.get("rpc") if isinstance(spec, dict) else None
+        for i, address in enumerate(rpc if isinstance(rpc, list) else ()):
+            if isinstance(address, str):
+                try:
+                    split_address(address)
+                except ValueError as exc:
+                    problems.append(f"models.{name}.rpc[{i}]: {exc}")
     return problems
 
 

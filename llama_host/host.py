@@ -89,6 +89,12 @@ class Host:
         self.stopping = asyncio.Event()
         self._settings: dict[tuple[str, type], Any] = {}
         pm.register(_CoreResolver(), name="llama_host.core")
+        from llama_host.peers import PeerPool  # imports this module
+
+        #: other llama-host nodes (``peers:``): their models join the catalogue through the normal hooks
+        self.peers = PeerPool(self, site.peers)
+        if site.peers:
+            pm.register(self.peers, name="llama_host.peers")
         if os.environ.get(TRACE_ENV, "") not in ("", "0"):
             trace_hooks(pm)
         self._track_event = pm.hook.track_event

@@ -154,6 +154,15 @@ def _model_defaults(spec: ModelSpec, path: str, json: Any, body: bytes | None) -
     return (with_model_defaults(spec, path, json) if json is not None else None), body
 
 
+def with_model(body: bytes, model: str) -> bytes:
+    """A JSON object body with its ``model`` set to ``model``; any other body unchanged."""
+    try:
+        obj = _decode(body)
+    except msgspec.DecodeError:
+        return body
+    return _encode({**obj, "model": model}) if isinstance(obj, dict) else body
+
+
 class Relay:
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -193,10 +202,16 @@ class Relay:
         hdrs = dict(headers or {})
         if (lease.model.system or lease.model.defaults) and method == "POST":  # a variant (create/copy)
             json, body = _model_defaults(lease.model, path, json, body)
+        upstream_model = lease.runner.upstream_model
         if json is not None:
-            body = _encode(json)
+            body = _encode({**json, "model": upstream_model} if upstream_model and isinstance(json, dict) else json)
             hdrs["Content-Type"] = "application/json"
+        elif upstream_model and body:
+            body = with_model(body, upstream_model)
         payload = body if body is not None else data
+        open_upstream = lease.runner.open_upstream
+        if open_upstream is not None:  # the runner picks its server itself (see types.Runner)
+            return await open_upstream(self.session, method, path, data=payload, headers=hdrs)
         retryable = body is not None or payload is None
         scheduler = self.host.scheduler
         fresh_connection = new_runner = retryable

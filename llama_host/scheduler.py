@@ -427,7 +427,7 @@ class Scheduler:
         code = await runner.wait()
         if entry.runner is not runner or entry.state != "loaded" or self._closed:
             return
-        self._crashed(entry, runner, code)
+        self._crashed(entry, runner, code, runner.exit_reason)
 
     def _check_alive(self, entry: Entry) -> None:
         """A loaded runner whose process has already ended (the watcher may not have run yet) is marked crashed, so
@@ -560,7 +560,7 @@ class Scheduler:
             loaded_at=e.loaded_at if e.state == "loaded" else None, load_seconds=e.load_seconds,
             pid=runner.pid if runner else None, error=e.error, path=s.path, metadata=dict(s.metadata),
             priority=s.priority, max_concurrent=s.max_concurrent, group=getattr(self.limits.group_of(s.name), "name", None),
-            facts=self.facts(name))
+            facts=self.facts(name), details=dict(runner.details) if runner else {})
 
     def facts(self, name: str) -> ModelFacts:
         """What the model runs with now (its runner's facts, load parameters included), else what it would."""

@@ -53,6 +53,12 @@ class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     health_path: str = "/health"
     url: str | None = None
     api_key: str | None = None
+    #: ``remote``: the name the upstream server knows this model by (sent as the body's ``model``); default: this name
+    upstream_model: str | None = None
+    #: ``llama-server``: RPC workers (``host:port``) the model's layers are spread over (``--rpc``)
+    rpc: list[str] = []
+    #: ``llama-server`` with ``rpc``: when a worker dies, restart on the workers still alive (``drop``) or fail
+    rpc_failover: Literal["drop", "fail"] = "drop"
     mmproj: str | None = None
     #: A system prompt given to chat requests that bring none (Ollama ``create`` variants set it).
     system: str | None = None
@@ -91,6 +97,13 @@ class Runner(Protocol):
 
     ``start`` returns once the runner answers health checks, or raises ``RunnerStartError`` with its log tail.
     ``wait`` resolves when the runner ends on its own (never for a remote server) and returns its exit code.
+
+    The rest have defaults in :class:`RunnerBase`: ``exited``/``exit_status``/``kill_now`` (a runner with a process),
+    ``details`` (facts shown in the model's status, e.g. its RPC workers' health), ``exit_reason`` (why it ended on
+    its own, when it knows: the scheduler puts it in the model's error), ``upstream_model`` (the name its server knows
+    the model by: JSON request bodies go out with it as ``model``) and ``open_upstream`` (``async (session, method,
+    path, *, data, headers) -> Upstream``: the runner sends a request itself, choosing among several servers, instead
+    of ``base_url + path``; ``None`` for the usual way).
     """
 
     model: ModelSpec
@@ -105,6 +118,13 @@ class Runner(Protocol):
     async def stop(self, grace: float) -> None: ...
 
     async def wait(self) -> int | None: ...
+
+    exit_reason: str | None
+    upstream_model: str | None
+    open_upstream: Callable[..., Awaitable[Any]] | None
+
+    @property
+    def details(self) -> Mapping[str, Any]: ...
 
     def exited(self) -> bool:
         """True once the runner has ended on its own, even before ``wait`` has noticed (never, without a process)."""
@@ -125,6 +145,13 @@ class RunnerBase:
 
     local = False
     pid: int | None = None
+    exit_reason: str | None = None
+    upstream_model: str | None = None
+    open_upstream: Callable[..., Awaitable[Any]] | None = None
+
+    @property
+    def details(self) -> Mapping[str, Any]:
+        return {}
 
     def exited(self) -> bool:
         return False
@@ -235,8 +262,20 @@ class ModelsChanged(Event, tag="models_changed"):
     missing: list[str] = []
 
 
+class PeerChanged(Event, tag="peer_changed"):
+    """A peer node (``peers:``) went up or down, or its model list changed; counters are totals since start."""
+
+    peer: str
+    url: str
+    up: bool
+    error: str | None = None
+    models: list[str] = []
+    requests: int = 0
+    failures: int = 0
+
+
 AnyEvent = (RequestStarted | RequestFinished | ModelLoading | ModelLoaded | ModelUnloaded | ModelFailed | ModelsChanged
-            | RunnerLogDropped)
+            | RunnerLogDropped | PeerChanged)
 
 
 class ModelStatus(msgspec.Struct, kw_only=True):
@@ -267,6 +306,8 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     group: str | None = None
     #: what the model runs (or will run) with and can do: the one source every surface reads
     facts: ModelFacts | None = None
+    #: what the runner reports about itself (a runner's optional ``details``), e.g. its RPC workers and their health
+    details: dict[str, Any] = {}
 
 
 LifespanFactory = Callable[["Host"], Any]

@@ -23,6 +23,8 @@ from llama_host.errors import RunnerStartError
 from llama_host.facts import RuntimeFacts, truthy
 from llama_host.process import ProcessRunner, flag_args
 
+from .rpc import RpcWorkers
+
 NAME = "llama_server"
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,17 @@ def lockdown_args(port: int, key_file: str | None, key: str | None = None) -> li
 
 
 def build_argv(binary: str, spec: ModelSpec, port: int, defaults: dict[str, Any],
-               lockdown: list[str] | None = None) -> list[str]:
+               lockdown: list[str] | None = None, rpc: list[str] | None = None) -> list[str]:
     """The command line; ``lockdown`` flags come before the model's ``params`` and ``args``, which may override the
-    CORS and UI ones (llama-server takes the last), and may add keys but not remove the host's."""
+    CORS and UI ones (llama-server takes the last), and may add keys but not remove the host's. ``rpc``: the RPC
+    workers to spread the layers over (default: the model's ``rpc``)."""
     params = {**defaults, **spec.params}
     argv = [binary, "-m", str(spec.path), "--host", "127.0.0.1", "--port", str(port), "--alias", spec.name]
     if spec.mmproj and "mmproj" not in params:
         argv += ["--mmproj", spec.mmproj]
+    workers = spec.rpc if rpc is None else rpc
+    if workers and "rpc" not in params:
+        argv += ["--rpc", ",".join(workers)]
     return argv + list(lockdown or []) + flag_args(params) + list(spec.args)
 
 
@@ -87,11 +93,14 @@ class LlamaServerRunner(ProcessRunner):
     def __init__(self, spec: ModelSpec, host: Host) -> None:
         settings: Settings = host.settings(NAME, Settings)
         self._binary = find_binary("llama-server", spec.binary or settings.binary)
+        self._rpc = RpcWorkers(spec.name, spec.rpc, spec.rpc_failover) if spec.rpc else None
+        #: why the runner ended on its own, when known (read by the scheduler)
+        self.exit_reason: str | None = None
         self._key = secrets.token_urlsafe(32)
         self._key_file: str | None = None
         self._legacy_key = False  # an old llama-server: the key goes on the command line
         super().__init__(spec, lambda port: build_argv(self._binary or "llama-server", spec, port, settings.params,
-                                                       self._lockdown(port)),
+                                                       self._lockdown(port), rpc=self._rpc.used if self._rpc else None),
                          env=spec.env, log_dir=host.site.log_dir,
                          headers={"Authorization": f"Bearer {self._key}"})
 
@@ -99,6 +108,11 @@ class LlamaServerRunner(ProcessRunner):
         if self._legacy_key:
             return lockdown_args(port, None, self._key)
         return lockdown_args(port, self._key_file or "")
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """Shown in the model's status: its RPC workers and their last check."""
+        return self._rpc.details() if self._rpc else {}
 
     async def start(self, timeout: float) -> None:
         if self._binary is None:
@@ -108,6 +122,11 @@ class LlamaServerRunner(ProcessRunner):
             raise RunnerStartError(f"model '{self.model.name}': no 'path' to a GGUF file is configured")
         if not Path(self.model.path).is_file():
             raise RunnerStartError(f"model '{self.model.name}': model file not found: {self.model.path}")
+        if self._rpc is not None:
+            used = await self._rpc.choose()
+            dropped = [a for a in self._rpc.configured if a not in used]
+            self._note(f"RPC workers: {', '.join(used)}" + (f" (left out, unreachable: {', '.join(dropped)})"
+                                                             if dropped else ""))
         folder = tempfile.mkdtemp(prefix="llama-host-runner-")  # 0700: only this user can look inside
         try:
             self._key_file = os.path.join(folder, "api-key")
@@ -126,6 +145,28 @@ class LlamaServerRunner(ProcessRunner):
         finally:
             shutil.rmtree(folder, ignore_errors=True)  # read at startup only: the running server keeps the key
             self._key_file = None
+        if self._rpc is not None:
+            self._rpc.watch(lambda: self.pid, self._worker_lost)
+
+    async def _worker_lost(self, reason: str) -> None:
+        self.exit_reason = f"stopped: {reason}"
+        self._note(f"{reason}: stopping llama-server")
+        await super().stop(grace=1.0)
+
+    async def stop(self, grace: float) -> None:
+        if self._rpc is not None:
+            self._rpc.stop_watch()
+        await super().stop(grace)
+
+    async def wait(self) -> int | None:
+        code = await super().wait()
+        if self._rpc is not None:
+            self._rpc.stop_watch()
+            if self.exit_reason is None and not self.stopping:
+                reason = await self._rpc.explain_exit()
+                if reason:
+                    self.exit_reason = f"exited (code {code}): {reason}"
+        return code
 
 
 def _rejects_newer_flags(log_tail: list[str]) -> bool:

@@ -155,3 +155,32 @@ def _system_families(system: SystemSample) -> Iterator[Any]:
                 if value is not None:
                     fam.add_metric(values, value)
         yield from (used, total, util)
+
+
+class PeerCollector(Collector):
+    """Per peer (``peers:`` in the site file): up, requests sent, failures, requests in flight — read at scrape time
+    from the host's peer pool (``host.peers.stats()``)."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
+
+    def collect(self) -> Iterator[Any]:
+        pool = getattr(self.host, "peers", None)
+        stats = pool.stats() if pool is not None else []
+        if not stats:
+            return
+        up = GaugeMetricFamily(f"{PREFIX}_peer_up", "1 when the peer answered its last check.", labels=["peer"])
+        requests = CounterMetricFamily(f"{PREFIX}_peer_requests", "Requests sent to the peer.", labels=["peer"])
+        failures = CounterMetricFamily(f"{PREFIX}_peer_failures",
+                                       "Requests to the peer that failed (unreachable, cut mid-response).",
+                                       labels=["peer"])
+        in_flight = GaugeMetricFamily(f"{PREFIX}_peer_in_flight", "Requests in flight at the peer.", labels=["peer"])
+        for peer in stats:
+            up.add_metric([peer["name"]], 1.0 if peer["up"] else 0.0)
+            requests.add_metric([peer["name"]], peer["requests"])
+            failures.add_metric([peer["name"]], peer["failures"])
+            in_flight.add_metric([peer["name"]], peer["in_flight"])
+        yield from (up, requests, failures, in_flight)
