@@ -304,6 +304,12 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     max_concurrent: int | None = None
     #: the ``scheduler.groups`` entry this model belongs to
     group: str | None = None
+
+    @property
+    def scheduling(self) -> dict[str, Any]:
+        """The scheduling policy of the model, as every dialect's model state shows it (under ``scheduling``)."""
+        return {"pinned": self.pinned, "priority": self.priority, "group": self.group,
+                "max_concurrent": self.max_concurrent}
     #: what the model runs (or will run) with and can do: the one source every surface reads
     facts: ModelFacts | None = None
     #: what the runner reports about itself (a runner's optional ``details``), e.g. its RPC workers and their health

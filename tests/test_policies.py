@@ -30,7 +30,7 @@ from test_faults import (  # noqa: F401 - fixtures
 
 
 def states(rh) -> dict[str, str]:
-    return {s.name: s.state for s in rh.host.scheduler.statuses()}
+    return {s.name: s.state for s in rh.host.scheduler.statuses() if not s.unlisted}  # no <name>@embed variants
 
 
 def test_swap_group_members_replace_each_other_and_leave_others_loaded(tmp_path, model):
@@ -43,6 +43,9 @@ def test_swap_group_members_replace_each_other_and_leave_others_loaded(tmp_path,
         assert states(rh) == {"c1": "unloaded", "c2": "loaded", "other": "loaded"}
         listed = {m["name"]: m for m in httpx.get(rh.url() + "/api/v1/models").json()["models"]}
         assert listed["c2"]["group"] == "coders" and listed["other"]["group"] is None
+        openai_view = {m["id"]: m for m in httpx.get(rh.url() + "/v1/models").json()["data"]}
+        assert openai_view["c2"]["scheduling"] == {"pinned": False, "priority": 0, "group": "coders",
+                                                   "max_concurrent": None}
 
 
 def test_exclusive_group_spares_persistent_members(tmp_path, model):
@@ -57,13 +60,17 @@ def test_exclusive_group_spares_persistent_members(tmp_path, model):
 
 
 def test_lower_priority_is_evicted_first(tmp_path, model):
-    models = {"important": {**model("important"), "priority": 10}, "cheap": model("cheap"), "x": model("x")}
+    models = {"important": {**model("important"), "priority": 10, "max_concurrent": 2}, "cheap": model("cheap"),
+              "x": model("x")}
     config = site(tmp_path, models, max_loaded=2)
-    with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
+    with serve_host(config, ["ollama_api", *PLUGINS]) as rh, client_for(rh.url()) as client:
         for name in ("important", "cheap", "x"):  # "cheap" is the most recently used of the two
             chat(client, name)
         wait_until(lambda: states(rh)["cheap"] == "unloaded", "the low-priority model to be evicted")
         assert states(rh) == {"cheap": "unloaded", "important": "loaded", "x": "loaded"}
+        ps = {m["name"]: m for m in httpx.get(rh.url("ollama_api") + "/api/ps").json()["models"]}
+        assert ps["important:latest"]["scheduling"] == {"pinned": False, "priority": 10, "group": None,
+                                                        "max_concurrent": 2}
 
 
 def test_max_concurrent_queues_the_extra_requests(tmp_path, model):

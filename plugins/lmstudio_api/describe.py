@@ -145,6 +145,7 @@ def v0_model(spec: ModelSpec, status: ModelStatus | None, model: ModelFacts, *, 
         state="loaded" if is_loaded(status) else "not-loaded",
         max_context_length=max_context_length(model),
         capabilities=caps,
+        scheduling=status.scheduling if status is not None else {},
     )
 
 

@@ -101,6 +101,8 @@ class V0Model(msgspec.Struct, kw_only=True):
     state: Literal["loaded", "not-loaded"]
     max_context_length: int
     capabilities: list[str] = []
+    #: llama-host's own: pinned, priority, group, max_concurrent
+    scheduling: dict[str, Any] = {}
 
 
 class V0ModelList(msgspec.Struct, kw_only=True):

@@ -233,7 +233,7 @@ def show(spec: ModelSpec, facts: ModelFacts, *, size: int, mtime: float, verbose
 
 
 def ps_entry(spec: ModelSpec, facts: ModelFacts, *, memory: int, expires_at: float | None, size: int,
-             mtime: float) -> dict[str, Any]:
+             mtime: float, scheduling: dict[str, Any] | None = None) -> dict[str, Any]:
     """A loaded model: its context is the one the runner runs with (configured, plugin-level or load-time)."""
     name = display_name(spec.name)
     params = facts.params
@@ -248,4 +248,5 @@ def ps_entry(spec: ModelSpec, facts: ModelFacts, *, memory: int, expires_at: flo
         "expires_at": timestamp(expires_at),
         "size_vram": memory if on_gpu else 0,
         "context_length": facts.context_length or 0,
+        "scheduling": scheduling or {},  # llama-host's own: pinned, priority, group, max_concurrent
     }

@@ -125,7 +125,8 @@ class OllamaController(Controller):
             expires = st.expires_at
             if expires is None and st.ttl is not None:  # busy now: it expires ttl after the last request ends
                 expires = now + st.ttl
-            out.append(catalog.ps_entry(spec, host.scheduler.facts(spec.name), memory=st.memory, expires_at=expires, size=size, mtime=mtime))
+            out.append(catalog.ps_entry(spec, host.scheduler.facts(spec.name), memory=st.memory, expires_at=expires, size=size, mtime=mtime,
+                                       scheduling=st.scheduling))
         return _json({"models": out})
 
     # --- generation ----------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def model_entry(host: HostDep, name: str) -> dict[str, Any]:
     return {"id": s.name, "object": "model", "created": int(s.metadata.get("mtime") or host.started_at),
             "owned_by": "llama-host", "state": s.state, "runtime": s.runtime, "aliases": s.aliases,
             "context_length": facts.context_length, "capabilities": facts.capabilities,
-            "architecture": facts.architecture, "quantization": facts.quantization}
+            "architecture": facts.architecture, "quantization": facts.quantization, "scheduling": s.scheduling}
 
 
 class OpenAIController(Controller):

@@ -57,7 +57,8 @@ def sample_models(now: float) -> dict[str, dict[str, Any]]:
             metadata={"architecture": "llama", "parameter_count": 3_212_749_824, "quantization": "Q5_K_M",
                       "context_length": 131072}),
         "nomic-embed": model(
-            "nomic-embed", memory=int(0.3 * GIB), pinned=True, ttl=None, aliases=["embed"],
+            "nomic-embed", memory=int(0.3 * GIB), pinned=True, ttl=None, aliases=["embed"], group="embedders",
+            priority=5, max_concurrent=4,
             path="/models/nomic-embed-text-v1.5.Q8_0.gguf",
             metadata={"architecture": "nomic-bert", "parameter_count": 136_731_648, "quantization": "Q8_0",
                       "context_length": 2048}),

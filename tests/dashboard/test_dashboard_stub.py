@@ -43,6 +43,9 @@ def test_root_redirects_and_models_table_lists_every_model(page, url, shot) -> N
     expect(qwen).to_contain_text("aliases: qwen, qwen2.5")
     expect(qwen).to_contain_text(re.compile(r"unloads in \d+:\d\d"))
     expect(row(page, "old-model")).to_contain_text("missing")
+    embed = row(page, "nomic-embed")  # the scheduling policy: pinned, group, priority, concurrency limit
+    for tag in ("pinned", "group embedders", "priority 5", "max 4 at once"):
+        expect(embed.locator(".tag", has_text=tag)).to_have_count(1)
     expect(row(page, "broken-model").locator(".state")).to_have_text("failed")
     expect(page.locator("#models-summary")).to_have_text("6 models · 1 loaded")
     shot("models")

@@ -39,6 +39,7 @@ def test_v0_llm_from_gguf_facts():
         "id": "qwen", "object": "model", "type": "llm", "publisher": "local", "arch": "qwen2",
         "compatibility_type": "gguf", "quantization": "Q4_K_M", "state": "not-loaded", "max_context_length": 32768,
         "capabilities": ["tool_use"],
+        "scheduling": {"pinned": False, "priority": 0, "group": None, "max_concurrent": None},
     }
 
 

@@ -33,6 +33,9 @@ function nameCell(m) {
   if (m.pinned) flags.push(h("span", { class: "tag tag-accent", title: "never unloaded for lack of room or idleness", text: "pinned" }));
   if (m.unlisted) flags.push(h("span", { class: "tag", title: "hidden from model lists of the APIs", text: "unlisted" }));
   if (m.missing) flags.push(h("span", { class: "tag tag-danger", title: "its file is gone", text: "missing" }));
+  if (m.group) flags.push(h("span", { class: "tag", title: "scheduler.groups: runs with the rules of this group", text: `group ${m.group}` }));
+  if (m.priority) flags.push(h("span", { class: "tag", title: "eviction takes lower priorities first", text: `priority ${m.priority}` }));
+  if (m.max_concurrent) flags.push(h("span", { class: "tag", title: "requests at its runner at once; more wait in the queue", text: `max ${m.max_concurrent} at once` }));
   return h("th", { scope: "row", class: "model-name" },
     h("div", { class: "name-line" }, h("span", { class: "name", text: m.name }), flags),
     m.aliases?.length ? h("div", { class: "sub" }, "aliases: ", m.aliases.join(", ")) : null,
