@@ -13,7 +13,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from llama_host import __version__
-from llama_host.host import Host, HostDep
+from llama_host.host import HostDep
 from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS
 from llama_host.proxy import SSE_HEADERS
 from llama_host.types import ModelStatus, Surface
@@ -105,5 +105,7 @@ async def _log_events(host: HostDep, name: str, history: int) -> AsyncIterator[b
 
 
 def core_surface(host: HostDep) -> Surface:
-    return Surface(name="core", port=host.site.port, route_handlers=[ManagementController],
+    from llama_host.api_downloads import DownloadsController
+
+    return Surface(name="core", port=host.site.port, route_handlers=[ManagementController, DownloadsController],
                    exception_handlers=OPENAI_EXCEPTION_HANDLERS)

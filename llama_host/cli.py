@@ -1,9 +1,10 @@
-"""``llama-host``: serve, check, plugins, schema, discover, import-config."""
+"""``llama-host``: serve, check, plugins, schema, discover, import-config, pull, worker."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import sys
@@ -16,7 +17,7 @@ from llama_host import __version__
 from llama_host.errors import ConfigError, PluginError
 
 EXIT_USAGE = 2
-COMMANDS = ("serve", "check", "plugins", "schema", "discover", "import-config")
+COMMANDS = ("serve", "check", "plugins", "schema", "discover", "import-config", "pull", "worker")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,10 +41,25 @@ def _parser() -> argparse.ArgumentParser:
                    description="Print the JSON Schema of the whole site file (core keys and each plugin's section).")
     sub.add_parser("discover", parents=[common], help="print the models found by discovery plugins",
                    description="Run the discovery plugins once and print the table of models found.")
+    pull = sub.add_parser("pull", parents=[common], help="download a GGUF model from Hugging Face",
+                          description="Download a GGUF model (and its split parts and projector) from the Hugging "
+                                      "Face Hub into the site's managed folder (models_dir), resumable and checked "
+                                      "against the hub's sha256. HF_ENDPOINT and HF_TOKEN are honoured. A running "
+                                      "host serves it after its next rescan.")
+    pull.add_argument("model", help="hf.co/{user}/{repo}[:{quant}] or {user}/{repo}[:{quant}] (quant e.g. Q4_K_M)")
     imp = sub.add_parser("import-config", parents=[common], help="convert the older project's models_config.json",
                          description="Convert llama-runner's models_config.json into a YAML models section.")
     imp.add_argument("legacy", type=Path, help="path of models_config.json")
     imp.add_argument("-o", "--output", type=Path, help="write here (atomically) instead of stdout")
+    work = sub.add_parser("worker", parents=[common], help="run and supervise one llama.cpp rpc-server",
+                          description="Run one rpc-server (an RPC worker that llama-server reaches with --rpc; models "
+                                      "list it under 'rpc:'), restart it when it dies, stop it on Ctrl+C or SIGTERM. "
+                                      "rpc-server has no authentication: bind it to a private network only.")
+    work.add_argument("--rpc-port", type=int, required=True, help="TCP port the worker listens on")
+    work.add_argument("--host", default="127.0.0.1",
+                      help="numeric address to bind (default 127.0.0.1; a private-network address to serve others)")
+    work.add_argument("--threads", type=int, help="CPU threads of the worker (default: rpc-server's)")
+    work.add_argument("--binary", help="rpc-server to run (default: PATH, then scripts/get-rpc-server's build)")
     return p
 
 
@@ -202,6 +218,84 @@ def cmd_import_config(args: argparse.Namespace, level: str | None) -> int:
     return 0
 
 
+def cmd_pull(args: argparse.Namespace, level: str | None) -> int:
+    from llama_host import logs
+    from llama_host.catalogue import FILE_NAME, Catalogue
+    from llama_host.config import managed_folder
+    from llama_host.downloads import DownloadManager
+    from llama_host.hub import BadModelName, parse_ref
+    from llama_host.managed import record_pull
+
+    logs.configure(level or "warning")
+    if args.config is not None:
+        host = _host(args)
+        folder = host.site.models_dir or managed_folder(None, args.config)
+        catalogue = Catalogue(args.config.resolve().parent / FILE_NAME)
+    else:
+        folder, catalogue = managed_folder(None, None), Catalogue(None)
+    try:
+        ref = parse_ref(args.model)
+    except BadModelName as exc:
+        print(f"llama-host: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def run():
+        manager = DownloadManager(folder)
+        job = manager.pull(ref)
+        shown: dict[str, int] = {}
+        status = ""
+        try:
+            async for snap in job.follow():
+                if snap["status"] != status:
+                    status = snap["status"]
+                    print(f"{status} {ref.name}", file=sys.stderr)
+                for f in snap["files"]:
+                    step = int(10 * f["completed"] / f["total"]) if f["total"] else 0
+                    if shown.get(f["name"]) != step:
+                        shown[f["name"]] = step
+                        print(f"  {f['name']}: {_bytes(f['completed']) if f['completed'] else '0'} of "
+                              f"{_bytes(f['total'])} ({step * 10}%)", file=sys.stderr)
+        finally:
+            await manager.close()
+        return job
+
+    job = asyncio.run(run())
+    if job.status != "success":
+        print(f"llama-host: pull failed: {job.error.message if job.error else job.status}", file=sys.stderr)
+        return 1
+    catalogue.load()
+    record_pull(catalogue, job)
+    catalogue.save()
+    print(job.path)
+    print(f"pulled {ref.name} into {folder}; a running host serves it after its next rescan "
+          "(POST /api/v1/discovery/rescan, or at once when pulled through the host)", file=sys.stderr)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, level: str | None) -> int:
+    from llama_host import logs
+    from llama_host.worker import WorkerSupervisor, find_rpc_server, serve_worker
+
+    if not 0 < args.rpc_port < 65536:
+        print(f"llama-host worker: --rpc-port {args.rpc_port} is not a TCP port", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        ipaddress.ip_address(args.host)
+    except ValueError:  # rpc-server would look the name up while binding, and hang where no resolver answers
+        print(f"llama-host worker: --host {args.host!r} is not a numeric address (e.g. 10.0.0.2)", file=sys.stderr)
+        return EXIT_USAGE
+    binary = find_rpc_server(args.binary)
+    if binary is None:
+        print("llama-host worker: rpc-server not found (run scripts/get-rpc-server or pass --binary)", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(level or "info")
+    try:
+        asyncio.run(serve_worker(WorkerSupervisor(binary, args.host, args.rpc_port, args.threads)))
+    finally:
+        logs.shutdown()
+    return 0
+
+
 def _count(n: Any) -> str:
     if not n:
         return "-"
@@ -221,7 +315,8 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 
 _COMMANDS = {"serve": cmd_serve, "check": cmd_check, "plugins": cmd_plugins, "schema": cmd_schema,
-             "discover": cmd_discover, "import-config": cmd_import_config}
+             "discover": cmd_discover, "import-config": cmd_import_config, "pull": cmd_pull,
+             "worker": cmd_worker}
 
 if __name__ == "__main__":
     sys.exit(main())

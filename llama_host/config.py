@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jsonschema
 import msgspec
@@ -20,6 +21,18 @@ from llama_host.types import ModelSpec
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
+class GroupSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``scheduler.groups.<name>``: models with rules for running together (see llama_host.placement.Group)."""
+
+    members: list[str]
+    swap: bool = True
+    """At most one member runs at a time: starting one unloads the others."""
+    exclusive: bool = False
+    """Starting a member unloads every model outside the group (but pinned and persistent ones)."""
+    persistent: bool = False
+    """Members are never unloaded to make room for a model outside the group."""
+
+
 class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_loaded: int = msgspec.field(default=1)
     memory_budget: int | str | None = None
@@ -28,19 +41,60 @@ class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     queue_timeout: float = 600.0
     max_queue: int = 256
     stop_grace: float = 5.0
+    groups: dict[str, GroupSettings] = {}
+    preload: list[str] = []
+    """Models started at startup, one after another, in this order."""
+
+
+class LimitSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Connection limits of every listener (slow or oversized requests from the network)."""
+
+    header_timeout: Annotated[float, msgspec.Meta(
+        gt=0, description="seconds a connection may take to send a request's line and headers (slowloris)")] = 10.0
+    max_headers: Annotated[int, msgspec.Meta(gt=0, description="header fields of one request; more get 431")] = 100
+    max_header_bytes: Annotated[int, msgspec.Meta(
+        gt=0, description="bytes of one request's line and headers; more get 431")] = 64 * 2**10
+    keep_alive_timeout: Annotated[float, msgspec.Meta(
+        gt=0, description="idle seconds a kept-alive connection waits for its next request")] = 30.0
+
+
+class PeerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One entry of ``peers``: another llama-host whose models this one lists and routes to."""
+
+    url: str
+    """Base URL of the peer's main port, e.g. ``http://10.0.0.2:8000``."""
+    api_key: str | None = None
+    """One of the peer's ``api_keys`` (sent as ``Authorization: Bearer``)."""
+    name: str | None = None
+    """The node's name in model lists and metrics; default: the URL's host:port."""
+    poll_seconds: float = 5.0
+    """How often the peer's health and model list are read."""
+    timeout: float = 5.0
+    """Seconds a health check or model-list read may take before the peer counts as down."""
 
 
 class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: list[str] = []
+    allowed_origins: Annotated[list[str], msgspec.Meta(description=(
+        "browser origins allowed besides the listener's own and loopback pages; '*' in a pattern matches any text "
+        "('*' alone: every origin), as OLLAMA_ORIGINS"))] = []
+    allowed_hosts: Annotated[list[str], msgspec.Meta(description=(
+        "Host names served besides loopback names ('*' matches any text); needed to reach the host by a DNS name"))] = []
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     log_level: LogLevel = "info"
     log_dir: str = "logs"
     default_model: str | None = None
+    #: The managed folder: pulled models and uploaded blobs (default: ``models`` next to the site file).
+    models_dir: str | None = None
     shutdown_grace: float = 5.0
+    #: streams show loading progress while their model loads (a model's ``loading_progress`` wins)
+    loading_progress: bool = False
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     plugins: dict[str, dict[str, Any]] = {}
     models: dict[str, ModelSpec] = {}
+    peers: list[PeerSettings] = []
 
 
 # Keys of ModelSpec that are filled by the host, not written by users.
@@ -203,18 +257,88 @@ def validate(data: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     for error in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
         problems.extend(_describe(error))
     # Meaning checks the schema cannot express.
+    problems += _browser_problems(data)
+    keys = data.get("api_keys")
+    for i, key in enumerate(keys if isinstance(keys, list) else []):
+        if isinstance(key, str) and not key.strip():
+            problems.append(f"api_keys[{i}]: empty key (an unset variable? an empty key would let anyone in)")
+        elif isinstance(key, str) and key != key.strip():
+            problems.append(f"api_keys[{i}]: the key has leading or trailing white space (it could never match)")
     sched = data.get("scheduler") or {}
     if isinstance(sched, dict) and sched.get("memory_budget") is not None:
         try:
             parse_size(sched["memory_budget"])
         except ValueError as exc:
             problems.append(f"scheduler.memory_budget: {exc}")
+    if isinstance(sched, dict) and isinstance(sched.get("groups"), dict):
+        problems += _group_problems(sched["groups"])
+    problems += _network_problems(data)
     for name, spec in (data.get("models") or {}).items():
         if isinstance(spec, dict) and spec.get("memory") is not None:
             try:
                 parse_size(spec["memory"])
             except ValueError as exc:
                 problems.append(f"models.{name}.memory: {exc}")
+    return problems
+
+
+def _is_ipv6(value: str) -> bool:
+    try:
+        ipaddress.IPv6Address(value.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _browser_problems(data: dict[str, Any]) -> list[str]:
+    """Patterns that could never match a browser's ``Origin`` or a ``Host`` name (a path, a scheme, a port)."""
+    problems = []
+    origins, hosts = data.get("allowed_origins"), data.get("allowed_hosts")
+    for i, value in enumerate(origins if isinstance(origins, list) else []):
+        if isinstance(value, str) and value.strip() != "*":
+            scheme, sep, rest = value.partition("://")
+            if not sep or not scheme or not rest or "/" in rest:
+                problems.append(f"allowed_origins[{i}]: {value!r} is not an origin (scheme://host[:port], no path; "
+                                f"'*' for any)")
+    for i, value in enumerate(hosts if isinstance(hosts, list) else []):
+        if isinstance(value, str) and (not value.strip() or "/" in value or (":" in value and not _is_ipv6(value))):
+            problems.append(f"allowed_hosts[{i}]: {value!r} is not a host name (no scheme, port or path)")
+    return problems
+
+
+def _network_problems(data: dict[str, Any]) -> list[str]:
+    """``peers[].url`` must be an http(s) URL; ``models.<name>.rpc`` entries must be ``host:port``."""
+    from llama_host.worker import split_address
+
+    problems = []
+    peers = data.get("peers")
+    for i, peer in enumerate(peers if isinstance(peers, list) else ()):
+        url = peer.get("url") if isinstance(peer, dict) else None
+        if isinstance(url, str) and not re.match(r"^https?://[^/\s]+", url):
+            problems.append(f"peers[{i}].url: {url!r} is not an http:// or https:// URL")
+    for name, spec in (data.get("models") or {}).items():
+        rpc = spec.get("rpc") if isinstance(spec, dict) else None
+        for i, address in enumerate(rpc if isinstance(rpc, list) else ()):
+            if isinstance(address, str):
+                try:
+                    split_address(address)
+                except ValueError as exc:
+                    problems.append(f"models.{name}.rpc[{i}]: {exc}")
+    return problems
+
+
+def _group_problems(groups: dict[str, Any]) -> list[str]:
+    """A model may belong to one group only (its rules would otherwise contradict each other)."""
+    owner: dict[str, str] = {}
+    problems = []
+    for group, body in groups.items():
+        members = body.get("members") if isinstance(body, dict) else None
+        for i, member in enumerate(members if isinstance(members, list) else ()):
+            if not isinstance(member, str):
+                continue
+            if owner.setdefault(member, group) != group:
+                problems.append(f"scheduler.groups.{group}.members[{i}]: model '{member}' is already in group "
+                                f"'{owner[member]}' (a model belongs to one group)")
     return problems
 
 
@@ -240,7 +364,20 @@ def load_site(path: Path | None, plugin_schemas: Mapping[str, dict[str, Any] | N
             fixed["mmproj"] = str((base / Path(spec.mmproj).expanduser()).resolve())
         models[name] = msgspec.structs.replace(spec, **fixed)
     log_dir = str((base / Path(site.log_dir).expanduser()).resolve())
-    return msgspec.structs.replace(site, models=models, log_dir=log_dir)
+    return msgspec.structs.replace(site, models=models, log_dir=log_dir,
+                                   models_dir=managed_folder(site.models_dir, path))
+
+
+def managed_folder(value: str | None, site_file: Path | None) -> str:
+    """The managed folder: ``models_dir`` relative to the site file; by default ``models`` next to the site file, or
+    ``$XDG_DATA_HOME/llama-host/models`` (``~/.local/share/...``) for a host built without one."""
+    if value:
+        base = site_file.parent if site_file else Path.cwd()
+        return str((base / Path(value).expanduser()).resolve())
+    if site_file is not None:
+        return str((site_file.parent / "models").resolve())
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(data) / "llama-host" / "models")
 
 
 def plugin_settings(site: SiteConfig, name: str, kind: type[msgspec.Struct]) -> Any:
@@ -251,10 +388,14 @@ def plugin_settings(site: SiteConfig, name: str, kind: type[msgspec.Struct]) -> 
 SECRET_KEYS = {"api_keys", "api_key"}
 
 
+def _mask(value: Any) -> Any:
+    return "***" if value else value  # an empty secret stays visible: it is a mistake to see, not a secret
+
+
 def redact(tree: Any) -> Any:
     """A copy of a config tree with secrets replaced by ``"***"``."""
     if isinstance(tree, dict):
-        return {k: (("***" if not isinstance(v, list) else ["***"] * len(v)) if k in SECRET_KEYS and v else redact(v))
+        return {k: (([_mask(x) for x in v] if isinstance(v, list) else _mask(v)) if k in SECRET_KEYS else redact(v))
                 for k, v in tree.items()}
     if isinstance(tree, list):
         return [redact(v) for v in tree]

@@ -57,6 +57,12 @@ class ModelTooLarge(HostError):
     status, code, type = 503, "model_too_large", "server_error"
 
 
+class ModelUnavailable(HostError):
+    """The model is known but nothing that serves it can be reached now (e.g. every peer serving it is down)."""
+
+    status, code, type = 503, "model_unavailable", "server_error"
+
+
 class QueueTimeout(HostError):
     status, code, type = 503, "queue_timeout", "server_error"
 

@@ -12,6 +12,7 @@ work as pluggy documents them. ``LLAMA_HOST_TRACE_HOOKS=1`` logs every hook call
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -87,18 +88,22 @@ def register_surfaces(host: Host) -> list[Surface] | None:
 def register_runtimes(register: RegisterRuntime) -> None:
     """Register runtimes: ways to run a model (``llama-server``, ``command``, ``remote``, third-party ones).
 
-    :param register: call ``register(name, factory, description="...", facts=...)`` once per runtime;
+    :param register: call ``register(name, factory, description="...", facts=..., check=...)`` once per runtime;
         ``factory(spec, host)`` returns a :class:`llama_host.types.Runner`. ``facts(spec, host)`` (optional) returns
         the runtime's part of the model facts, :class:`llama_host.facts.RuntimeFacts` (the flags the runner runs
-        with, the context they give, embeddings); a runtime without it takes no load parameters. Unknown keywords
-        are accepted (later versions may add some). A name registered twice is an error naming both plugins.
+        with, the context they give, embeddings); a runtime without it takes no load parameters. ``check(spec)``
+        (optional) returns the problems that keep the runtime from ever starting ``spec`` (``"path: ..."``): the
+        host reports them for configured models as configuration errors (``models.<name>.path: ...``) and skips
+        discovered models that have any. Unknown keywords are accepted (later versions may add some). A name
+        registered twice is an error naming both plugins.
     :returns: nothing.
 
     Example::
 
         @hookimpl
         def register_runtimes(register):
-            register("echo", lambda spec, host: EchoRunner(spec), description="answers with the prompt")
+            register("echo", lambda spec, host: EchoRunner(spec), description="answers with the prompt",
+                     check=lambda spec: [] if spec.params.get("voice") else ["params.voice: required by 'echo'"])
     """
 
 
@@ -115,6 +120,22 @@ def discover_models(host: Host) -> list[ModelSpec] | None:
         @hookimpl
         def discover_models(host):
             return [ModelSpec(name="tiny", path="/models/tiny.gguf", source="my_scanner")]
+    """
+
+
+@hookspec
+def rescan_models(host: Host) -> Awaitable[Any] | None:
+    """Files arrived in (or left) the managed folder (``host.site.models_dir``): rescan now.
+
+    :param host: the host; called by ``host.rescan_models()`` after a pull finishes or a model is deleted.
+    :returns: an awaitable the host waits for before it refreshes its models (``host.refresh_models()``), or
+        ``None``. The scan itself must not block the event loop (run it in a thread).
+
+    Example::
+
+        @hookimpl
+        def rescan_models(host):
+            return my_scanner(host).rescan()   # a coroutine scanning in a worker thread
     """
 
 

@@ -28,9 +28,16 @@ from llama_host import __version__
 from llama_host.config import SiteConfig, load_site, plugin_settings, redact
 from llama_host.errors import ConfigError, PluginError
 from llama_host.hookspecs import hookimpl
-from llama_host.plugins import PluginInfo, enabled_flags, make_plugin_manager, per_plugin, plugin_schemas
+from llama_host.plugins import (
+    PluginInfo,
+    enabled_flags,
+    make_plugin_manager,
+    per_plugin,
+    plugin_schemas,
+)
 from llama_host.proxy import Relay, RequestMeter
 from llama_host.scheduler import Scheduler
+from llama_host.security import BrowserPolicy, browser_guard
 from llama_host.types import Event, ModelSpec, RuntimeInfo, Surface
 
 log = logging.getLogger(__name__)
@@ -82,6 +89,12 @@ class Host:
         self.stopping = asyncio.Event()
         self._settings: dict[tuple[str, type], Any] = {}
         pm.register(_CoreResolver(), name="llama_host.core")
+        from llama_host.peers import PeerPool  # imports this module
+
+        #: other llama-host nodes (``peers:``): their models join the catalogue through the normal hooks
+        self.peers = PeerPool(self, site.peers)
+        if site.peers:
+            pm.register(self.peers, name="llama_host.peers")
         if os.environ.get(TRACE_ENV, "") not in ("", "0"):
             trace_hooks(pm)
         self._track_event = pm.hook.track_event
@@ -90,6 +103,10 @@ class Host:
         self.scheduler.set_models(site.models, [])
         self._check_models(site.models.values(), "models")
         self.relay = Relay(self)
+        from llama_host.managed import ManagedModels
+
+        #: pulled models, uploaded blobs and variants (create/copy/delete), in the managed folder ``site.models_dir``
+        self.managed = ManagedModels(self)
         self.surfaces = self._collect_surfaces()
         self._listeners = _listeners_of(self.surfaces)  # once, after the surfaces: route collisions fail here
 
@@ -120,12 +137,13 @@ class Host:
         runtimes: dict[str, RuntimeInfo] = {}
         problems: list[str] = []
         for plugin, call in self.per_plugin("register_runtimes"):
-            def register(name: str, factory, *, description: str = "", facts=None, _plugin: str = plugin,
+            def register(name: str, factory, *, description: str = "", facts=None, check=None, _plugin: str = plugin,
                          **more: Any) -> None:
                 if name in runtimes:
                     problems.append(f"runtime '{name}' is registered by both '{runtimes[name].plugin}' and '{_plugin}'")
                     return
-                runtimes[name] = RuntimeInfo(name, factory, _plugin, description, facts=facts)
+                runtimes[name] = RuntimeInfo(name, factory, _plugin, description, facts=facts, check=check,
+                                             embedding=more.get("embedding"))
 
             call(register=register)
         if problems:
@@ -133,10 +151,25 @@ class Host:
         return runtimes
 
     def _check_models(self, specs: Iterable[ModelSpec], where: str) -> None:
-        problems = [f"{where}.{s.name}.runtime: unknown runtime '{s.runtime}' (installed: "
-                    f"{', '.join(sorted(self.runtimes)) or 'none'})" for s in specs if s.runtime not in self.runtimes]
+        problems = []
+        for s in specs:
+            if s.runtime not in self.runtimes:
+                problems.append(f"{where}.{s.name}.runtime: unknown runtime '{s.runtime}' (installed: "
+                                f"{', '.join(sorted(self.runtimes)) or 'none'})")
+            else:
+                problems += [f"{where}.{s.name}.{p}" for p in self._runtime_problems(s)]
         if problems:
             raise ConfigError(problems, str(self.config_path) if self.config_path else None)
+
+    def _runtime_problems(self, spec: ModelSpec) -> list[str]:
+        """What keeps ``spec``'s runtime from ever starting it (the runtime's ``check``); a failing check is a problem."""
+        check = self.runtimes[spec.runtime].check
+        if check is None:
+            return []
+        try:
+            return [str(p) for p in check(spec) or ()]
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug must not hide the model's name
+            return [f"runtime: the check of runtime '{spec.runtime}' failed: {type(exc).__name__}: {exc}"]
 
     def _collect_surfaces(self) -> list[Surface]:
         from llama_host.api import core_surface
@@ -177,11 +210,25 @@ class Host:
                                           msgspec.structs.replace(spec, source=plugin))
             except Exception:
                 log.exception("plugin %s failed in discover_models", plugin)
-        known = [s for s in discovered if s.runtime in self.runtimes]
+        known = []
         for s in discovered:
             if s.runtime not in self.runtimes:
                 log.warning("discovered model %s needs unknown runtime %s: skipped", s.name, s.runtime)
-        self.scheduler.set_models(self.site.models, known)
+            elif problems := self._runtime_problems(s):
+                log.warning("discovered model %s (from %s) cannot be started: %s; skipped", s.name, s.source,
+                            "; ".join(problems))
+            else:
+                known.append(s)
+        configured, known = await self.managed.apply(self.site.models, known)
+        self.scheduler.set_models(configured, known)
+
+    async def rescan_models(self) -> None:
+        """Files changed in the managed folder: every ``rescan_models`` hook rescans, then the models refresh."""
+        waits = [r for r in self.pm.hook.rescan_models(host=self) if r is not None]
+        for result in await asyncio.gather(*waits, return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.error("rescan after a change in the managed folder failed: %s", result)
+        await self.refresh_models()
 
     def plugin_states(self) -> list[dict[str, Any]]:
         return [p.as_dict() for p in self.plugins]
@@ -197,16 +244,19 @@ class Host:
 
     def build_apps(self) -> dict[int, Litestar]:
         apps = {}
+        # Every app: the browser check first (before routing's handlers and guards), then the API key on every
+        # route that is not public, the OpenAPI document's routes included.
+        browser = browser_guard(BrowserPolicy(self.site.host, self.site.allowed_hosts, self.site.allowed_origins))
+        guards = [api_key_guard(self.site.api_keys)] if self.site.api_keys else None
         for port, group in self.listeners().items():
             primary = next((s for s in group if s.port == port and not s.on_api_ports), group[0])
             routers = [Router(path="/", route_handlers=list(s.route_handlers), exception_handlers=s.exception_handlers,
-                              guards=[api_key_guard(self.site.api_keys)] if self.site.api_keys and s.requires_auth else None,
-                              signature_namespace={"Host": Host})
+                              opt=None if s.requires_auth else {"public": True}, signature_namespace={"Host": Host})
                        for s in group]
             main = port == self.site.port
             apps[port] = Litestar(
                 route_handlers=routers, dependencies={"host": Provide(self._provide, sync_to_thread=False)},
-                signature_namespace={"Host": Host},
+                signature_namespace={"Host": Host}, middleware=[browser], guards=guards,
                 exception_handlers=primary.exception_handlers, logging_config=None,
                 openapi_config=OpenAPIConfig(title="llama-host", version=__version__, path="/api/docs",
                                              render_plugins=[ScalarRenderPlugin()]) if main else None,
@@ -224,6 +274,7 @@ class Host:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.relay)
             stack.push_async_callback(self.scheduler.shutdown)
+            stack.push_async_callback(self.managed.close)
             await self.refresh_models()
             for plugin, call in self.per_plugin("lifespan"):
                 for cm in call(host=self):
@@ -233,6 +284,9 @@ class Host:
                         await stack.enter_async_context(cm)
                     except Exception as exc:
                         raise PluginError(f"plugin '{plugin}' failed to start: {exc}") from exc
+            if self.site.scheduler.preload:  # in the background: listeners bind at once, loads show as events
+                preload = asyncio.create_task(self.scheduler.preload(list(self.site.scheduler.preload)), name="preload")
+                stack.callback(preload.cancel)
             yield self
 
 
@@ -242,7 +296,8 @@ HostDep = NamedDependency[Host]
 
 def api_key_guard(keys: list[str]):
     """A Litestar guard accepting ``Authorization: Bearer <key>`` (or ``x-api-key``); handlers with
-    ``opt={"public": True}`` are exempt. A plain function (not a bound method): Litestar deep-copies routers."""
+    ``opt={"public": True}`` (or under a ``Surface`` with ``requires_auth=False``) are exempt: the README's Security
+    section lists them. A plain function (not a bound method): Litestar deep-copies routers."""
     encoded = [k.encode() for k in keys]
 
     def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:

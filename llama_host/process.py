@@ -13,14 +13,14 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
 
 from llama_host.errors import RunnerStartError
-from llama_host.logs import attach_file
+from llama_host.types import RunnerBase
 
 if TYPE_CHECKING:
     from llama_host.types import ModelSpec
@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 
 MAX_LINE = 8192  # longer log lines are cut so one huge line cannot stall the reader or bloat the buffer
 PORT_TAKEN = ("couldn't bind", "address already in use", "failed to bind", "bind failed")
+#: Flags whose value is a secret: shown as ``***`` wherever a command line is logged or shown.
+SECRET_FLAGS = ("--api-key", "--hf-token", "-hft", "--request-path")
+#: Log text waiting for the runner's log file while a write is under way; beyond it new lines are dropped (counted).
+PENDING_LOG_BYTES = 1 << 20
+LOG_FILE_BYTES = 10 * 2**20  # then the file rotates, as the host's own log does
+LOG_FILE_BACKUPS = 3
+#: During a long burst of dropped lines, a summary at least this often (seconds); else one when the burst ends.
+DROP_SUMMARY_EVERY = 10.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -51,12 +59,37 @@ def _die_with_parent() -> None:
             os._exit(1)
 
 
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the values of :data:`SECRET_FLAGS` (``--api-key KEY``, ``--api-key=KEY``) replaced by ``***``."""
+    out: list[str] = []
+    hide = False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+            continue
+        flag, eq, _ = arg.partition("=")
+        if flag in SECRET_FLAGS:
+            if eq:
+                arg = flag + "=***"
+            else:
+                hide = True
+        out.append(arg)
+    return out
+
+
 class LogBuffer:
-    """The recent lines of one runner, plus live subscribers (for SSE log streams)."""
+    """The recent lines of one runner, plus live subscribers (for SSE log streams).
+
+    ``dropped`` counts the lines its runner's log file could not take; ``on_dropped(n)`` (set by the scheduler) is
+    told each time lines were dropped, once per burst.
+    """
 
     def __init__(self, size: int = 1000) -> None:
         self.lines: deque[str] = deque(maxlen=size)
         self._subscribers: set[asyncio.Queue[str]] = set()
+        self.dropped = 0
+        self.on_dropped: Callable[[int], None] | None = None
 
     def append(self, line: str) -> None:
         self.lines.append(line)
@@ -75,6 +108,109 @@ class LogBuffer:
             yield q
         finally:
             self._subscribers.discard(q)
+
+
+class RunnerLogFile:
+    """One runner's rotating log file, written off the event loop, in bounded memory.
+
+    Lines wait in a buffer of at most :data:`PENDING_LOG_BYTES` while one batch is written in a worker thread (one
+    write under way at a time). A runner that logs faster than the disk takes it never makes the host grow or blocks
+    the runner: what does not fit is dropped and counted, and one summary line per burst says how much.
+    """
+
+    def __init__(self, path: Path, model: str, buffer: LogBuffer, *, max_pending: int | None = None,
+                 max_bytes: int = LOG_FILE_BYTES, backups: int = LOG_FILE_BACKUPS) -> None:
+        self.path = path
+        self.model = model
+        self.buffer = buffer
+        self.max_pending = max_pending or PENDING_LOG_BYTES
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._pending: list[str] = []
+        self._pending_bytes = 0
+        self._writing: asyncio.Future | None = None
+        self._burst = 0  # lines dropped since the last summary
+        self._burst_since = 0.0
+        self._failed = False
+
+    def add(self, line: str, stamp: str) -> None:
+        size = len(line) + len(stamp) + 2
+        if self._pending_bytes + size > self.max_pending:
+            if not self._burst:
+                self._burst_since = time.monotonic()
+            self._burst += 1
+            return
+        self._pending.append(f"{stamp} {line}\n")
+        self._pending_bytes += size
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._writing is not None:
+            return
+        if self._burst and (not self._pending or time.monotonic() - self._burst_since >= DROP_SUMMARY_EVERY):
+            self._summarize()
+        if not self._pending:
+            return
+        batch = "".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._writing = asyncio.get_running_loop().run_in_executor(None, self._write, batch)
+        self._writing.add_done_callback(self._written)
+
+    def _summarize(self) -> None:
+        n, self._burst = self._burst, 0
+        note = (f"[llama-host] {n} log line{'s' if n != 1 else ''} of this runner dropped: it wrote faster than its "
+                f"log file could take")
+        self.buffer.dropped += n
+        self.buffer.append(note)
+        self._pending.append(f"{_stamp()} {note}\n")
+        log.warning("%s: %s", self.model, note.removeprefix("[llama-host] "))
+        if self.buffer.on_dropped is not None:
+            self.buffer.on_dropped(n)
+
+    def _written(self, future: asyncio.Future) -> None:
+        self._writing = None
+        exc = None if future.cancelled() else future.exception()
+        if exc is not None and not self._failed:
+            self._failed = True  # said once; later writes are tried again, quietly
+            log.error("%s: cannot write the runner log %s: %s", self.model, self.path, exc)
+        self._kick()
+
+    def _write(self, text: str) -> None:
+        """In a worker thread: append ``text``, rotating the file first when it is full. Opened per batch, so no file
+        stays open when the runner is gone (a batch is one line when the runner is quiet, up to the buffer when not)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        try:
+            if self.max_bytes and f.tell() and f.tell() + len(text) > self.max_bytes:
+                f.close()
+                for i in range(self.backups - 1, 0, -1):
+                    older = self.path.with_name(f"{self.path.name}.{i}")
+                    if older.exists():
+                        os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+                if self.backups > 0:
+                    os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+                else:
+                    self.path.unlink(missing_ok=True)
+                f = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+            f.write(text)
+        finally:
+            f.close()
+
+    async def flush(self) -> None:
+        """Wait until every line taken so far (and a pending drop summary) is in the file."""
+        while self._writing is not None or self._pending or self._burst:
+            if self._writing is None:
+                self._kick()
+            if self._writing is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._writing)
+            await asyncio.sleep(0)
+
+
+def _stamp() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
 
 
 def flag_args(params: Mapping[str, object]) -> list[str]:
@@ -107,19 +243,20 @@ class _RunnerProtocol(asyncio.subprocess.SubprocessStreamProtocol):
         self.ended.set()
 
 
-class ProcessRunner:
+class ProcessRunner(RunnerBase):
     """A local server process for one model; ``argv_for(port)`` builds its command line for a given port."""
 
     local = True
 
     def __init__(self, model: ModelSpec, argv_for, *, env: Mapping[str, str] | None = None,
                  health_path: str = "/health", log_dir: str | Path | None = None, headers: Mapping[str, str] | None = None,
-                 port_attempts: int = 3) -> None:
+                 port_attempts: int = 3, base_path: str = "") -> None:
         self.model = model
         self._argv_for = argv_for
         self._env = dict(env or {})
         self._health_path = health_path
         self.headers = dict(headers or {})
+        self._base_path = base_path  # a prefix of every route (``base_url`` ends with it)
         self.logs = LogBuffer()
         self.pid: int | None = None
         self.port = 0
@@ -129,10 +266,8 @@ class ProcessRunner:
         self._reader: asyncio.Task | None = None
         self._stopping = False
         self._attempts = port_attempts
-        self._file_log = logging.getLogger(f"llama_host.runner.{model.name}")
-        self._file_log.propagate = False
-        if log_dir:
-            attach_file(self._file_log, Path(log_dir) / "runners" / f"{model.name}.log")
+        self._log_file = RunnerLogFile(Path(log_dir) / "runners" / f"{model.name}.log", model.name,
+                                       self.logs) if log_dir else None
 
     @property
     def argv(self) -> list[str]:
@@ -142,7 +277,7 @@ class ProcessRunner:
         deadline = time.monotonic() + timeout
         for attempt in range(self._attempts):
             self.port = free_port()
-            self.base_url = f"http://127.0.0.1:{self.port}"
+            self.base_url = f"http://127.0.0.1:{self.port}{self._base_path}"
             try:
                 await self._spawn_and_wait(deadline)
                 return
@@ -155,7 +290,7 @@ class ProcessRunner:
     async def _spawn_and_wait(self, deadline: float) -> None:
         argv = self.argv
         env = {**os.environ, **self._env}
-        self._note("starting: " + " ".join(argv))
+        self._note("starting: " + " ".join(redact_argv(argv)))
         loop = asyncio.get_running_loop()
         spawn = argv
         if SETPRIV:
@@ -224,18 +359,17 @@ class ProcessRunner:
             if len(partial) > MAX_LINE:
                 lines.append(partial[:MAX_LINE] + b" [...]")
                 partial = b""
+            stamp = _stamp()  # one per chunk read: lines read together are stamped together
             for raw in lines:
-                self._line(raw[:MAX_LINE])
+                self._note(raw[:MAX_LINE].decode("utf-8", "replace").rstrip("\r"), stamp)
         if partial:
-            self._line(partial[:MAX_LINE])
+            self._note(partial[:MAX_LINE].decode("utf-8", "replace").rstrip("\r"))
 
-    def _line(self, raw: bytes) -> None:
-        self._note(raw.decode("utf-8", "replace").rstrip("\r"))
-
-    def _note(self, line: str) -> None:
+    def _note(self, line: str, stamp: str | None = None) -> None:
         """One line of the runner's log: the recent-lines buffer (API, dashboard) and the runner's log file."""
         self.logs.append(line)
-        self._file_log.info("%s", line)
+        if self._log_file is not None:
+            self._log_file.add(line, stamp or _stamp())
 
     async def _drain(self) -> None:
         if self._reader:
@@ -271,6 +405,23 @@ class ProcessRunner:
             return True
         except (AttributeError, OSError):  # no waitid on this platform
             return False
+
+    def exit_status(self) -> int | None:
+        """How the process ended — its exit code, or minus the signal that ended it — as soon as it has, even before
+        the event loop has reaped it (peeks, does not reap); ``None`` while it runs (or just after the loop reaped
+        it, until the code is delivered)."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.returncode is not None:
+            return proc.returncode
+        try:
+            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except (ChildProcessError, AttributeError, OSError):
+            return None
+        if info is None:
+            return None
+        return -info.si_status if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else info.si_status
 
     async def stop(self, grace: float) -> None:
         """SIGTERM the process group, SIGKILL after ``grace`` seconds (llama-server may linger ~30 s mid-request)."""

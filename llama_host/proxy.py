@@ -8,6 +8,7 @@ one downstream write, which measured ~1.0x direct throughput where httpx ``aiter
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import msgspec
 from llama_host.errors import RunnerCrashed, UpstreamError
-from llama_host.types import RequestFinished, RequestStarted
+from llama_host.types import ModelSpec, RequestFinished, RequestStarted
 
 if TYPE_CHECKING:
     from llama_host.host import Host
@@ -142,6 +143,26 @@ class RequestMeter:
             predicted_ms=t.get("predicted_ms"), stop_reason=self.stop_reason, error=error))
 
 
+def _model_defaults(spec: ModelSpec, path: str, json: Any, body: bytes | None) -> tuple[Any, bytes | None]:
+    from llama_host.catalogue import with_model_defaults
+
+    if json is None and body:
+        try:
+            json, body = _decode(body), None
+        except msgspec.DecodeError:
+            return None, body
+    return (with_model_defaults(spec, path, json) if json is not None else None), body
+
+
+def with_model(body: bytes, model: str) -> bytes:
+    """A JSON object body with its ``model`` set to ``model``; any other body unchanged."""
+    try:
+        obj = _decode(body)
+    except msgspec.DecodeError:
+        return body
+    return _encode({**obj, "model": model}) if isinstance(obj, dict) else body
+
+
 class Relay:
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -166,30 +187,71 @@ class Relay:
 
     async def open(self, lease: Lease, method: str, path: str, *, json: Any = None, body: bytes | None = None,
                    headers: Mapping[str, str] | None = None, data: Any = None) -> Upstream:
-        """Send a request to the lease's runner. Nothing has reached the client yet, so two failures are retried
-        once: a pooled keep-alive connection that the runner closed (on a fresh connection), and a local runner that
-        refuses connections because it just died (on a new runner, through ``scheduler.reacquire``)."""
+        """Send a request to the lease's runner. Nothing has reached the client yet, so a request that got no answer
+        is tried again, at most once for each of two causes:
+
+        - a local runner that died before it could have read the request (on a new runner, through
+          ``scheduler.reacquire``): it refuses connections, or it reset ours (the request lay unread when its sockets
+          closed) and has exited, or it was killed from outside (SIGKILL). A runner killed just before the request
+          does one of these for a moment before it is reported gone.
+        - a pooled keep-alive connection the runner had closed (again, on a fresh connection).
+
+        A runner that closed the connection after the request went out and then ended by itself (an abort, a
+        segfault) may have been crashed by this very request: it is not sent to a new runner, its error is the
+        answer (the next request gets a new runner). A body that is a stream (``data``) is never sent twice."""
         hdrs = dict(headers or {})
+        if (lease.model.system or lease.model.defaults) and method == "POST":  # a variant (create/copy)
+            json, body = _model_defaults(lease.model, path, json, body)
+        upstream_model = lease.runner.upstream_model
         if json is not None:
-            body = _encode(json)
+            body = _encode({**json, "model": upstream_model} if upstream_model and isinstance(json, dict) else json)
             hdrs["Content-Type"] = "application/json"
+        elif upstream_model and body:
+            body = with_model(body, upstream_model)
         payload = body if body is not None else data
+        open_upstream = lease.runner.open_upstream
+        if open_upstream is not None:  # the runner picks its server itself (see types.Runner)
+            return await open_upstream(self.session, method, path, data=payload, headers=hdrs)
         retryable = body is not None or payload is None
-        for attempt in (0, 1):
+        scheduler = self.host.scheduler
+        fresh_connection = new_runner = retryable
+        maybe_read = False  # the runner may have read the request before it went away
+        while True:
             runner = lease.runner
+
+            async def died(within: float) -> bool:
+                code = await scheduler.runner_exit_status(runner, within)
+                return code is not None and (not maybe_read or code == -signal.SIGKILL)
+
             try:
                 response = await self.session.request(method, runner.base_url + path, data=payload,
                                                        headers={**runner.headers, **hdrs})
                 return Upstream(response, lease.model.name)
-            except aiohttp.ClientConnectorError as exc:
-                if attempt == 0 and retryable and runner.local:
-                    await self.host.scheduler.reacquire(lease, f"refused a connection ({exc.os_error})")
+            except aiohttp.ClientConnectorError as exc:  # nothing listens: the runner is gone
+                if new_runner and runner.local and (not maybe_read or await died(1.0)):
+                    new_runner = False
+                    await scheduler.reacquire(lease, f"refused a connection ({exc.os_error})")
                     continue
-                raise RunnerCrashed(f"model '{lease.model.name}': runner unreachable ({exc})") from None
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if attempt == 0 and retryable:
+                error: Exception = exc
+            except aiohttp.ServerDisconnectedError as exc:  # closed once the request was out
+                maybe_read = True
+                if new_runner and runner.local and await died(0):
+                    new_runner = False
+                    await scheduler.reacquire(lease, "was killed (SIGKILL)")
                     continue
-                raise RunnerCrashed(f"model '{lease.model.name}': runner unreachable ({exc})") from None
+                if fresh_connection:
+                    fresh_connection = False
+                    continue
+                error = exc
+            except aiohttp.ClientOSError as exc:  # reset: the request lay unread
+                if new_runner and runner.local and await died(0 if fresh_connection else 1.0):
+                    new_runner = False
+                    await scheduler.reacquire(lease, f"exited (connection reset: {exc})")
+                    continue
+                if fresh_connection:
+                    fresh_connection = False
+                    continue
+                error = exc
             except aiohttp.ClientError as exc:
-                raise RunnerCrashed(f"model '{lease.model.name}': runner unreachable ({exc})") from None
-        raise AssertionError("unreachable")
+                error = exc
+            raise RunnerCrashed(f"model '{lease.model.name}': runner unreachable ({error})") from None

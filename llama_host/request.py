@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: seconds between two loading-progress sends while a model loads
+LOADING_EVERY = 1.0
 _decode_any = msgspec.json.Decoder().decode
 _validate = msgspec.json.Decoder(msgspec.Raw).decode
 _encode = msgspec.json.Encoder().encode
@@ -272,6 +275,12 @@ class Exchange:
         failures are HTTP errors; else they come in the stream, through :meth:`error`)."""
         return b""
 
+    def loading(self, seconds: float, last_load: float | None) -> bytes:
+        """While the model loads for a stream (``loading_progress`` on; see :func:`run`): bytes sent about once a
+        second, in a form the dialect's clients accept and ignore where they do not show it. ``seconds``: time
+        waited so far; ``last_load``: how long the model's last load took (``None``: never loaded)."""
+        return b""
+
     def begin(self, lease: Lease) -> bytes:
         """Called once the runner answered; returns the first bytes of a stream (``lease.queue_wait`` is the time
         the request waited for the model)."""
@@ -418,15 +427,30 @@ class ModelCall:
             return body
         return Response(content=body, status_code=200, media_type=ex.media_type)
 
-    async def events(self, opening: bytes = b"") -> AsyncIterator[bytes]:
-        """The reply as a stream: the exchange's bytes as the runner's events arrive (raw: the runner's bytes)."""
+    async def events(self, opening: bytes = b"", progress: bool = False) -> AsyncIterator[bytes]:
+        """The reply as a stream: the exchange's bytes as the runner's events arrive (raw: the runner's bytes;
+        ``progress``: with the exchange's loading bytes while the model loads)."""
         ex, meter = self.ex, self.meter
         complete = False
+        opened: asyncio.Future | None = None
         try:
-            if opening:
-                yield opening
+            if opening or progress:
+                if opening:
+                    yield opening
                 try:
-                    await self.open()
+                    if progress:  # open (acquire, start the model) while sending the loading bytes
+                        entry = self.host.scheduler.entries.get(ex.model)
+                        last = entry.load_seconds if entry is not None else None
+                        opened = asyncio.ensure_future(self.open())
+                        started = time.monotonic()
+                        while not opened.done():
+                            out = ex.loading(time.monotonic() - started, last)
+                            if out:
+                                yield out
+                            await asyncio.wait({opened}, timeout=LOADING_EVERY)
+                        opened.result()
+                    else:
+                        await self.open()
                 except HostError as exc:
                     yield ex.error(exc)
                     return
@@ -483,8 +507,22 @@ class ModelCall:
                 raise
             yield ex.error(err)
         finally:
-            if not complete:
+            if opened is not None and not opened.done():  # the client went away while the model loaded: the
+                opened.cancel()  # cancelled open() ends the call itself (a lease it got is released)
+            elif not complete:
                 self.fail(asyncio.CancelledError())  # a generator closed before it began (never iterated)
+
+
+def _progress_wanted(host: Host, ex: Exchange) -> bool:
+    """Loading progress for this stream: the exchange has a loading form, the model is not loaded yet and its
+    ``loading_progress`` (else the site's) is on. Then start failures come in the stream (as errors of the dialect)."""
+    if type(ex).loading is Exchange.loading:
+        return False
+    entry = host.scheduler.entries.get(ex.model)
+    if entry is None or entry.state == "loaded":
+        return False
+    wanted = entry.spec.loading_progress
+    return host.site.loading_progress if wanted is None else wanted
 
 
 async def run(host: Host, ex: Exchange) -> Response:
@@ -496,8 +534,10 @@ async def run(host: Host, ex: Exchange) -> Response:
     call = ModelCall(host, ex)
     if ex.stream:
         opening = ex.opening()
-        if opening:
-            return Stream(call.events(opening), status_code=200, headers=ex.headers, media_type=ex.media_type)
+        progress = _progress_wanted(host, ex)
+        if opening or progress:
+            return Stream(call.events(opening, progress), status_code=200, headers=ex.headers,
+                          media_type=ex.media_type)
     up = await call.open()
     if ex.stream and (up.is_sse or ex.raw):
         media = ex.media_type if not ex.raw else (up.headers.get("Content-Type") or ex.media_type)

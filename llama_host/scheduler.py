@@ -10,11 +10,32 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from llama_host.config import SchedulerSettings, parse_size
-from llama_host.facts import ModelFacts, applicable_load_params, model_facts, params_match, with_load_params
-from llama_host.errors import HostError, ModelNotFound, ModelTooLarge, QueueFull, QueueTimeout, RunnerStartError
+from llama_host.errors import (
+    HostError,
+    ModelNotFound,
+    ModelTooLarge,
+    QueueFull,
+    QueueTimeout,
+    RunnerStartError,
+)
+from llama_host.facts import (
+    ModelFacts,
+    applicable_load_params,
+    model_facts,
+    params_match,
+    with_load_params,
+)
+from llama_host.models import NameIndex, merge
+from llama_host.placement import (
+    Group,
+    Limits,
+    Slot,
+    backoff_seconds,
+    can_admit,
+    idle_seconds,
+    plan,
+)
 from llama_host.process import LogBuffer
 from llama_host.types import (
     ModelFailed,
@@ -25,9 +46,11 @@ from llama_host.types import (
     ModelStatus,
     ModelUnloaded,
     Runner,
+    RunnerLogDropped,
     RuntimeInfo,
     UnloadReason,
 )
+from llama_host.variants import embedding_variants
 
 if TYPE_CHECKING:
     from llama_host.host import Host
@@ -41,16 +64,18 @@ def estimate_memory(spec: ModelSpec, runtime: RuntimeInfo | None = None, host: H
     return model_facts(spec, runtime, host).memory
 
 
-def backoff_seconds(failures: int) -> float:
-    """How long a model that failed to start ``failures`` times in a row waits before the next start (>= 2)."""
-    return float(min(2 ** (failures - 2), 30))
+#: The lifecycle of a model's runner; any other change is a bug, raised as InvalidTransition.
+TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
+    "unloaded": frozenset({"loading"}),
+    "loading": frozenset({"loaded", "failed"}),
+    "loaded": frozenset({"stopping", "failed"}),  # failed: the runner crashed
+    "stopping": frozenset({"unloaded"}),
+    "failed": frozenset({"loading", "unloaded"}),  # unloaded: the host stops
+}
 
 
-def idle_seconds(ttl: float | None) -> float | None:
-    """Per-request ttl → seconds until unload: ``None`` = never, ``0`` = right after the request."""
-    if ttl is None or ttl < 0:
-        return None
-    return float(ttl)
+class InvalidTransition(RuntimeError):
+    """A model's state was asked to change in a way its lifecycle does not allow."""
 
 
 class Entry:
@@ -82,9 +107,15 @@ class Entry:
         self.timer: asyncio.TimerHandle | None = None
         self.logs = LogBuffer()
 
+    def move(self, to: ModelState) -> None:
+        """Change the state along the lifecycle (``TRANSITIONS``); anything else raises InvalidTransition."""
+        if to not in TRANSITIONS[self.state]:
+            raise InvalidTransition(f"model '{self.spec.name}': {self.state} -> {to} is not a transition")
+        self.state = to
+
     @property
     def stopping(self) -> bool:
-        return self.stop_task is not None and not self.stop_task.done()
+        return self.state == "stopping"
 
     @property
     def occupies(self) -> bool:
@@ -105,10 +136,24 @@ class Lease:
         self._ttl = ttl
         self._released = False
 
+    @property
+    def ttl(self) -> float | None:
+        return self._ttl
+
     def release(self) -> None:
         if not self._released:
             self._released = True
             self._scheduler._release(self._entry, self._ttl)
+
+    def move_to(self, fresh: Lease) -> None:
+        """Continue on ``fresh``'s runner (a new runner of the same model, after this lease's failed): this lease,
+        already released, takes over ``fresh``'s hold, and the time ``fresh`` waited counts for this request too."""
+        if not self._released or fresh._released:
+            raise RuntimeError("move_to: this lease must be released and the new one held")
+        self._entry, self.runner = fresh._entry, fresh.runner
+        self.queue_wait += fresh.queue_wait
+        self.load_seconds += fresh.load_seconds
+        self._released, fresh._released = False, True
 
     async def __aenter__(self) -> Lease:
         return self
@@ -123,8 +168,11 @@ class Scheduler:
         self.settings = settings
         self.runtimes = runtimes
         self.memory_budget = parse_size(settings.memory_budget) if settings.memory_budget is not None else None
+        self.limits = Limits(max_loaded=settings.max_loaded, memory_budget=self.memory_budget,
+                             groups=[Group(name, frozenset(g.members), swap=g.swap, exclusive=g.exclusive,
+                                           persistent=g.persistent) for name, g in settings.groups.items()])
         self.entries: dict[str, Entry] = {}
-        self._index: dict[str, str] = {}
+        self._names = NameIndex()
         self._changed = asyncio.Event()
         self._stops: set[asyncio.Task] = set()
         self._waiting = 0
@@ -137,19 +185,10 @@ class Scheduler:
         return {name: e.spec for name, e in self.entries.items()}
 
     def set_models(self, configured: Mapping[str, ModelSpec], discovered: list[ModelSpec]) -> None:
-        """Merge configured and discovered models (a configured name wins); running models keep their runner and
-        start with the new spec next time."""
-        merged: dict[str, ModelSpec] = {}
-        by_path: dict[str, ModelSpec] = {}
-        for spec in discovered:
-            merged.setdefault(spec.name, spec)
-            if spec.path:
-                by_path.setdefault(spec.path, spec)
-        for name, spec in configured.items():
-            found = by_path.get(spec.path or "")
-            if found is not None and not spec.metadata:  # a configured model gets the facts discovery read
-                spec = msgspec.structs.replace(spec, metadata=found.metadata, mmproj=spec.mmproj or found.mmproj)
-            merged[name] = spec
+        """Take the merged models (llama_host.models); running models keep their runner and start with the new
+        spec next time; a model gone from the catalogue is dropped once it is not running."""
+        merged = merge(configured, discovered)
+        merged.update(embedding_variants(merged, self.runtimes, self.host))  # <name>@embed: see llama_host.variants
         for name, spec in merged.items():
             if name in self.entries:
                 self.entries[name].spec = spec
@@ -160,24 +199,15 @@ class Scheduler:
             entry.memory = entry.facts.memory
         for name in [n for n, e in self.entries.items() if n not in merged and e.state in ("unloaded", "failed")]:
             del self.entries[name]
-        index: dict[str, str] = {}
-        for name, e in self.entries.items():
-            for key in (name, *e.spec.aliases):
-                index.setdefault(key.lower(), name)
-        self._index = index
+        self._names = NameIndex(e.spec for e in self.entries.values())
 
     def resolve(self, requested: str, surface: str = "") -> ModelSpec | None:
         return self.host.pm.hook.resolve_model(host=self.host, requested=requested, surface=surface)
 
     def default_resolve(self, requested: str) -> ModelSpec | None:
         """Exact name, then case-insensitive name or alias, then without an Ollama ``:latest`` tag."""
-        if requested in self.entries:
-            return self.entries[requested].spec
-        key = requested.lower()
-        for candidate in (key, key.removesuffix(":latest")):
-            if candidate in self._index:
-                return self.entries[self._index[candidate]].spec
-        return None
+        name = self._names.lookup(requested)
+        return self.entries[name].spec if name is not None else None
 
     def get(self, requested: str, surface: str = "") -> ModelSpec:
         spec = self.resolve(requested, surface)
@@ -193,15 +223,19 @@ class Scheduler:
         load_params = applicable_load_params(self.runtimes.get(entry.spec.runtime), load_params)
         started = time.monotonic()
         self._check_alive(entry)
-        was_loaded = (entry.state == "loaded" and not entry.stopping and not entry.drainers
-                      and (not load_params or self._params_match(entry, load_params)))
-        if not was_loaded:
+        ready = (entry.state == "loaded" and not entry.drainers
+                 and (not load_params or self._params_match(entry, load_params))
+                 and can_admit(entry.in_flight, entry.spec.max_concurrent))
+        loaded_at = entry.loaded_at
+        if not ready:
             if self._waiting >= self.settings.max_queue:
                 raise QueueFull(f"too many requests waiting for models ({self._waiting})", retry_after=5)
             self._waiting += 1
             try:
-                await asyncio.wait_for(self._ensure_loaded(entry, dict(load_params or {})), self.settings.queue_timeout)
-            except asyncio.TimeoutError:
+                # the wait runs in this task, so nothing can take the admitted place before in_flight counts it
+                async with asyncio.timeout(self.settings.queue_timeout):
+                    await self._wait_admitted(entry, dict(load_params or {}))
+            except TimeoutError:
                 raise QueueTimeout(f"model '{entry.spec.name}' was not ready within {self.settings.queue_timeout:g}s",
                                    retry_after=10) from None
             finally:
@@ -211,7 +245,15 @@ class Scheduler:
         entry.expires_at = None
         self._cancel_timer(entry)
         waited = time.monotonic() - started
-        return Lease(self, entry, waited, 0.0 if was_loaded else waited, ttl)
+        return Lease(self, entry, waited, waited if entry.loaded_at != loaded_at else 0.0, ttl)
+
+    async def _wait_admitted(self, entry: Entry, load_params: dict[str, Any]) -> None:
+        """Until the model is loaded (with these load parameters) and below its ``max_concurrent``."""
+        while True:
+            await self._ensure_loaded(entry, load_params)
+            if can_admit(entry.in_flight, entry.spec.max_concurrent):
+                return
+            await self._changed.wait()
 
     def lease(self, name: str, *, ttl: float | None = None, load_params: Mapping[str, Any] | None = None):
         @contextlib.asynccontextmanager
@@ -228,6 +270,14 @@ class Scheduler:
         lease = await self.acquire(name, ttl=ttl)
         lease.release()
         return lease.load_seconds
+
+    async def preload(self, names: list[str]) -> None:
+        """Start ``names`` one after another (``scheduler.preload``); a model that fails is logged and skipped."""
+        for name in names:
+            try:
+                await self.load(name)
+            except HostError as exc:
+                log.error("preload: %s", exc.detail())
 
     async def unload(self, name: str, reason: UnloadReason = "requested") -> bool:
         """Unload a model once its in-flight requests have finished; False when it was not loaded."""
@@ -268,7 +318,7 @@ class Scheduler:
                     await asyncio.shield(entry.ready)
                 finally:
                     entry.pending -= 1
-                if entry.state == "loaded" and not entry.stopping and (
+                if entry.state == "loaded" and (
                         not load_params or self._params_match(entry, load_params)):
                     return
                 continue
@@ -292,7 +342,7 @@ class Scheduler:
             entry.runner = self._make_runner(spec)
             drain = self._plan_room(entry)
             if drain is None:
-                entry.state = "loading"
+                entry.move("loading")
                 entry.active_params = load_params
                 entry.running_facts = facts
                 entry.ready = asyncio.create_task(self._start(entry))
@@ -312,53 +362,26 @@ class Scheduler:
         info = self.runtimes.get(spec.runtime)
         if info is None:
             raise RunnerStartError(f"model '{spec.name}': unknown runtime '{spec.runtime}'")
-        return info.factory(spec, self.host)
+        runner = info.factory(spec, self.host)
+        if isinstance(runner.logs, LogBuffer):
+            runner.logs.on_dropped = lambda n: self.host.emit(RunnerLogDropped(model=spec.name, lines=n))
+        return runner
 
     def _plan_room(self, entry: Entry) -> list[Entry] | None:
-        """Decide synchronously whether ``entry`` can start now; unload idle LRU victims when that makes room.
-        ``None`` = start now; else the busy models whose in-flight requests must end first. Raises when the model
-        can never fit."""
-        if not entry.runner.local:
-            return None
-        need = entry.memory
-        budget, limit = self.memory_budget, self.settings.max_loaded
-        if budget is not None and need > budget:
-            raise ModelTooLarge(f"model '{entry.spec.name}' needs about {_gib(need)}, more than the whole memory "
-                                f"budget of {_gib(budget)}")
-        active = [e for e in self.entries.values() if e is not entry and e.occupies and not e.stopping]
-
-        def fits(group: list[Entry]) -> bool:
-            count_ok = limit <= 0 or len(group) + 1 <= limit
-            return count_ok and (budget is None or sum(e.memory for e in group) + need <= budget)
-
-        def is_idle(e: Entry) -> bool:
-            return e.in_flight == 0 and e.pending == 0
-
-        idle = sorted((e for e in active if e.state == "loaded" and is_idle(e) and not e.spec.pinned),
-                      key=lambda e: e.last_used or 0)
-        victims: list[Entry] = []
-        busy = sorted((e for e in active if e.state == "loaded" and not is_idle(e) and not e.spec.pinned),
-                      key=lambda e: e.last_used or 0)
-        drain: list[Entry] = []
-        while not fits(active):
-            if idle:
-                victim = idle.pop(0)
-                victims.append(victim)
-            elif busy:
-                victim = busy.pop(0)
-                drain.append(victim)
-            elif any(e.state == "loading" and not e.spec.pinned for e in active):
-                return []  # a model being loaded will take requests first; wait for it
-            else:
-                pinned = ", ".join(e.spec.name for e in active)
-                raise ModelTooLarge(f"cannot load model '{entry.spec.name}': pinned models ({pinned}) use all the room")
-            active.remove(victim)
-        if drain:
-            return drain
-        for victim in victims:
-            self._begin_unload(victim, "evicted")
+        """Apply the placement policy (llama_host.placement) for starting ``entry`` now: unload the idle models it
+        chooses. ``None`` = start now; else the models to wait for (busy ones draining, or a start in progress).
+        Raises when the model can never fit."""
+        running = [_slot(e) for e in self.entries.values() if e is not entry and e.occupies]
+        decision = plan(_slot(entry), running, self.limits)
+        if decision.action == "refuse":
+            raise ModelTooLarge(decision.reason)
+        if decision.action == "wait":
+            return []
+        if decision.action == "drain":
+            return [self.entries[name] for name in decision.drain]
+        for name in decision.evict:
+            self._begin_unload(self.entries[name], "evicted")
         return None
-
 
     async def _start(self, entry: Entry) -> None:
         runner = entry.runner
@@ -372,7 +395,8 @@ class Scheduler:
         except BaseException as exc:
             error = exc if isinstance(exc, HostError) else RunnerStartError(
                 f"model '{entry.spec.name}': {type(exc).__name__}: {exc}", log_tail=runner.logs.tail())
-            entry.state, entry.error, entry.log_tail = "failed", error.message, error.log_tail
+            entry.move("failed")
+            entry.error, entry.log_tail = error.message, error.log_tail
             entry.failures += 1
             entry.failed_at = time.monotonic()
             if entry.failures >= 2 and isinstance(error, RunnerStartError):  # say when the next start may happen
@@ -390,45 +414,55 @@ class Scheduler:
         entry.load_seconds = time.monotonic() - t0
         entry.loaded_at = time.time()
         entry.last_used = entry.last_used or entry.loaded_at
-        entry.state, entry.error, entry.log_tail, entry.failures = "loaded", None, [], 0
+        entry.move("loaded")
+        entry.error, entry.log_tail, entry.failures = None, [], 0
         entry.watcher = asyncio.create_task(self._watch(entry, runner))
         log.info("model %s loaded in %.2fs (pid %s, %s)", entry.spec.name, entry.load_seconds, runner.pid,
-                 runner.base_url)
+                 "/".join(runner.base_url.split("/")[:3]))  # a path on it may be a secret (whisper-server's)
         self.host.emit(ModelLoaded(model=entry.spec.name, load_seconds=entry.load_seconds, pid=runner.pid))
         self._schedule_idle(entry)
         self._notify()
 
     async def _watch(self, entry: Entry, runner: Runner) -> None:
         code = await runner.wait()
-        if entry.runner is not runner or entry.stopping or entry.state != "loaded" or self._closed:
+        if entry.runner is not runner or entry.state != "loaded" or self._closed:
             return
-        self._crashed(entry, runner, code)
+        self._crashed(entry, runner, code, runner.exit_reason)
 
     def _check_alive(self, entry: Entry) -> None:
         """A loaded runner whose process has already ended (the watcher may not have run yet) is marked crashed, so
         the request asking now starts a new one instead of failing against a dead port."""
-        exited = getattr(entry.runner, "exited", None)
-        if entry.state == "loaded" and not entry.stopping and not self._closed and exited is not None and exited():
-            self._crashed(entry, entry.runner, getattr(entry.runner, "returncode", None))
+        runner = entry.runner
+        if entry.state == "loaded" and not self._closed and runner is not None and runner.exited():
+            self._crashed(entry, runner, runner.exit_status())
 
     async def reacquire(self, lease: Lease, why: str) -> None:
-        """The lease's runner failed before serving anything (e.g. it refuses connections: it just died). Mark it
+        """The lease's runner failed before serving anything (it refuses connections, or it has exited). Mark it
         crashed, stop it, and move the lease to a new runner of the same model."""
         entry, runner = lease._entry, lease.runner
-        if entry.runner is runner and entry.state == "loaded" and not entry.stopping:
-            self._crashed(entry, runner, None, why)
+        if entry.runner is runner and entry.state == "loaded":
+            self._crashed(entry, runner, runner.exit_status(), why)
             await runner.stop(1.0)
-        ttl = lease._ttl
         lease.release()
-        fresh = await self.acquire(entry.spec.name, ttl=ttl)
-        fresh._released = True  # the caller's lease object takes over this hold
-        lease.runner, lease.queue_wait = fresh.runner, lease.queue_wait + fresh.queue_wait
-        lease.load_seconds += fresh.load_seconds
-        lease._released = False
+        lease.move_to(await self.acquire(entry.spec.name, ttl=lease.ttl))
+
+    async def runner_exit_status(self, runner: Runner, within: float = 0.0) -> int | None:
+        """How a local runner's process ended (exit code, or minus the signal), waiting up to ``within`` seconds for
+        it to end; ``None`` if it still runs (or cannot tell). A SIGKILLed runner closes its sockets a moment before
+        the kernel reports it gone, so a refused or reset connection can come first."""
+        if not runner.local:
+            return None
+        deadline = time.monotonic() + within
+        while (code := runner.exit_status()) is None:
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.005)
+        return code
 
     def _crashed(self, entry: Entry, runner: Runner, code: int | None, why: str | None = None) -> None:
         tail = runner.logs.tail()
-        entry.state, entry.log_tail = "failed", tail
+        entry.move("failed")
+        entry.log_tail = tail
         entry.error = f"model '{entry.spec.name}': runner {why or f'exited unexpectedly (code {code})'}"
         entry.failures += 1
         entry.failed_at = time.monotonic()
@@ -441,6 +475,7 @@ class Scheduler:
     def _begin_unload(self, entry: Entry, reason: UnloadReason) -> asyncio.Task:
         if entry.stopping:
             return entry.stop_task
+        entry.move("stopping")
         entry.stop_task = asyncio.create_task(self._unload(entry, reason))
         self._stops.add(entry.stop_task)
         entry.stop_task.add_done_callback(self._stops.discard)
@@ -455,7 +490,8 @@ class Scheduler:
             await runner.stop(self.settings.stop_grace)
         if entry.watcher:
             entry.watcher.cancel()
-        entry.state, entry.expires_at, entry.active_params, entry.running_facts = "unloaded", None, {}, None
+        entry.move("unloaded")
+        entry.expires_at, entry.active_params, entry.running_facts = None, {}, None
         entry.memory = entry.facts.memory
         entry.ttl_override = None
         log.info("model %s unloaded (%s)", entry.spec.name, reason)
@@ -498,7 +534,7 @@ class Scheduler:
 
     def _expire(self, entry: Entry) -> None:
         entry.timer = None
-        if entry.state == "loaded" and entry.in_flight == 0 and not entry.stopping:
+        if entry.state == "loaded" and entry.in_flight == 0:
             self._begin_unload(entry, "ttl")
 
     @staticmethod
@@ -523,7 +559,8 @@ class Scheduler:
             ttl=self._idle_for(e), last_used=e.last_used, expires_at=e.expires_at,
             loaded_at=e.loaded_at if e.state == "loaded" else None, load_seconds=e.load_seconds,
             pid=runner.pid if runner else None, error=e.error, path=s.path, metadata=dict(s.metadata),
-            facts=self.facts(name))
+            priority=s.priority, max_concurrent=s.max_concurrent, group=getattr(self.limits.group_of(s.name), "name", None),
+            facts=self.facts(name), details=dict(runner.details) if runner else {})
 
     def facts(self, name: str) -> ModelFacts:
         """What the model runs with now (its runner's facts, load parameters included), else what it would."""
@@ -541,31 +578,40 @@ class Scheduler:
     async def shutdown(self) -> None:
         self._closed = True
         self._notify()
-        tasks = []
+        tasks = [asyncio.shield(t) for t in self._stops]  # stops already under way finish first
         for entry in self.entries.values():
             self._cancel_timer(entry)
             if entry.ready and not entry.ready.done():
                 entry.ready.cancel()
             if entry.runner is not None and entry.state in ("loading", "loaded"):
-                was_loaded = entry.state == "loaded"
-                tasks.append(self._shutdown_one(entry, was_loaded))
+                tasks.append(self._shutdown_one(entry))
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _shutdown_one(self, entry: Entry, was_loaded: bool) -> None:
+    async def _shutdown_one(self, entry: Entry) -> None:
+        was_loaded = entry.state == "loaded"
+        if was_loaded:
+            entry.move("stopping")
+        assert entry.runner is not None
         await entry.runner.stop(self.settings.stop_grace)
         if entry.watcher:
             entry.watcher.cancel()
-        entry.state = "unloaded"
+        if entry.ready is not None:
+            await asyncio.wait([entry.ready])  # a start cancelled above ends as failed
+        if entry.state in ("stopping", "failed"):
+            entry.move("unloaded")
         if was_loaded:
             self.host.emit(ModelUnloaded(model=entry.spec.name, reason="shutdown"))
 
     def kill_all(self) -> None:
         """Synchronous last resort (interpreter exit): SIGKILL every local runner still alive."""
         for entry in self.entries.values():
-            kill = getattr(entry.runner, "kill_now", None)
-            if kill:
-                kill()
+            if entry.runner is not None:
+                entry.runner.kill_now()
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+def _slot(e: Entry) -> Slot:
+    """An entry as the placement policy sees it."""
+    return Slot(e.spec.name, memory=e.memory, state="loading" if e.state == "loading" else "loaded",
+                in_flight=e.in_flight, pending=e.pending, last_used=e.last_used or 0.0, priority=e.spec.priority,
+                pinned=e.spec.pinned,
+                local=e.runner.local if e.runner is not None else True)

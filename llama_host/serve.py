@@ -14,8 +14,11 @@ import signal
 import socket
 from collections.abc import Callable
 
+import httptools
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from llama_host.config import LimitSettings
 from llama_host.host import Host
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,116 @@ def bind_sockets(host: Host) -> dict[int, socket.socket]:
     return socks
 
 
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the limits it lacks (uvicorn 0.54 has them for h11 only, or not at all): a
+    deadline for a request's line and headers (slowloris; uvicorn times out idle keep-alive connections only, not a
+    connection that sends a byte now and then) and limits on header count and size (httptools accepts any number).
+    The limits are class attributes: :func:`protocol_class` makes a subclass per site."""
+
+    header_timeout = 10.0
+    max_headers = 100
+    max_header_bytes = 64 * 2**10
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._header_count = self._header_bytes = 0
+        self._refused = self._partial = False
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's own, with a 431 (instead of its 400 and warning) when a header limit stopped the parser.
+        if self._refused:
+            return
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._refused:
+                log.warning("request refused with 431 from %s: more than %d header fields or %d bytes of headers",
+                            self.client[0] if self.client else "?", self.max_headers, self.max_header_bytes)
+                self._reply_and_close(431, "request header fields too large")
+                return
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_count = self._header_bytes = 0
+        self._partial = True
+        self._arm_header_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url), 0)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4, 1)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        self._partial = False
+        super().on_headers_complete()
+
+    def _count(self, size: int, fields: int) -> None:
+        self._header_bytes += size
+        self._header_count += fields
+        if self._header_bytes > self.max_header_bytes or self._header_count > self.max_headers:
+            self._refused = True
+            raise ValueError("header limit")  # stops the parser: data_received answers 431
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._header_timeout_expired)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout_expired(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self._partial:  # a request began but its headers never completed
+            log.debug("closing a connection from %s: request headers not received within %.0fs",
+                      self.client[0] if self.client else "?", self.header_timeout)
+            self._reply_and_close(408, "request headers not received in time")
+        else:
+            self.transport.close()
+
+    def _reply_and_close(self, status: int, message: str) -> None:
+        body = message.encode()
+        self.transport.write(b"".join([
+            STATUS_LINE[status], b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: ", str(len(body)).encode(), b"\r\n", b"connection: close\r\n\r\n", body]))
+        self._refused = True  # what the client still sends is read and dropped
+        if self.transport.can_write_eof():
+            # Closing with unread input would reset the connection and the client might never see the answer:
+            # half-close, drop what still comes, close when the client does (eof_received) or after a second.
+            self.transport.write_eof()
+            self.loop.call_later(1.0, self.transport.close)
+        else:
+            self.transport.close()
+
+
+def protocol_class(limits: LimitSettings) -> type[LimitedHttpToolsProtocol]:
+    """The protocol class enforcing ``limits`` (uvicorn instantiates it once per connection)."""
+    return type("SiteHttpToolsProtocol", (LimitedHttpToolsProtocol,), {
+        "header_timeout": limits.header_timeout, "max_headers": limits.max_headers,
+        "max_header_bytes": limits.max_header_bytes})
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):  # the host installs one handler for all servers
@@ -65,9 +178,11 @@ async def serve(host: Host, *, stop: asyncio.Event | None = None, on_ready: Call
     try:
         async with host.running():
             apps = host.build_apps()
+            limits = host.site.limits
             servers = {port: _Server(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False,
+                                                    http=protocol_class(limits),
                                                     timeout_graceful_shutdown=host.site.shutdown_grace,
-                                                    timeout_keep_alive=30, server_header=False))
+                                                    timeout_keep_alive=limits.keep_alive_timeout, server_header=False))
                        for port, app in apps.items()}
             tasks = {asyncio.create_task(s.serve(sockets=[socks[p]]), name=f"listener:{p}"): p
                      for p, s in servers.items()}

@@ -6,7 +6,7 @@ Everything a hook returns or receives is declared here, so a plugin author reads
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from llama_host.host import Host
     from llama_host.process import LogBuffer
 
-ModelState = Literal["unloaded", "loading", "loaded", "failed"]
+ModelState = Literal["unloaded", "loading", "loaded", "stopping", "failed"]
 UnloadReason = Literal["ttl", "evicted", "requested", "crashed", "shutdown", "reload"]
 
 
@@ -40,6 +40,12 @@ class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     pinned: bool = False
     unlisted: bool = False
     memory: int | str | None = None
+    #: eviction takes lower priorities first, then the least recently used
+    priority: int = 0
+    #: requests in flight at this model's runner at once (usually its ``--parallel``); more wait in the queue
+    max_concurrent: int | None = None
+    #: streams show loading progress while this model loads (``None``: the site's ``loading_progress``)
+    loading_progress: bool | None = None
     params: dict[str, Any] = {}
     args: list[str] = []
     env: dict[str, str] = {}
@@ -47,7 +53,18 @@ class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     health_path: str = "/health"
     url: str | None = None
     api_key: str | None = None
+    #: ``remote``: the name the upstream server knows this model by (sent as the body's ``model``); default: this name
+    upstream_model: str | None = None
+    #: ``llama-server``: RPC workers (``host:port``) the model's layers are spread over (``--rpc``)
+    rpc: list[str] = []
+    #: ``llama-server`` with ``rpc``: when a worker dies, restart on the workers still alive (``drop``) or fail
+    rpc_failover: Literal["drop", "fail"] = "drop"
     mmproj: str | None = None
+    #: A system prompt given to chat requests that bring none (Ollama ``create`` variants set it).
+    system: str | None = None
+    #: Request fields (OpenAI/llama-server names: temperature, top_p, stop, max_tokens, ...) used when a request
+    #: does not set them.
+    defaults: dict[str, Any] = {}
     # Filled by discovery plugins: GGUF facts (architecture, parameter_count, quantization, context_length, ...).
     metadata: dict[str, Any] = {}
     # Where the spec came from: "config" or the discovering plugin's name.
@@ -80,6 +97,13 @@ class Runner(Protocol):
 
     ``start`` returns once the runner answers health checks, or raises ``RunnerStartError`` with its log tail.
     ``wait`` resolves when the runner ends on its own (never for a remote server) and returns its exit code.
+
+    The rest have defaults in :class:`RunnerBase`: ``exited``/``exit_status``/``kill_now`` (a runner with a process),
+    ``details`` (facts shown in the model's status, e.g. its RPC workers' health), ``exit_reason`` (why it ended on
+    its own, when it knows: the scheduler puts it in the model's error), ``upstream_model`` (the name its server knows
+    the model by: JSON request bodies go out with it as ``model``) and ``open_upstream`` (``async (session, method,
+    path, *, data, headers) -> Upstream``: the runner sends a request itself, choosing among several servers, instead
+    of ``base_url + path``; ``None`` for the usual way).
     """
 
     model: ModelSpec
@@ -95,10 +119,55 @@ class Runner(Protocol):
 
     async def wait(self) -> int | None: ...
 
+    exit_reason: str | None
+    upstream_model: str | None
+    open_upstream: Callable[..., Awaitable[Any]] | None
+
+    @property
+    def details(self) -> Mapping[str, Any]: ...
+
+    def exited(self) -> bool:
+        """True once the runner has ended on its own, even before ``wait`` has noticed (never, without a process)."""
+        ...
+
+    def exit_status(self) -> int | None:
+        """How it ended — exit code, or minus the signal — once it has; ``None`` while it runs or without a process."""
+        ...
+
+    def kill_now(self) -> None:
+        """Synchronous last resort at interpreter exit: end the runner's process at once (nothing without one)."""
+        ...
+
+
+class RunnerBase:
+    """Defaults of the :class:`Runner` abilities for a runner without a process of its own (a remote server, an
+    in-process server): it never ends on its own and there is nothing to kill. Subclass it and write the rest."""
+
+    local = False
+    pid: int | None = None
+    exit_reason: str | None = None
+    upstream_model: str | None = None
+    open_upstream: Callable[..., Awaitable[Any]] | None = None
+
+    @property
+    def details(self) -> Mapping[str, Any]:
+        return {}
+
+    def exited(self) -> bool:
+        return False
+
+    def exit_status(self) -> int | None:
+        return None
+
+    def kill_now(self) -> None:
+        return None
+
 
 RuntimeFactory = Callable[[ModelSpec, "Host"], Runner]
+RuntimeCheck = Callable[[ModelSpec], Iterable[str]]
+"""``check(spec)`` → problems that keep the runtime from ever starting ``spec``, each ``"<key>: <message>"``."""
 RegisterRuntime = Callable[..., None]
-"""``register(name, factory, *, description="", facts=None, **more)``: passed to ``register_runtimes``."""
+"""``register(name, factory, *, description="", facts=None, check=None, **more)``: passed to ``register_runtimes``."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +179,10 @@ class RuntimeInfo:
     #: ``facts(spec, host) -> llama_host.facts.RuntimeFacts``: the runtime's part of a model's facts (its effective
     #: flags, the context they give); ``None`` for a runtime that takes no flags (load parameters are dropped)
     facts: Callable[..., Any] | None = None
+    check: RuntimeCheck | None = None
+    #: ``embedding(spec) -> params | None``: the ``params`` that make a runner of ``spec`` serve embeddings (see
+    #: ``llama_host.variants``); ``None`` for a runtime that cannot
+    embedding: Callable[..., Any] | None = None
 
 
 # --- events -------------------------------------------------------------------------------------------------------
@@ -173,6 +246,14 @@ class ModelFailed(Event, tag="model_failed"):
     log_tail: list[str] = []
 
 
+class RunnerLogDropped(Event, tag="runner_log_dropped"):
+    """Lines of a runner's log that its log file could not take (the runner wrote faster than the disk), one event
+    per burst; the in-memory recent lines are complete."""
+
+    model: str
+    lines: int
+
+
 class ModelsChanged(Event, tag="models_changed"):
     """The set of known models changed (a rescan found new, changed or missing files)."""
 
@@ -181,7 +262,20 @@ class ModelsChanged(Event, tag="models_changed"):
     missing: list[str] = []
 
 
-AnyEvent = RequestStarted | RequestFinished | ModelLoading | ModelLoaded | ModelUnloaded | ModelFailed | ModelsChanged
+class PeerChanged(Event, tag="peer_changed"):
+    """A peer node (``peers:``) went up or down, or its model list changed; counters are totals since start."""
+
+    peer: str
+    url: str
+    up: bool
+    error: str | None = None
+    models: list[str] = []
+    requests: int = 0
+    failures: int = 0
+
+
+AnyEvent = (RequestStarted | RequestFinished | ModelLoading | ModelLoaded | ModelUnloaded | ModelFailed | ModelsChanged
+            | RunnerLogDropped | PeerChanged)
 
 
 class ModelStatus(msgspec.Struct, kw_only=True):
@@ -206,8 +300,14 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     error: str | None
     path: str | None
     metadata: dict[str, Any]
+    priority: int = 0
+    max_concurrent: int | None = None
+    #: the ``scheduler.groups`` entry this model belongs to
+    group: str | None = None
     #: what the model runs (or will run) with and can do: the one source every surface reads
     facts: ModelFacts | None = None
+    #: what the runner reports about itself (a runner's optional ``details``), e.g. its RPC workers and their health
+    details: dict[str, Any] = {}
 
 
 LifespanFactory = Callable[["Host"], Any]

@@ -1,7 +1,8 @@
 """A fast fake ``llama-server`` for fault-injection tests (stdlib only: it starts in a few tens of milliseconds).
 
-It takes llama-server's command line (``-m``, ``--host``, ``--port``, ``--alias``; every other flag is ignored) and
-serves ``/health`` (503 while "loading", like llama-server), ``/v1/models``, ``/v1/chat/completions`` and
+It takes llama-server's command line (``-m``, ``--host``, ``--port``, ``--alias``, ``--api-key``, ``--api-key-file``;
+every other flag is ignored) and, like llama-server given a key, answers 401 without it on every route but
+``/health``. It serves ``/health`` (503 while "loading", like llama-server), ``/v1/models``, ``/v1/chat/completions`` and
 ``/v1/completions`` (streamed or not; ``timings`` on the last chunk like llama-server, ``usage`` on request).
 Its replies are deterministic: ``max_tokens`` (default 8) tokens ``" t0"``, ``" t1"``, ... — see :func:`reply_text`.
 
@@ -23,6 +24,10 @@ FAKE_LEGACY_ERROR=1      mid-stream, send an old-style ``error: {...}`` SSE line
 FAKE_STARTS_FILE=p       append ``<pid>`` to file ``p`` at every start (tests count processes with it)
 FAKE_PORT_TAKEN_ONCE=p   the first start (while file ``p`` does not exist) fails as if its port were taken
 FAKE_LOG_LINE_BYTES=n    write one log line of ``n`` bytes to stderr at start
+FAKE_LOG_FLOOD=n         once file FAKE_LOG_FLOOD_FILE exists (at once without it), write ``n`` bytes of log lines of
+                         FAKE_LOG_FLOOD_LINE bytes (default 120) to stderr as fast as it can, then "flood done"
+FAKE_OLD_FLAGS=1         exit like a llama-server too old for ``--api-key-file``, ``--cors-origins``, ``--no-ui``
+FAKE_KEY_REPORT=p        write the key file's and its folder's permission bits (octal) to file ``p`` at start
 =======================  =============================================================================================
 
 Request-lifecycle faults (the fault matrix of tests/test_fault_matrix.py):
@@ -48,10 +53,11 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
+REASONS = {200: "OK", 401: "Unauthorized", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
 LOADING = {"error": {"message": "Loading model", "type": "unavailable_error", "code": 503}}
 DEFAULT_TOKENS = 8
 
@@ -75,8 +81,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("-a", "--alias", default=None)
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--api-key-file", default=None)
     args, _unknown = p.parse_known_args(argv)
     return args
+
+
+NEWER_FLAGS = ("--api-key-file", "--cors-origins", "--no-cors-credentials", "--no-ui")
+PUBLIC = ("/health", "/v1/health")
+UNAUTHORIZED = {"error": {"message": "Invalid API Key", "type": "authentication_error", "code": 401}}
+
+
+def api_keys(args: argparse.Namespace) -> set[str]:
+    """The keys llama-server would accept: ``--api-key`` (comma-separated) and the lines of ``--api-key-file``."""
+    keys = {k for k in (args.api_key or "").split(",") if k}
+    if args.api_key_file:
+        with open(args.api_key_file, encoding="utf-8") as f:
+            keys |= {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    return keys
+
+
+def flood(size: int, line_bytes: int, start_file: str | None) -> None:
+    """Write ``size`` bytes of log lines to stderr as fast as the pipe takes them (a thread: the server keeps serving)."""
+    while start_file and not os.path.exists(start_file):
+        time.sleep(0.01)
+    line = b"flood " + b"x" * max(0, line_bytes - 7) + b"\n"
+    block = line * max(1, (1 << 20) // len(line))
+    written = 0
+    while written < size:
+        os.write(2, block)
+        written += len(block)
+    os.write(2, b"fake-llama-server: flood done\n")
 
 
 class FakeServer:
@@ -93,6 +128,7 @@ class FakeServer:
         self.chunk_delay = float(env.get("FAKE_CHUNK_DELAY") or 0)
         self.legacy_error = env.get("FAKE_LEGACY_ERROR") == "1"
         self.requests = 0
+        self.keys = api_keys(args)
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
 
@@ -145,7 +181,11 @@ class FakeServer:
                     key, _, value = h.decode("latin-1").partition(":")
                     headers[key.strip().lower()] = value.strip()
                 body = await self.read_body(reader, headers)
-                await self.route(method, target.split("?", 1)[0], body, writer)
+                path = target.split("?", 1)[0]
+                if self.keys and path not in PUBLIC and not self.authorized(headers):
+                    await self.send_json(writer, 401, UNAUTHORIZED)
+                else:
+                    await self.route(method, path, body, writer)
                 if headers.get("connection", "").lower() == "close":
                     break
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -153,6 +193,10 @@ class FakeServer:
         finally:
             self.writers.discard(writer)
             writer.close()
+
+    def authorized(self, headers: dict[str, str]) -> bool:
+        key = headers.get("authorization") or headers.get("x-api-key") or ""
+        return key.removeprefix("Bearer ") in self.keys
 
     @staticmethod
     async def read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
@@ -331,6 +375,9 @@ async def serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     elif fake.slow_start:
         log(f"llama_model_load: fake slow start: {fake.slow_start:g}s")
     log(f"main: server is listening on http://{args.host}:{args.port} - model {fake.model_id} (pid {os.getpid()})")
+    if env.get("FAKE_LOG_FLOOD"):
+        threading.Thread(target=flood, args=(int(env["FAKE_LOG_FLOOD"]), int(env.get("FAKE_LOG_FLOOD_LINE") or 120),
+                                             env.get("FAKE_LOG_FLOOD_FILE")), daemon=True).start()
     async with server:
         await stop.wait()
         log("fake-llama-server: SIGTERM received, exiting")
@@ -346,6 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     log(f"fake-llama-server: starting (pid {os.getpid()}, model {args.model!r})")
     if env.get("FAKE_LOG_LINE_BYTES"):
         log("x" * int(env["FAKE_LOG_LINE_BYTES"]))
+    raw = sys.argv[1:] if argv is None else argv
+    if env.get("FAKE_OLD_FLAGS") == "1":
+        for flag in raw:
+            if flag in NEWER_FLAGS:
+                log(f"error: invalid argument: {flag}")
+                return 1
+    if env.get("FAKE_KEY_REPORT") and args.api_key_file:
+        Path(env["FAKE_KEY_REPORT"]).write_text(
+            f"{os.stat(args.api_key_file).st_mode & 0o777:o} {os.stat(os.path.dirname(args.api_key_file)).st_mode & 0o777:o}",
+            encoding="utf-8")
     marker = env.get("FAKE_PORT_TAKEN_ONCE")
     if marker and not os.path.exists(marker):
         Path(marker).touch()

@@ -94,6 +94,101 @@ def test_sizes():
 def test_redact():
     assert redact({"api_keys": ["a", "b"], "models": {"r": {"api_key": "s", "url": "u"}}}) == \
         {"api_keys": ["***", "***"], "models": {"r": {"api_key": "***", "url": "u"}}}
+    assert redact({"api_keys": ["a", ""], "models": {"r": {"api_key": None}}}) == \
+        {"api_keys": ["***", ""], "models": {"r": {"api_key": None}}}  # an empty secret is a mistake to show
+
+
+# --- keys that would open the door, models that can never start ---------------------------------------------------
+
+
+@pytest.mark.parametrize("keys, env, expected", [
+    ([""], {}, ["api_keys[0]: empty key"]),
+    (["ok", "   "], {}, ["api_keys[1]: empty key"]),
+    (["${LLAMA_HOST_KEY:-}"], {}, ["api_keys[0]: empty key"]),
+    (["${LLAMA_HOST_KEY}"], {"LLAMA_HOST_KEY": ""}, ["api_keys[0]: empty key"]),
+    ([" padded "], {}, ["api_keys[0]: the key has leading or trailing white space"]),
+])
+def test_empty_or_blank_api_key_is_an_error(keys, env, expected):
+    problems = problems_of({"api_keys": keys}, env=env)
+    assert len(problems) == len(expected)
+    for problem, start in zip(problems, expected, strict=True):
+        assert problem.startswith(start), problem
+
+
+def test_a_key_from_the_environment_is_accepted():
+    host = Host.from_config(data={"api_keys": ["${LLAMA_HOST_KEY:-}"]}, only=CORE, env={"LLAMA_HOST_KEY": "s3"})
+    assert host.site.api_keys == ["s3"]
+
+
+@pytest.mark.parametrize("model, expected", [
+    ({"aliases": ["x"]}, "models.m.path: runtime 'llama-server' needs the path of a GGUF file"),
+    ({"runtime": "remote"}, "models.m.url: runtime 'remote' needs the base URL of an OpenAI-compatible server"),
+    ({"runtime": "remote", "url": "ftp://x"}, "models.m.url: 'ftp://x' is not an http:// or https:// URL"),
+    ({"runtime": "command", "path": "w.bin"}, "models.m.cmd: runtime 'command' needs 'cmd: [program, args...]'"),
+])
+def test_a_model_its_runtime_can_never_start_is_an_error(model, expected):
+    with pytest.raises(ConfigError) as info:
+        Host.from_config(data={"models": {"m": model}}, only=[*CORE, "remote_runtime", "command_runtime"], env={})
+    assert info.value.problems == [expected]
+
+
+def test_a_missing_model_file_is_not_a_configuration_error(tmp_path):
+    """The file may appear later (a download, a mount): that stays a load-time error with the runner's words."""
+    host = Host.from_config(data={"models": {"m": {"path": str(tmp_path / "later.gguf")}}}, only=CORE, env={})
+    assert "m" in host.scheduler.models
+
+
+def test_runtime_check_skips_discovered_models_it_cannot_start(caplog):
+    from llama_host import ModelSpec, hookimpl
+
+    class Scanner:
+        @hookimpl
+        def discover_models(self, host):
+            return [ModelSpec(name="good", path="/m/good.gguf"), ModelSpec(name="pathless")]
+
+    host = Host.from_config(data={}, only=CORE, extra=[("scanner", Scanner())], env={})
+
+    async def refresh():
+        await host.refresh_models()
+
+    import asyncio
+    asyncio.run(refresh())
+    assert "good" in host.scheduler.models and "pathless" not in host.scheduler.models
+    assert any("pathless" in r.getMessage() and "needs the path" in r.getMessage() for r in caplog.records)
+
+
+def test_runtime_check_of_a_third_party_runtime():
+    from llama_host import hookimpl
+
+    class Voices:
+        @hookimpl
+        def register_runtimes(self, register):
+            register("echo", object, check=lambda spec: [] if spec.params.get("voice") else ["params.voice: needed"])
+
+    data = {"models": {"a": {"runtime": "echo", "params": {"voice": "x"}}, "b": {"runtime": "echo"}}}
+    with pytest.raises(ConfigError) as info:
+        Host.from_config(data=data, only=CORE, extra=[("voices", Voices())], env={})
+    assert info.value.problems == ["models.b.params.voice: needed"]
+
+
+def test_security_keys_are_typed_and_checked():
+    host = Host.from_config(data={"allowed_origins": ["https://*.example.com"], "allowed_hosts": ["llm.lan"],
+                                  "limits": {"header_timeout": 2.5, "max_headers": 50}}, only=CORE, env={})
+    assert host.site.allowed_origins == ["https://*.example.com"] and host.site.allowed_hosts == ["llm.lan"]
+    assert host.site.limits.header_timeout == 2.5 and host.site.limits.max_headers == 50
+    assert host.site.limits.max_header_bytes == 64 * 2**10 and host.site.limits.keep_alive_timeout == 30
+    problems = problems_of({"allowed_origins": ["https://ok.example", "https://chat.example.com/", "localhost:3000"],
+                            "allowed_hosts": ["llm.lan", "http://llm.lan", "llm.lan:8000"]})
+    assert problems == [
+        "allowed_origins[1]: 'https://chat.example.com/' is not an origin (scheme://host[:port], no path; '*' for any)",
+        "allowed_origins[2]: 'localhost:3000' is not an origin (scheme://host[:port], no path; '*' for any)",
+        "allowed_hosts[1]: 'http://llm.lan' is not a host name (no scheme, port or path)",
+        "allowed_hosts[2]: 'llm.lan:8000' is not a host name (no scheme, port or path)"]
+    problems = problems_of({"allowed_origins": "*", "limits": {"header_timeout": 0, "max_header": 1}})
+    text = "\n".join(problems)
+    assert "allowed_origins: '*' is not of type 'array'" in text
+    assert "limits.header_timeout: 0 is less than or equal to the minimum of 0" in text
+    assert "limits.max_header: unknown key (did you mean 'max_headers'?)" in text
 
 
 # --- through the real CLI: exit 2, a message naming the problem, no traceback -------------------------------------
@@ -127,6 +222,15 @@ def test_cli_missing_file(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_cli_check_and_serve_refuse_an_empty_key(tmp_path):
+    path = write(tmp_path, "api_keys: ['${LLAMA_HOST_KEY:-}']\n")
+    for command in ("check", "serve"):
+        result = run_cli(command, "--config", str(path), env={"LLAMA_HOST_KEY": ""})
+        assert result.returncode == 2, result.stdout
+        assert "api_keys[0]: empty key" in result.stderr and "Traceback" not in result.stderr
+        assert "configuration OK" not in result.stdout
+
+
 def test_cli_check_prints_effective_config_redacted(tmp_path):
     path = write(tmp_path, "api_keys: [sekrit]\nplugins:\n  lmstudio_api: {enabled: false}\n")
     result = run_cli("check", "--config", str(path))
@@ -143,7 +247,10 @@ def test_cli_schema_covers_plugins():
     result = run_cli("schema")
     assert result.returncode == 0
     schema = json.loads(result.stdout)
-    assert {"host", "port", "api_keys", "scheduler", "plugins", "models"} <= set(schema["properties"])
+    assert {"host", "port", "api_keys", "scheduler", "plugins", "models", "allowed_origins", "allowed_hosts",
+            "limits"} <= set(schema["properties"])
+    assert set(schema["$defs"]["LimitSettings"]["properties"]) == {"header_timeout", "max_headers", "max_header_bytes",
+                                                                   "keep_alive_timeout"}
     sections = schema["properties"]["plugins"]["properties"]
     assert "port" in sections["ollama_api"]["properties"] and "enabled" in sections["ollama_api"]["properties"]
 

@@ -175,7 +175,7 @@ def test_slow_start_with_a_delay(tmp_path, model):
 
 
 def test_never_healthy_fails_after_startup_timeout_with_log_lines(tmp_path, model, fake_bin):
-    config = site(tmp_path, {"stuck": model("stuck", FAKE_NEVER_HEALTHY=1)}, startup_timeout=1)
+    config = site(tmp_path, {"stuck": model("stuck", FAKE_NEVER_HEALTHY=1)}, startup_timeout=4)
     with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
         with pytest.raises(openai.InternalServerError) as info:
             chat(client, "stuck")

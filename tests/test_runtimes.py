@@ -7,6 +7,8 @@ import httpx
 import openai
 import pytest
 
+from llama_host.errors import ConfigError
+from llama_host.host import Host
 from llama_host.testing import serve_host
 
 FAKE = str(Path(__file__).with_name("fake_llama_server.py"))
@@ -28,11 +30,11 @@ def test_command_runtime_starts_cmd_with_placeholders(tmp_path):
     assert f"-m {tmp_path / 'weights.bin'} --port " in started and "--alias cmd-model" in started
 
 
-def test_command_runtime_without_cmd_is_a_clear_error(tmp_path):
+def test_command_runtime_without_cmd_is_a_configuration_error(tmp_path):
     site = {"log_dir": str(tmp_path), "models": {"empty": {"runtime": "command"}}}
-    with serve_host(site, ["openai_api", "command_runtime"]) as rh, rh.client() as c:
-        r = c.post("/v1/chat/completions", json={"model": "empty", "messages": HELLO})
-        assert r.status_code == 503 and "needs 'cmd" in r.json()["error"]["message"]
+    with pytest.raises(ConfigError) as info:
+        Host.from_config(data=site, only=["openai_api", "command_runtime"])
+    assert info.value.problems == ["models.empty.cmd: runtime 'command' needs 'cmd: [program, args...]'"]
 
 
 def test_remote_runtime_routes_to_another_server_with_its_key(tmp_path):

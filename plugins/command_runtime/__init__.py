@@ -31,6 +31,10 @@ class CommandRunner(ProcessRunner):
         await super().start(timeout)
 
 
+def check(spec: ModelSpec) -> list[str]:
+    return [] if spec.cmd else ["cmd: runtime 'command' needs 'cmd: [program, args...]'"]
+
+
 @hookimpl
 def register_runtimes(register) -> None:
-    register("command", CommandRunner, description="any OpenAI-compatible server started from cmd")
+    register("command", CommandRunner, description="any OpenAI-compatible server started from cmd", check=check)

@@ -30,7 +30,7 @@ from .service import PLUGIN, Discovery, Settings
 if TYPE_CHECKING:
     from llama_host.host import Host
 
-__all__ = ["Settings", "config_schema", "discover_models", "lifespan", "register_surfaces"]
+__all__ = ["Settings", "config_schema", "discover_models", "lifespan", "register_surfaces", "rescan_models"]
 
 _discoveries: weakref.WeakKeyDictionary[Any, Discovery] = weakref.WeakKeyDictionary()
 
@@ -60,6 +60,12 @@ def discover_models(host: Host) -> list[ModelSpec]:
         else:
             return []  # the lifespan scans in a worker thread and refreshes the host's models
     return list(d.specs or [])
+
+
+@hookimpl
+def rescan_models(host: Host):
+    """A pull or a delete changed the managed folder: scan now (the managed folder is always scanned)."""
+    return discovery_of(host).rescan()
 
 
 @hookimpl

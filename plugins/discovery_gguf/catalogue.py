@@ -2,9 +2,11 @@
 
 Entries are keyed by model name and identified by their ``path``. A scan keeps every entry's user settings (name,
 params, aliases, ...), adds new files with the default ``params``, and marks files that disappeared as missing instead
-of dropping them. Every write goes through the core's ``write_atomic`` (temp file, fsync, rename, fsync of the
-folder) and keeps the previous version as a timestamped backup (a bounded number). A state file the user broke by hand is never overwritten: writes
-stop until it parses again.
+of dropping them. Every write goes through the core's ``write_if_unchanged`` (temp file, fsync, an atomic swap, fsync
+of the folder) and keeps the previous version as a timestamped backup (a bounded number). A write happens only over
+the version the scan was merged into: a user's edit saved meanwhile is read and the scan merged into it again, so no
+hand edit is lost to a rescan. A state file the user broke by hand is never overwritten: writes stop until it parses
+again.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from llama_host.atomic import write_atomic
+from llama_host.atomic import write_if_unchanged
 
 from .scan import FoundModel
 
@@ -40,6 +42,10 @@ HEADER = """\
 # Files that disappear are kept with `missing: true`: delete the entry to forget one.
 """
 _UNSAFE_NAME = re.compile(r"[\s:/\\]+")
+#: Times a write is retried over a newer user edit before it is left to the next scan.
+SAVE_ATTEMPTS = 20
+#: Seconds to wait for a state file that does not parse to be finished by the editor writing it.
+PARTIAL_WAIT = 0.05
 
 
 @dataclass(slots=True)
@@ -125,33 +131,85 @@ class Catalogue:
             return
         try:
             text = self.path.read_text(encoding="utf-8")
-            data = yaml.safe_load(text) or {}
-            entries = _validate(data)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             self.error = f"{self.path}: {exc}".replace("\n", " ")
             raise StateFileError(self.error) from exc
-        self.entries = entries
-        self.error = None
-        self._stamp = stamp
-        self._text = text
+        self._adopt(text, stamp)
+        if self.error is not None:
+            raise StateFileError(self.error)
+
+    def _adopt(self, text: str | None, stamp: tuple[int, int] | None = None) -> None:
+        """Take the file's ``text`` (``None``: there is no file) as the entries, or set :attr:`error`.
+
+        An empty file is what an editor saving in place leaves between truncating the file and writing it: it is read
+        again shortly and, if it stays empty, left alone like a broken file (delete it to start over) rather than
+        taken as "no models", which the next write would make final.
+        """
+        for attempt in range(4):
+            if text is None:
+                self.entries, self._text, self._stamp, self.error = {}, None, None, None
+                return
+            try:
+                if not text.strip():
+                    raise ValueError("the file is empty (delete it to start over)")
+                entries = _validate(yaml.safe_load(text) or {})
+            except (yaml.YAMLError, ValueError) as exc:
+                self.error = f"{self.path}: {exc}".replace("\n", " ")
+                if attempt == 3:
+                    return
+                time.sleep(PARTIAL_WAIT)
+                assert self.path is not None
+                try:
+                    stamp = self._file_stamp()
+                    text = self.path.read_text(encoding="utf-8")
+                except FileNotFoundError:
+                    text = None
+                except (OSError, UnicodeDecodeError):
+                    return
+                continue
+            self.entries, self._text, self.error = entries, text, None
+            self._stamp = stamp if stamp is not None else self._file_stamp()
+            return
 
     def render(self) -> str:
         body = yaml.safe_dump({"version": STATE_VERSION, "models": self.entries}, sort_keys=False,
                               allow_unicode=True, default_flow_style=False, width=120)
         return HEADER + body
 
-    def save(self) -> bool:
-        """Write the state file if its content changed; False when nothing was written."""
-        if self.path is None or self.error is not None:
+    def save(self, reapply: Callable[[], Any] | None = None) -> bool:
+        """Write the state file if its content changed; False when nothing was written.
+
+        The file is replaced only if it still holds the version the entries were read from. When the user saved an
+        edit since, that version is read instead and ``reapply()`` (the scan's :meth:`merge`) runs again on it before
+        the next try; without ``reapply`` the user's version is kept as it is.
+        """
+        if self.path is None:
             return False
-        text = self.render()
-        if text == self._text:
-            return False
-        write_atomic(self.path, text, backups=self.backups)
-        st = self.path.stat()
-        self._stamp = (st.st_mtime_ns, st.st_size)
-        self._text = text
-        return True
+        for _ in range(SAVE_ATTEMPTS):
+            if self.error is not None:
+                return False
+            text = self.render()
+            if text == self._text:
+                return False
+            written, current = write_if_unchanged(self.path, text, self._text, backups=self.backups)
+            if written:
+                self._text = text
+                self._stamp = self._file_stamp()
+                return True
+            log.info("discovery: %s was edited during the scan; merging the scan into the edit", self.path)
+            self._adopt(current)
+            if reapply is None:
+                return False
+            reapply()
+        log.warning("discovery: %s keeps changing; the scan is written at the next rescan", self.path)
+        return False
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()  # type: ignore[union-attr]
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
 
     # --- merging a scan ---------------------------------------------------------------------------------------
 

@@ -105,14 +105,19 @@ class Discovery:
             except StateFileError as exc:
                 log.error("discovery: %s (not overwritten until it is fixed)", exc)
                 errors.append({"path": str(self.catalogue.path), "message": str(exc)})
-            result: ScanResult = self.scanner.scan(self.dirs)
+            result: ScanResult = self.scanner.scan(self.dirs + self._managed())
             errors.extend({"path": e["path"], "message": e["error"]} for e in result.errors)
             configured = self._configured()
             found = [m for m in result.models if m.key not in configured["paths"]]
-            changes = self.catalogue.merge(found, reserved=configured["names"],
-                                           errors={e["path"]: e["error"] for e in result.errors})
+            scan_errors = {e["path"]: e["error"] for e in result.errors}
+            changes = self.catalogue.merge(found, reserved=configured["names"], errors=scan_errors)
+
+            def merge_again() -> None:  # into a user's edit saved while this scan ran
+                nonlocal changes
+                changes = self.catalogue.merge(found, reserved=configured["names"], errors=scan_errors)
+
             try:
-                self.catalogue.save()
+                self.catalogue.save(merge_again)
             except OSError as exc:
                 log.error("discovery: cannot write %s: %s", self.catalogue.path, exc)
                 errors.append({"path": str(self.catalogue.path), "message": f"cannot write: {exc}"})
@@ -134,6 +139,18 @@ class Discovery:
                 log.info("discovery: %d added, %d changed, %d missing (%d files, %.0f ms)", len(changes.added),
                          len(changes.changed), len(changes.missing), result.files, report.duration * 1000)
             return report
+
+    def _managed(self) -> list[str]:
+        """The host's managed folder (pulled models), when it exists and no configured folder holds it already."""
+        folder = getattr(self.host.site, "models_dir", None)
+        if not folder or not os.path.isdir(folder):
+            return []
+        real = os.path.realpath(folder)
+        for d in self.dirs:
+            root = os.path.realpath(d)
+            if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+                return []
+        return [folder]
 
     def _configured(self) -> dict[str, set[str]]:
         """Names and real paths of the site file's models: a discovered file that is configured is not listed."""

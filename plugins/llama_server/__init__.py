@@ -1,7 +1,17 @@
-"""The ``llama-server`` runtime: one llama.cpp server process per model, bound to loopback on a free port."""
+"""The ``llama-server`` runtime: one llama.cpp server process per model, bound to loopback on a free port.
+
+Each runner gets a random key that only the host knows (``--api-key-file``, from a 0600 file in a private folder that
+is removed as soon as the runner has read it) and sends on every request, so a local user or a web page that finds
+the runner's port cannot use it; CORS on the runner allows no page but its own origin.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import secrets
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +23,13 @@ from llama_host.errors import RunnerStartError
 from llama_host.facts import RuntimeFacts, truthy
 from llama_host.process import ProcessRunner, flag_args
 
+from .rpc import RpcWorkers
+
 NAME = "llama_server"
+log = logging.getLogger(__name__)
+
+#: Flags the runner's lockdown needs that an older llama-server may not know (it then exits at once naming one).
+NEWER_FLAGS = ("--api-key-file", "--cors-origins", "--no-cors-credentials", "--no-ui")
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -23,12 +39,28 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Flags every model gets (a model's own ``params`` win), e.g. ``{n_gpu_layers: 99}``."""
 
 
-def build_argv(binary: str, spec: ModelSpec, port: int, defaults: dict[str, Any]) -> list[str]:
+def lockdown_args(port: int, key_file: str | None, key: str | None = None) -> list[str]:
+    """The flags that make a runner answer only the host: its key (from ``key_file``; ``key`` on the command line
+    only for a llama-server too old for the file), CORS for no page but the runner's own origin, no web UI."""
+    if key_file is None:
+        return ["--api-key", key or ""]
+    return ["--api-key-file", key_file, "--cors-origins", f"http://127.0.0.1:{port}", "--no-cors-credentials",
+            "--no-ui"]
+
+
+def build_argv(binary: str, spec: ModelSpec, port: int, defaults: dict[str, Any],
+               lockdown: list[str] | None = None, rpc: list[str] | None = None) -> list[str]:
+    """The command line; ``lockdown`` flags come before the model's ``params`` and ``args``, which may override the
+    CORS and UI ones (llama-server takes the last), and may add keys but not remove the host's. ``rpc``: the RPC
+    workers to spread the layers over (default: the model's ``rpc``)."""
     params = {**defaults, **spec.params}
     argv = [binary, "-m", str(spec.path), "--host", "127.0.0.1", "--port", str(port), "--alias", spec.name]
     if spec.mmproj and "mmproj" not in params:
         argv += ["--mmproj", spec.mmproj]
-    return argv + flag_args(params) + list(spec.args)
+    workers = spec.rpc if rpc is None else rpc
+    if workers and "rpc" not in params:
+        argv += ["--rpc", ",".join(workers)]
+    return argv + list(lockdown or []) + flag_args(params) + list(spec.args)
 
 
 _CTX_KEYS = ("ctx_size", "c", "ctx-size", "n_ctx")
@@ -61,8 +93,26 @@ class LlamaServerRunner(ProcessRunner):
     def __init__(self, spec: ModelSpec, host: Host) -> None:
         settings: Settings = host.settings(NAME, Settings)
         self._binary = find_binary("llama-server", spec.binary or settings.binary)
-        super().__init__(spec, lambda port: build_argv(self._binary or "llama-server", spec, port, settings.params),
-                         env=spec.env, log_dir=host.site.log_dir)
+        self._rpc = RpcWorkers(spec.name, spec.rpc, spec.rpc_failover) if spec.rpc else None
+        #: why the runner ended on its own, when known (read by the scheduler)
+        self.exit_reason: str | None = None
+        self._key = secrets.token_urlsafe(32)
+        self._key_file: str | None = None
+        self._legacy_key = False  # an old llama-server: the key goes on the command line
+        super().__init__(spec, lambda port: build_argv(self._binary or "llama-server", spec, port, settings.params,
+                                                       self._lockdown(port), rpc=self._rpc.used if self._rpc else None),
+                         env=spec.env, log_dir=host.site.log_dir,
+                         headers={"Authorization": f"Bearer {self._key}"})
+
+    def _lockdown(self, port: int) -> list[str]:
+        if self._legacy_key:
+            return lockdown_args(port, None, self._key)
+        return lockdown_args(port, self._key_file or "")
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """Shown in the model's status: its RPC workers and their last check."""
+        return self._rpc.details() if self._rpc else {}
 
     async def start(self, timeout: float) -> None:
         if self._binary is None:
@@ -72,7 +122,55 @@ class LlamaServerRunner(ProcessRunner):
             raise RunnerStartError(f"model '{self.model.name}': no 'path' to a GGUF file is configured")
         if not Path(self.model.path).is_file():
             raise RunnerStartError(f"model '{self.model.name}': model file not found: {self.model.path}")
-        await super().start(timeout)
+        if self._rpc is not None:
+            used = await self._rpc.choose()
+            dropped = [a for a in self._rpc.configured if a not in used]
+            self._note(f"RPC workers: {', '.join(used)}" + (f" (left out, unreachable: {', '.join(dropped)})"
+                                                             if dropped else ""))
+        folder = tempfile.mkdtemp(prefix="llama-host-runner-")  # 0700: only this user can look inside
+        try:
+            self._key_file = os.path.join(folder, "api-key")
+            fd = os.open(self._key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(self._key + "\n")
+            try:
+                await super().start(timeout)
+            except RunnerStartError as exc:
+                if not _rejects_newer_flags(exc.log_tail):
+                    raise
+                log.warning("%s: this llama-server is too old for --api-key-file or --cors-origins; its key goes "
+                            "on its command line instead (visible to local users)", self.model.name)
+                self._legacy_key = True
+                await super().start(timeout)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # read at startup only: the running server keeps the key
+            self._key_file = None
+        if self._rpc is not None:
+            self._rpc.watch(lambda: self.pid, self._worker_lost)
+
+    async def _worker_lost(self, reason: str) -> None:
+        self.exit_reason = f"stopped: {reason}"
+        self._note(f"{reason}: stopping llama-server")
+        await super().stop(grace=1.0)
+
+    async def stop(self, grace: float) -> None:
+        if self._rpc is not None:
+            self._rpc.stop_watch()
+        await super().stop(grace)
+
+    async def wait(self) -> int | None:
+        code = await super().wait()
+        if self._rpc is not None:
+            self._rpc.stop_watch()
+            if self.exit_reason is None and not self.stopping:
+                reason = await self._rpc.explain_exit()
+                if reason:
+                    self.exit_reason = f"exited (code {code}): {reason}"
+        return code
+
+
+def _rejects_newer_flags(log_tail: list[str]) -> bool:
+    return any("invalid argument" in line and any(flag in line for flag in NEWER_FLAGS) for line in log_tail)
 
 
 @hookimpl
@@ -80,7 +178,26 @@ def config_schema() -> dict[str, Any]:
     return msgspec.json.schema(Settings)
 
 
+def check(spec: ModelSpec) -> list[str]:
+    """What keeps a model from ever starting (a missing file is not: it may appear later)."""
+    return [] if spec.path else ["path: runtime 'llama-server' needs the path of a GGUF file"]
+
+
+def embedding_params(spec: ModelSpec) -> dict[str, Any] | None:
+    """The flags of ``spec``'s embedding runner: ``--embeddings`` with mean pooling (unless the model's ``params``
+    name a pooling), and a physical batch as large as the logical one, since llama-server embeds an input in one
+    batch (``input is too large to process`` otherwise)."""
+    if not spec.path:
+        return None
+    params = {k: v for k, v in spec.params.items() if k not in ("reranking", "rerank")}
+    params["embeddings"] = True
+    params.setdefault("pooling", "mean")
+    batch = params.get("batch_size") or params.get("b") or 2048
+    params.setdefault("ubatch_size", batch)
+    return params
+
+
 @hookimpl
 def register_runtimes(register) -> None:
     register("llama-server", LlamaServerRunner, description="llama.cpp llama-server, one process per model",
-             facts=runtime_facts)
+             facts=runtime_facts, check=check, embedding=embedding_params)

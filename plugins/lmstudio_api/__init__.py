@@ -2,7 +2,8 @@
 
 The OpenAI ``/v1`` routes on the same port come from the OpenAI surface, which the host mounts on every API port.
 Modules: ``routes_v0`` / ``routes_v1`` (the controllers), ``wire`` (the Structs), ``describe`` (model views),
-``stats`` and ``v0`` (stats and the v0 reply extras), ``v1chat`` (``/api/v1/chat`` mapping and events).
+``stats`` and ``v0`` (stats and the v0 reply extras), ``v1chat`` (``/api/v1/chat`` mapping and events);
+``sdk_*``: the protocol of LM Studio's own SDKs (``/lmstudio-greeting`` and WebSockets, see ``sdk_ws``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS
 from .exchange import SURFACE
 from .routes_v0 import LMStudioV0Controller
 from .routes_v1 import LMStudioV1Controller
+from .sdk_routes import LMStudioSDKController
 from .settings import Settings
 from .state import SurfaceState
 from .store import ResponseStore
@@ -45,8 +47,12 @@ def controllers(state: SurfaceState) -> list[type[Controller]]:
     def provide() -> SurfaceState:
         return state
 
+    from .downloads import LMStudioDownloadsController
+
     deps = {"lms": Provide(provide, sync_to_thread=False)}
     return [
+        LMStudioDownloadsController,
         type("LMStudioV0Controller", (LMStudioV0Controller,), {"dependencies": deps}),
         type("LMStudioV1Controller", (LMStudioV1Controller,), {"dependencies": deps}),
+        type("LMStudioSDKController", (LMStudioSDKController,), {"dependencies": deps}),
     ]

@@ -13,10 +13,12 @@ from llama_host import Host
 from llama_host.errors import HostError
 from llama_host.host import HostDep
 from llama_host.openai_errors import error_event
+from llama_host.progress import loading_text, openai_loading_event
 from llama_host.proxy import Upstream
 from llama_host.request import Exchange, run
 from llama_host.scheduler import Lease
 from llama_host.types import ModelSpec
+from llama_host.variants import for_embeddings
 
 from . import describe, sse
 from .exchange import SURFACE, AnyRequest, read_body, resolve
@@ -75,6 +77,8 @@ class LMStudioV0Controller(Controller):
                      kind: type[V0InferenceRequest], endpoint: str, path: str) -> Response[Any]:
         body, req = await read_body(request, kind)
         spec = resolve(host, req.model)
+        if kind is V0EmbeddingRequest:  # a chat model embeds through its embedding runner (llama_host.variants)
+            spec = for_embeddings(host.scheduler, spec)
         return await run(host, V0Inference(lms, spec, kind, f"/api/v0/{endpoint}", path, body, req))
 
 
@@ -115,6 +119,11 @@ class V0Inference(Exchange):
 
     def error(self, exc: HostError) -> bytes:
         return error_event(exc)
+
+    def loading(self, seconds: float, last_load: float | None) -> bytes:
+        """As the OpenAI surface: a ``reasoning_content`` chunk (chat), else an SSE comment."""
+        return openai_loading_event(self.model, loading_text(self.model, seconds, last_load),
+                                    chat=self._kind is V0ChatRequest)
 
 
 def v0_extras(host: Host, spec: ModelSpec, lease: Lease, facts: RunnerFacts, body: dict[str, Any]) -> Extras:

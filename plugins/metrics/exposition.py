@@ -88,6 +88,9 @@ def _model_families(rec: Recorder) -> Iterator[Any]:
                                          labels=["model"])
     failures = CounterMetricFamily(f"{PREFIX}_model_load_failures", "Model loads that failed.", labels=["model"])
     unloads = CounterMetricFamily(f"{PREFIX}_model_unloads", "Model unloads by reason.", labels=["model", "reason"])
+    log_dropped = CounterMetricFamily(f"{PREFIX}_runner_log_lines_dropped",
+                                      "Runner log lines its log file could not take (it logged faster than the disk).",
+                                      labels=["model"])
     for name, stats in list(rec.models.items()):
         in_flight.add_metric([name], stats.in_flight)
         loaded.add_metric([name], 1 if stats.state == "loaded" else 0)
@@ -96,7 +99,8 @@ def _model_families(rec: Recorder) -> Iterator[Any]:
         failures.add_metric([name], stats.failed_loads)
         for reason, count in stats.unloads.items():
             unloads.add_metric([name, reason], count)
-    yield from (in_flight, loaded, loads, load_seconds, failures, unloads)
+        log_dropped.add_metric([name], stats.log_lines_dropped)
+    yield from (in_flight, loaded, loads, load_seconds, failures, unloads, log_dropped)
 
 
 def _runner_families(runners: list[RunnerSample]) -> Iterator[Any]:
@@ -151,3 +155,32 @@ def _system_families(system: SystemSample) -> Iterator[Any]:
                 if value is not None:
                     fam.add_metric(values, value)
         yield from (used, total, util)
+
+
+class PeerCollector(Collector):
+    """Per peer (``peers:`` in the site file): up, requests sent, failures, requests in flight — read at scrape time
+    from the host's peer pool (``host.peers.stats()``)."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
+
+    def collect(self) -> Iterator[Any]:
+        pool = getattr(self.host, "peers", None)
+        stats = pool.stats() if pool is not None else []
+        if not stats:
+            return
+        up = GaugeMetricFamily(f"{PREFIX}_peer_up", "1 when the peer answered its last check.", labels=["peer"])
+        requests = CounterMetricFamily(f"{PREFIX}_peer_requests", "Requests sent to the peer.", labels=["peer"])
+        failures = CounterMetricFamily(f"{PREFIX}_peer_failures",
+                                       "Requests to the peer that failed (unreachable, cut mid-response).",
+                                       labels=["peer"])
+        in_flight = GaugeMetricFamily(f"{PREFIX}_peer_in_flight", "Requests in flight at the peer.", labels=["peer"])
+        for peer in stats:
+            up.add_metric([peer["name"]], 1.0 if peer["up"] else 0.0)
+            requests.add_metric([peer["name"]], peer["requests"])
+            failures.add_metric([peer["name"]], peer["failures"])
+            in_flight.add_metric([peer["name"]], peer["in_flight"])
+        yield from (up, requests, failures, in_flight)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from llama_host.types import ModelFailed, ModelLoaded, ModelUnloaded
 
-from .exposition import registry_for
+from .exposition import PeerCollector, registry_for
 from .recorder import Recorder
 from .sampler import Sampler
 from .settings import Settings
@@ -47,6 +47,7 @@ class MetricsPlugin:
         self.recorder = Recorder(self.settings, known_model=self._known_model,
                                  sink=self.store.put if self.store else None)
         self.registry = registry_for(self.recorder)
+        self.registry.register(PeerCollector(host))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._wake: asyncio.Event | None = None

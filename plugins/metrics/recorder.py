@@ -23,6 +23,7 @@ from llama_host.types import (
     ModelUnloaded,
     RequestFinished,
     RequestStarted,
+    RunnerLogDropped,
 )
 
 from .sampler import RunnerSample, SystemSample
@@ -77,7 +78,7 @@ class ModelStats:
     """One model's lifecycle figures; its request figures are summed from its :class:`RequestSeries`."""
 
     __slots__ = ("state", "pid", "in_flight", "last_tokens_per_second", "last_request_at", "load_seconds",
-                 "last_load_seconds", "loaded_at", "failed_loads", "last_error", "unloads")
+                 "last_load_seconds", "loaded_at", "failed_loads", "last_error", "unloads", "log_lines_dropped")
 
     def __init__(self, settings: Settings) -> None:
         self.state = "unknown"
@@ -91,6 +92,7 @@ class ModelStats:
         self.failed_loads = 0
         self.last_error: str | None = None
         self.unloads: dict[str, int] = {}
+        self.log_lines_dropped = 0
 
     def to_json(self, series: list[RequestSeries]) -> dict[str, Any]:
         def avg(total: float, count: int) -> float | None:
@@ -122,6 +124,7 @@ class ModelStats:
             "failed_loads": self.failed_loads,
             "last_error": self.last_error,
             "unloads": dict(self.unloads),
+            "log_lines_dropped": self.log_lines_dropped,
         }
 
 
@@ -214,6 +217,7 @@ class Recorder:
             ModelLoaded: self._model_loaded,
             ModelUnloaded: self._model_unloaded,
             ModelFailed: self._model_failed,
+            RunnerLogDropped: self._runner_log_dropped,
         }
 
     # --- recording (event loop, hot path) ---------------------------------------------------------------------
@@ -306,6 +310,9 @@ class Recorder:
         stats.loaded_at = None
         stats.last_error = event.error
         self.runners.pop(event.model, None)
+
+    def _runner_log_dropped(self, event: RunnerLogDropped) -> None:
+        self._stats(self._model(event.model)).log_lines_dropped += event.lines
 
     # --- samples ----------------------------------------------------------------------------------------------
 

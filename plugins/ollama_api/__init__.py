@@ -26,7 +26,8 @@ def config_schema() -> dict[str, Any]:
 def register_surfaces(host: Host) -> list[Surface]:
     from .controller import OllamaController
     from .errors import EXCEPTION_HANDLERS
+    from .models_admin import OllamaModelsController
 
     settings = host.settings(SURFACE, Settings)
-    return [Surface(name=SURFACE, port=settings.port, route_handlers=[OllamaController],
+    return [Surface(name=SURFACE, port=settings.port, route_handlers=[OllamaController, OllamaModelsController],
                     exception_handlers=dict(EXCEPTION_HANDLERS))]

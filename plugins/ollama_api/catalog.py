@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import math
 from typing import Any
 
@@ -215,6 +216,19 @@ def show(spec: ModelSpec, facts: ModelFacts, *, size: int, mtime: float, verbose
     }
     if spec.mmproj:
         out["projector_info"] = {"path": spec.mmproj}
+    if spec.system:  # a variant made by create/copy (or a model of the site file with a system prompt)
+        out["system"] = spec.system
+    variant = (spec.metadata or {}).get("variant") or {}
+    if variant.get("template"):
+        out["template"] = variant["template"]
+    if variant.get("parent") or variant.get("from"):
+        out["details"]["parent_model"] = variant.get("parent") or variant["from"]
+    lines = [out["parameters"]] if out["parameters"] else []
+    for key, value in (variant.get("parameters") or {}).items():
+        if key not in ("num_ctx", "num_batch", "num_gpu", "num_thread"):  # those are in parameters_text already
+            lines.extend(f"{key} {json.dumps(v) if isinstance(v, str) else v}"
+                         for v in (value if isinstance(value, list) else [value]))
+    out["parameters"] = "\n".join(lines)
     return out
 
 

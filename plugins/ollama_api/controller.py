@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, route
-from litestar.params import FromPath
 
 from llama_host import Host, HostDep, ModelSpec
+from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError, UpstreamError
+from llama_host.progress import loading_text
 from llama_host.request import Exchange, run
+from llama_host.variants import for_embeddings
 
 from . import catalog
 from . import translate as tr
@@ -33,14 +35,13 @@ _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
 
 
-class NotSupported(HostError):
-    """A model-management call llama-host does not do (pull, push, create, copy, delete)."""
-
-    status, code, type = 501, "not_supported", "invalid_request_error"
-
-
 def _json(obj: Any, status: int = 200) -> Response:
     return Response(content=_encode(obj), status_code=status, media_type="application/json")
+
+
+#: options that are counts, with their least values (num_predict -1 and -2, repeat_last_n -1, num_keep -1 mean
+#: something, so those are not checked here)
+COUNT_OPTIONS = {"options.num_ctx": 0, "options.num_batch": 0, "options.num_thread": 0}
 
 
 async def _decode(request: Request, kind: type[T]) -> T:
@@ -48,13 +49,7 @@ async def _decode(request: Request, kind: type[T]) -> T:
     body = await request.body()
     if not body.strip():
         raise BadRequest("missing request body")
-    try:
-        value = msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"invalid JSON: {exc}") from None
-    return value
+    return decode_json(body, kind, minimums=COUNT_OPTIONS)
 
 
 def _model_of(host: Host, requested: str) -> ModelSpec:
@@ -201,50 +196,12 @@ class OllamaController(Controller):
         return await _embeddings(host, spec, "embeddings", [req.prompt] if req.prompt else [], ttl, load_params,
                                  shape)
 
-    # --- model management llama-host does not do -----------------------------------------------------------------
-
-    @post("/api/pull", status_code=200)
-    async def api_pull(self, request: Request, host: HostDep) -> Response:
-        req = await _decode(request, ShowRequest)
-        if req.requested and host.scheduler.resolve(req.requested, SURFACE) is not None:
-            # Already here: tools that "make sure the model is pulled" carry on.
-            return Response(content=tr.ndjson({"status": "success"}), media_type=NDJSON)
-        raise NotSupported(_manage_hint(host, f"cannot pull '{req.requested}': llama-host does not download models"))
-
-    @post("/api/push", status_code=200)
-    async def api_push(self, host: HostDep) -> Response:
-        raise NotSupported(_manage_hint(host, "llama-host does not push models"))
-
-    @post("/api/create", status_code=200)
-    async def api_create(self, host: HostDep) -> Response:
-        raise NotSupported(_manage_hint(host, "llama-host does not create models from Modelfiles"))
-
-    @route("/api/blobs/{digest:str}", http_method=["HEAD", "POST"], status_code=200)
-    async def api_blobs(self, host: HostDep, digest: FromPath[str]) -> Response:
-        raise NotSupported(_manage_hint(host, "llama-host does not store model blobs"))
-
-    @post("/api/copy", status_code=200)
-    async def api_copy(self, host: HostDep) -> Response:
-        raise NotSupported(_manage_hint(
-            host, "llama-host does not copy models; to serve a model under another name add it to 'aliases' "
-                  "of its entry under 'models:' in the site file"))
-
-    @route("/api/delete", http_method=["DELETE", "POST"], status_code=200)
-    async def api_delete(self, host: HostDep) -> Response:
-        raise NotSupported(_manage_hint(
-            host, "llama-host does not delete models; remove the GGUF file or its entry under 'models:' in the "
-                  "site file"))
+    # pull, push, create, copy, delete and blobs: models_admin.py
 
 
 def _can_generate(host: Host, spec: ModelSpec, requested: str, what: str) -> None:
     if host.scheduler.facts(spec.name).embedding:
         raise BadRequest(f'"{requested}" does not support {what}: it is an embedding model')
-
-
-def _manage_hint(host: Host, what: str) -> str:
-    where = f" ({host.config_path})" if host.config_path else ""
-    return (f"{what}. To add a model, place its GGUF file in a discovery folder (plugins.discovery_gguf.dirs) "
-            f"or add it under 'models:' in the site file{where}.")
 
 
 async def _load_or_unload(host: Host, spec: ModelSpec, echo: str, ttl: float | None, load_params: dict[str, Any],
@@ -261,7 +218,8 @@ async def _load_or_unload(host: Host, spec: ModelSpec, echo: str, ttl: float | N
 async def _embeddings(host: Host, spec: ModelSpec, endpoint: str, inputs: list[str], ttl: float | None,
                       load_params: dict[str, Any], shape: Callable[[dict[str, Any], int], dict[str, Any]]) -> Response:
     """The runner's ``/v1/embeddings`` reply for ``inputs`` shaped by ``shape(reply, load_ns)``; no inputs: just load
-    the model."""
+    the model. A chat model embeds through its embedding runner (``<name>@embed``), as Ollama embeds with any model."""
+    spec = for_embeddings(host.scheduler, spec)
     if not inputs:
         meter = host.meter(SURFACE, endpoint, spec.name)
         try:
@@ -339,6 +297,14 @@ class Generation(Exchange):
 
     def error(self, exc: HostError) -> bytes:
         return tr.error_line(exc.detail())
+
+    def loading(self, seconds: float, last_load: float | None) -> bytes:
+        """While the model loads: a line with empty content and ``done: false`` (clients append nothing; no
+        ``status`` key, which ollama clients read as a pull progress); the text is in its ``loading`` key."""
+        line: dict[str, Any] = {"model": self._echo, "created_at": tr.created_at()}
+        line.update({"message": {"role": "assistant", "content": ""}} if self.endpoint == "chat" else {"response": ""})
+        line.update(done=False, loading=loading_text(self.model, seconds, last_load))
+        return tr.ndjson(line)
 
 
 async def _complete(host: Host, spec: ModelSpec, echo: str, endpoint: str, path: str, body: dict[str, Any],

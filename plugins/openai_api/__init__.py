@@ -12,14 +12,29 @@ from litestar import Controller, Request, Response, get, post, route
 from litestar.params import FromPath
 
 from llama_host import Host, HostDep, Surface, hookimpl
+from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError, ModelNotFound
 from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS, error_event
+from llama_host.openapi import json_body
+from llama_host.progress import loading_text, openai_loading_event
 from llama_host.proxy import Upstream
 from llama_host.request import Exchange, run
 from llama_host.scheduler import Lease
+from llama_host.variants import for_embeddings
+
+from .native import native_controller
+from .responses_surface import controller as responses_controller
+from .schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    RerankRequest,
+)
 
 NAME = "openai_api"
-_decode = msgspec.json.Decoder().decode
+#: OpenAI count parameters and their least values (-1: no limit, as llama-server and LM Studio take it); a value
+#: below is refused here rather than passed to the runner
+COUNTS = {"max_tokens": -1, "max_completion_tokens": -1, "n": 1, "top_logprobs": 0}
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -29,6 +44,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Request bodies larger than this get 413."""
     on_api_ports: bool = True
     """Also serve /v1 on the Ollama and LM Studio ports (as those servers do)."""
+    responses_store_entries: int = 1000
+    """Past ``/v1/responses`` replies kept in memory for ``previous_response_id`` (least recently used first out)."""
+    responses_store_bytes: int = 64 * 2**20
+    """The most bytes (JSON) those kept responses and their conversations may take together."""
+    native_routes: bool = True
+    """Serve llama.cpp's own endpoints (``/completion``, ``/infill``, ``/tokenize``, ...) routed by ``model``."""
 
 
 def model_entry(host: HostDep, name: str) -> dict[str, Any]:
@@ -56,19 +77,19 @@ class OpenAIController(Controller):
             raise ModelNotFound(model.lstrip("/"))
         return model_entry(host, spec.name)
 
-    @post("/v1/chat/completions")
+    @post("/v1/chat/completions", operation_class=json_body(ChatCompletionRequest))
     async def chat(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/chat/completions", "chat")
 
-    @post("/v1/completions")
+    @post("/v1/completions", operation_class=json_body(CompletionRequest))
     async def completions(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/completions", "completions")
 
-    @post("/v1/embeddings")
+    @post("/v1/embeddings", operation_class=json_body(EmbeddingRequest))
     async def embeddings(self, request: Request, host: HostDep) -> Response:
-        return await relay(request, host, "/v1/embeddings", "embeddings")
+        return await relay(request, host, "/v1/embeddings", "embeddings", embeddings=True)
 
-    @post(["/v1/rerank", "/v1/reranking"])
+    @post(["/v1/rerank", "/v1/reranking"], operation_class=json_body(RerankRequest))
     async def rerank(self, request: Request, host: HostDep) -> Response:
         return await relay(request, host, "/v1/rerank", "rerank")
 
@@ -104,19 +125,22 @@ class Passthrough(Exchange):
     def error(self, exc: HostError) -> bytes:
         return error_event(exc)
 
+    def loading(self, seconds: float, last_load: float | None) -> bytes:
+        return openai_loading_event(self.model, loading_text(self.model, seconds, last_load),
+                                    chat=self.endpoint == "chat")
 
-async def relay(request: Request, host: HostDep, path: str, endpoint: str) -> Response:
+
+async def relay(request: Request, host: HostDep, path: str, endpoint: str, *, embeddings: bool = False) -> Response:
     body = await request.body()
-    try:
-        obj = _decode(body)
-    except msgspec.DecodeError:
-        raise BadRequest("the request body is not valid JSON") from None
+    obj = decode_json(body, minimums=COUNTS)
     if not isinstance(obj, dict):
         raise BadRequest("the request body must be a JSON object")
     requested = obj.get("model") or host.site.default_model
     if not requested or not isinstance(requested, str):
         raise BadRequest("you must provide a model parameter", param="model")
     spec = host.scheduler.get(requested, NAME)
+    if embeddings:  # a chat model embeds through its embedding runner (llama_host.variants), as in Ollama
+        spec = for_embeddings(host.scheduler, spec)
     return await run(host, Passthrough(spec.name, endpoint, path, body, stream=obj.get("stream") is True))
 
 
@@ -129,5 +153,11 @@ def config_schema() -> dict[str, Any]:
 def register_surfaces(host: HostDep) -> list[Surface]:
     settings: Settings = host.settings(NAME, Settings)
     controller = type("OpenAIController", (OpenAIController,), {"request_max_body_size": settings.max_body_bytes})
-    return [Surface(name=NAME, port=settings.port or host.site.port, route_handlers=[controller],
+    handlers: list[Any] = [controller, responses_controller(host, settings.max_body_bytes,
+                                                            settings.responses_store_entries,
+                                                            settings.responses_store_bytes)]
+    if settings.native_routes:
+        handlers.append(type("NativeController", (native_controller(Passthrough, run),),
+                             {"request_max_body_size": settings.max_body_bytes}))
+    return [Surface(name=NAME, port=settings.port or host.site.port, route_handlers=handlers,
                     exception_handlers=OPENAI_EXCEPTION_HANDLERS, on_api_ports=settings.on_api_ports)]

@@ -146,7 +146,7 @@ def test_a_failed_write_leaves_the_old_file(tmp_path, gguf_files, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(os, "replace", crash)
+    monkeypatch.setattr(os, "fsync", crash)  # the new version cannot be made durable: it must not replace the old
     with pytest.raises(OSError, match="disk full"):
         scan_into(cat, models)
     monkeypatch.undo()

@@ -35,7 +35,7 @@ def host() -> Host:
 
 @pytest.fixture
 def client(host: Host) -> Iterator[TestClient[Any]]:
-    with TestClient(host.build_apps()[11234]) as c:
+    with TestClient(host.build_apps()[11234], base_url="http://127.0.0.1") as c:
         yield c
 
 

@@ -84,7 +84,7 @@ async def test_endpoints(tmp_path, child):
     host = make_host(tmp_path, sample_seconds=0.05)
     async with host.running():
         app = host.build_apps()[18000]
-        async with AsyncTestClient(app) as client:
+        async with AsyncTestClient(app, base_url="http://127.0.0.1") as client:
             host.emit(ModelLoading(model=MODEL))
             host.emit(ModelLoaded(model=MODEL, load_seconds=0.3, pid=child.pid))
             for _ in range(2):
@@ -196,7 +196,7 @@ async def test_activity_persists_across_restarts(tmp_path):
         async with host.running():
             for i in range(3):
                 host.emit(finished(duration=float(round_ * 10 + i)))
-            async with AsyncTestClient(host.build_apps()[18000]) as client:
+            async with AsyncTestClient(host.build_apps()[18000], base_url="http://127.0.0.1") as client:
                 act = (await client.get("/api/v1/activity", params={"limit": 10})).json()["activity"]
         if round_ == 0:
             # Two in memory, the third read back from SQLite (written by then? the writer may lag: accept 2 or 3).

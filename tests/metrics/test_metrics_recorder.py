@@ -214,7 +214,8 @@ def test_samples_exposed_and_runner_gone_after_unload():
 
     rec.record(ModelUnloaded(model="m", reason="requested"))
     s = samples(rec)
-    assert not [k for k in s if k[0].startswith("llama_host_runner_")]
+    assert not [k for k in s if k[0].startswith("llama_host_runner_") and "pid" in dict(k[1])]  # the process is gone
+    assert s[("llama_host_runner_log_lines_dropped_total", (("model", "m"),))] == 0  # a model's counter stays
     assert rec.summary()["runners"] == []
 
 

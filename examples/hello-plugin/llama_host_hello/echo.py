@@ -18,6 +18,7 @@ from aiohttp import web
 from llama_host import Host, ModelSpec
 from llama_host.errors import RunnerStartError
 from llama_host.process import LogBuffer
+from llama_host.types import RunnerBase
 
 from llama_host_hello.settings import NAME, Settings
 
@@ -32,7 +33,7 @@ def last_user_text(messages: Any) -> str:
     return ""
 
 
-class EchoRunner:
+class EchoRunner(RunnerBase):
     """Implements :class:`llama_host.types.Runner`: ``start``/``stop``/``wait`` plus ``base_url``, ``headers``, ``logs``."""
 
     local = False  # no process and no memory to account for: never evicted to make room

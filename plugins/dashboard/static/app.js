@@ -2,6 +2,7 @@
 import { apiKey, followSSE, forgetKey, getJSON, HttpError, onKeyNeeded } from "./api.js";
 import { configPanel, discoveryPanel } from "./config.js";
 import { $, toast } from "./dom.js";
+import { initDownloads, refreshDownloads } from "./downloads.js";
 import * as fmt from "./format.js";
 import { logsPanel } from "./logs.js";
 import { handleEvent as modelEvent, initModels } from "./models.js";
@@ -10,7 +11,7 @@ import { playgroundPanel } from "./playground.js";
 import { refreshModels, refreshModelsSoon, store } from "./store.js";
 
 const panels = {
-  models: { show: () => refreshModels().catch(() => {}) },
+  models: { show: () => { refreshDownloads(); return refreshModels().catch(() => {}); } },
   logs: logsPanel,
   monitoring: monitoringPanel,
   discovery: discoveryPanel,
@@ -171,6 +172,7 @@ async function main() {
   initKey();
   initTabs();
   initModels();
+  initDownloads();
   for (const panel of Object.values(panels)) panel.init?.();
   showPanel(location.hash.slice(1) || "models");
   try {
