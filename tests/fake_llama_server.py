@@ -220,6 +220,7 @@ class FakeServer:
         await writer.drain()
 
     async def route(self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        path = without_request_path(path)
         if path == "/health":
             await self.send_json(writer, 200 if self.healthy() else 503, {"status": "ok"} if self.healthy() else LOADING)
             return
@@ -340,6 +341,13 @@ async def lifecycle_fault(i: int, send) -> bool:
         await send(b'data: {"choices": [{"index": 0, "delta": {"content": tru\n\n')
         return True
     return False
+
+
+def without_request_path(path: str) -> str:
+    """whisper-server's ``--request-path`` (a runner's secret prefix): every route lives under it."""
+    argv = sys.argv
+    prefix = argv[argv.index("--request-path") + 1].rstrip("/") if "--request-path" in argv[:-1] else ""
+    return path[len(prefix):] or "/" if prefix and path.startswith(prefix) else path
 
 
 async def lifecycle_route(server: FakeServer, method: str, path: str, writer: asyncio.StreamWriter) -> bool:
