@@ -138,8 +138,7 @@ def exchange(url: str, dialect: Dialect, fault: Fault, workdir: Path) -> tuple[i
                 if fault.client == "hangup_after_final" and dialect.final in got:
                     break
             status = r.status_code
-    pause.unlink(missing_ok=True)
-    return status, got
+    return status, got  # a pause file stays until the host has recorded the request: it must see the hang-up first
 
 
 ONE_PIECE_FAULTS = ("crash_mid_stream", "runner_start_failure", "queue_timeout")
@@ -161,6 +160,7 @@ def test_fault_matrix(tmp_path: Path, fault: Fault, dialect: Dialect) -> None:
         status, got = exchange(rh.url(dialect.surface), dialect, fault, tmp_path)
         finished = wait_until(lambda: [e for e in recorder.requests() if e.kind == "request_finished"],
                               "the end-of-request record")
+        (tmp_path / "pause").unlink(missing_ok=True)
         time.sleep(0.1)  # a second record would come now
         kinds = [(e.kind, e.surface, e.model) for e in recorder.requests()]
         metrics = httpx.get(rh.url() + "/metrics", timeout=10).text
