@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 NAME = "anthropic_api"
 log = logging.getLogger("llama_host.anthropic_api")
 _encode = msgspec.json.Encoder().encode
-_COUNTS = ("max_tokens", "top_k")
+_COUNTS = {"max_tokens": 1, "top_k": 0}
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -68,7 +68,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {HostError: _host_error, HTTPExceptio
 
 async def _request(request: Request, host: Host) -> tuple[dict[str, Any], str]:
     """The decoded body and the name of the model it routes to."""
-    req = decode_json(await request.body(), nonnegative=_COUNTS)
+    req = decode_json(await request.body(), minimums=_COUNTS)
     if not isinstance(req, dict):
         raise BadRequest("the request body must be a JSON object")
     requested = req.get("model") or host.site.default_model

@@ -21,13 +21,13 @@ NATIVE_PATHS = {"/completion": "native_completion", "/completions": "native_comp
                 "/tokenize": "tokenize", "/detokenize": "detokenize", "/apply-template": "apply_template",
                 "/embedding": "native_embedding", "/embeddings": "native_embedding", "/rerank": "rerank",
                 "/reranking": "rerank"}
-_COUNTS = ("n_predict", "n_probs", "top_k")
+_COUNTS = {"n_predict": -1, "n_probs": 0, "top_k": 0}
 
 
 async def native(request: Request, host: Host, path: str,
                  exchange: Callable[..., Exchange], run: Callable[..., Any]) -> Response:
     body = await request.body()
-    obj = decode_json(body, nonnegative=_COUNTS)
+    obj = decode_json(body, minimums=_COUNTS)
     if not isinstance(obj, dict):
         raise BadRequest("the request body must be a JSON object")
     requested = obj.get("model") or host.site.default_model

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 NAME = "openai_api"
 _encode = msgspec.json.Encoder().encode
-_COUNTS = ("max_output_tokens", "top_logprobs", "max_tool_calls")
+_COUNTS = {"max_output_tokens": 1, "top_logprobs": 0, "max_tool_calls": 0}
 
 
 class ResponseNotFound(HostError):
@@ -97,7 +97,7 @@ class ResponsesController(Controller):
 
     @post("/v1/responses")
     async def create(self, request: Request, host: HostDep) -> Response:
-        req = decode_json(await request.body(), nonnegative=_COUNTS)
+        req = decode_json(await request.body(), minimums=_COUNTS)
         if not isinstance(req, dict):
             raise BadRequest("the request body must be a JSON object")
         requested = req.get("model") or host.site.default_model
