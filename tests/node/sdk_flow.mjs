@@ -42,7 +42,7 @@ const scenarios = {
     const model = await client.llm.model("tiny", { verbose: false });
     const schema = { type: "object", properties: { answer: { enum: ["yes", "no"] } }, required: ["answer"],
                      additionalProperties: false };
-    const result = await model.respond("Yes or no?", { maxTokens: 40, structured: { type: "json", jsonSchema: schema } });
+    const result = await model.respond("Yes or no?", { maxTokens: 400, structured: { type: "json", jsonSchema: schema } });
     out.content = result.content;
   },
   async cancel() {
