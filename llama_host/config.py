@@ -393,9 +393,14 @@ def _mask(value: Any) -> Any:
 
 
 def redact(tree: Any) -> Any:
-    """A copy of a config tree with secrets replaced by ``"***"``."""
+    """A copy of a config tree with secrets replaced by ``"***"``: secret keys, and the values of secret flags in a
+    model's ``args`` and ``cmd`` (``--api-key KEY``)."""
+    from llama_host.process import redact_argv
+
     if isinstance(tree, dict):
-        return {k: (([_mask(x) for x in v] if isinstance(v, list) else _mask(v)) if k in SECRET_KEYS else redact(v))
+        return {k: (([_mask(x) for x in v] if isinstance(v, list) else _mask(v)) if k in SECRET_KEYS
+                    else redact_argv(v) if k in ("args", "cmd") and isinstance(v, list)
+                    and all(isinstance(x, str) for x in v) else redact(v))
                 for k, v in tree.items()}
     if isinstance(tree, list):
         return [redact(v) for v in tree]

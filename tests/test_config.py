@@ -266,3 +266,11 @@ def test_cli_plugins_lists_installed():
     assert result.returncode == 0
     lines = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
     assert lines["openai_api"][1:] == ["llama-host", "0.1.0", "yes"]
+
+
+def test_secret_flags_in_args_and_cmd_are_redacted():
+    tree = {"models": {"m": {"args": ["--api-key", "s3cret", "--ctx-size", "512"],
+                             "cmd": ["srv", "--api-key=s3cret", "--port", "${PORT}"]}}}
+    out = redact(tree)["models"]["m"]
+    assert out["args"] == ["--api-key", "***", "--ctx-size", "512"]
+    assert out["cmd"] == ["srv", "--api-key=***", "--port", "${PORT}"]
