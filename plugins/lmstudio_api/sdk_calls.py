@@ -34,7 +34,7 @@ class _Call(Exchange):
     def __init__(self, spec: ModelSpec, path: str, body: dict[str, Any], endpoint: str, stream: bool) -> None:
         self.model, self.path, self.endpoint, self.stream = spec.name, path, endpoint, stream
         self._body = body
-        self.events: list[Any] = []
+        self.received: list[Any] = []  # runner events not yet handed over (not ``events``: an Exchange method)
         self.result: Any = None
         self.failure: HostError | None = None
 
@@ -42,7 +42,7 @@ class _Call(Exchange):
         return self._body
 
     def event(self, event: Any) -> bytes:
-        self.events.append(event)
+        self.received.append(event)
         return b"\n"  # a marker: events are waiting (the bytes themselves go nowhere)
 
     def reply(self, reply: Any, up: Any) -> bytes:
@@ -69,7 +69,7 @@ async def stream(host: Host, spec: ModelSpec, path: str, body: dict[str, Any], e
     events = call.events()
     try:
         async for _ in events:
-            pending, ex.events = ex.events, []
+            pending, ex.received = ex.received, []
             for event in pending:
                 yield event
             if ex.failure is not None:

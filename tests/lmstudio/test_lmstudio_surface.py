@@ -57,6 +57,7 @@ def test_v0_models(client: TestClient[Any]) -> None:
         "id": "qwen", "object": "model", "type": "llm", "publisher": "local", "arch": "qwen2",
         "compatibility_type": "gguf", "quantization": "Q4_K_M", "state": "not-loaded", "max_context_length": 32768,
         "capabilities": ["tool_use"],
+        "scheduling": {"pinned": False, "priority": 0, "group": None, "max_concurrent": None},
     }
     assert data["vision"]["type"] == "vlm" and data["vision"]["quantization"] == "Q8_0"
     assert data["embed"]["type"] == "embeddings"
