@@ -31,6 +31,7 @@ from llama_host.placement import (
     Group,
     Limits,
     Slot,
+    backoff_left,
     backoff_seconds,
     can_admit,
     idle_seconds,
@@ -331,7 +332,7 @@ class Scheduler:
                 self._begin_unload(entry, "reload")
                 continue
             if entry.state == "failed" and entry.failures >= 2:
-                wait = backoff_seconds(entry.failures) - (time.monotonic() - entry.failed_at)
+                wait = backoff_left(entry.failures, time.monotonic() - entry.failed_at)
                 if wait > 0:
                     raise RunnerStartError(f"model '{entry.spec.name}' failed to start {entry.failures} times in a "
                                            f"row; next try in {wait:.0f}s. Last error: {entry.error}",

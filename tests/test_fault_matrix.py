@@ -20,6 +20,7 @@ import pytest
 import fake_llama_server as fake
 from llama_host import hookimpl
 from llama_host.testing import serve_host
+from test_faults import wait_until
 
 PLUGINS = ["openai_api", "ollama_api", "lmstudio_api", "llama_server", "whisper_server", "metrics"]
 TOKENS = 4
@@ -96,16 +97,6 @@ FAULTS = [
           scheduler=(("queue_timeout", 0.5),)),
     Fault("final_event_without_newline", lambda d: {"FAKE_NO_FINAL_NEWLINE": "1"}, 200, None, "read"),
 ]
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def metric(text: str, name: str, **labels: str) -> float:
