@@ -7,6 +7,7 @@ must kill a node in the middle of long streams, in the fake llama-server (a real
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def fake(**env: str) -> dict:
 
 
 def test_a_peer_killed_under_load_loses_only_its_requests_in_flight(fabric):
-    slow = fake(FAKE_CHUNK_DELAY="0.2")
+    slow = fake(FAKE_CHUNK_DELAY="0.5")
     site = {"api_keys": [KEY], "scheduler": {"max_loaded": 0}, "plugins": QUIET}
     b = fabric.add("b").start_host({**site, "models": {"shared": slow, "only-b": fake()}})
     c = fabric.add("c").start_host({**site, "models": {"shared": slow}})
@@ -103,18 +104,30 @@ def test_a_peer_killed_under_load_loses_only_its_requests_in_flight(fabric):
     stats = lambda: {p["name"]: p for p in front.get("/api/v1/peers").json()["peers"]}  # noqa: E731
     assert wait_for(lambda: all(p["up"] for p in stats().values()))
 
+    started = threading.Semaphore(0)
+
     def ask(_: int) -> str:
-        r = httpx.post(front.url + "/v1/chat/completions", timeout=60,
-                       json={"model": "shared", "messages": HELLO, "max_tokens": 12, "stream": True})
-        if r.status_code != 200:
-            return f"HTTP {r.status_code}"
-        if '"error"' in r.text and "went away" in r.text:
+        text, begun = "", False
+        with httpx.stream("POST", front.url + "/v1/chat/completions", timeout=60,
+                          json={"model": "shared", "messages": HELLO, "max_tokens": 12, "stream": True}) as r:
+            if r.status_code != 200:
+                return f"HTTP {r.status_code}"
+            for chunk in r.iter_text():
+                if not begun and " t0" in text + chunk:
+                    begun = True
+                    started.release()  # the first token is out: the request is committed to its peer
+                text += chunk
+        if '"error"' in text and "went away" in text:
             return "lost"
-        return "ok" if r.text.rstrip().endswith("data: [DONE]") and " t11" in r.text else r.text
+        return "ok" if text.rstrip().endswith("data: [DONE]") and " t11" in text else text
 
     pending = [fabric._pool.submit(ask, i) for i in range(6)]
-    assert wait_for(lambda: (s := stats())["b"]["in_flight"] >= 2 and s["c"]["in_flight"] >= 2, 20)
-    on_b = stats()["b"]["in_flight"]
+    # kill b only once all six streams are under way (a request whose answer has not begun may be retried on c)
+    begun = sum(started.acquire(timeout=30) for _ in range(6))
+    assert begun == 6, (begun, stats(), [p.result(60) for p in pending])
+    s = stats()
+    on_b = s["b"]["in_flight"]
+    assert on_b >= 1 and s["c"]["in_flight"] >= 1 and on_b + s["c"]["in_flight"] == 6, s
     b.node.kill()
     results = [p.result(120) for p in pending]
     assert results.count("lost") == on_b and results.count("ok") == 6 - on_b, results
