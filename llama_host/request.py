@@ -43,6 +43,9 @@ LOADING_EVERY = 1.0
 _decode_any = msgspec.json.Decoder().decode
 _validate = msgspec.json.Decoder(msgspec.Raw).decode
 _encode = msgspec.json.Encoder().encode
+#: what makes an event need a closer look: an error, and (when metering) usage, timings or a stop reason
+_ERROR = (b'"error"',)
+_METERED = (*_ERROR, b'"usage"', b'"timings"', b'"finish_reason":"', b'"finish_reason": "')
 
 
 class BadUpstreamEvent(HostError):
@@ -119,80 +122,80 @@ class SSEParser:
         self._buf = buf[cut + 1:]
         return buf[:cut + 1]
 
-    def _quick(self, complete: bytes, blocks: list[bytes]) -> bool:
-        """Whether the events of this read need no closer look: no error, nothing to meter, one line per event
-        (llama-server's framing, and most reads: the tokens). Checked once per read, not per event."""
-        return b'"error"' not in complete and not (self._observe is not None and (
-            b'"usage"' in complete or b'"timings"' in complete or b'"finish_reason":"' in complete
-            or b'"finish_reason": "' in complete)) and complete.count(b"\n") == 2 * (len(blocks) - 1)
+    def _plain(self, complete: bytes) -> int:
+        """The length of the longest run of whole events at the start of ``complete`` that need no closer look: only
+        ``data: {...}`` lines, one per event (llama-server's framing: the tokens), no error and nothing to meter
+        before it. Most reads are plain throughout; a read that also holds the final event (usage, timings, the stop
+        reason) is plain up to it. A raw newline never occurs inside JSON, so ``\\n\\ndata: `` only separates events."""
+        limit = len(complete)
+        for marker in _METERED if self._observe is not None else _ERROR:
+            at = complete.find(marker, 0, limit)
+            if at >= 0:
+                limit = at
+        end = complete.rfind(b"\n\n", 0, limit) + 2
+        if end < 2 or not complete.startswith(b"data: {"):
+            return 0
+        n = complete.count(b"\n\n", 0, end)
+        if complete.count(b"\n", 0, end) != 2 * n or complete.count(b"\n\ndata: {", 0, end) != n - 1:
+            return 0  # another framing (several lines per event, comments, CRLF): event by event
+        return end
 
     @staticmethod
-    def _array(complete: bytes, blocks: list[bytes]) -> bytes | None:
-        """A quick read made only of ``data: {...}`` events, as one JSON array, so that one msgspec call checks (or
-        decodes) them all; ``None`` for any other read. A raw newline never occurs inside JSON, so ``\\n\\ndata: ``
-        only separates events."""
-        n = len(blocks) - 1
-        if blocks[-1] or not complete.startswith(b"data: {") or complete.count(b"\n\ndata: {") != n - 1:
-            return None
-        return b"[" + complete[6:-2].replace(b"\n\ndata: ", b",") + b"]"
+    def _array(plain: bytes) -> bytes:
+        """A plain run of events as one JSON array, so that one msgspec call checks (or decodes) them all."""
+        return b"[" + plain[6:-2].replace(b"\n\ndata: ", b",") + b"]"
 
     def events(self, chunk: bytes) -> list[Any]:
-        complete = self._complete(chunk)
+        complete = self._complete(chunk) if not self.done else b""
         if not complete:
             return []
-        blocks = complete.split(b"\n\n")
-        quick = self._quick(complete, blocks)
+        end = self._plain(complete)
         decode = self._decode
-        if quick and decode is _decode_any:
-            array = self._array(complete, blocks)
-            if array is not None:
-                try:
-                    return _decode_any(array)
-                except msgspec.DecodeError:
-                    pass  # one of them is not JSON: find which, one by one
         out: list[Any] = []
-        for block in blocks:
-            if quick and block.startswith(b"data: {"):
+        if end:
+            if decode is _decode_any:
                 try:
-                    out.append(decode(block[6:]))
-                except msgspec.DecodeError as exc:
-                    self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
-                    return out
-            elif block:
-                for line in block.split(b"\n"):
-                    payload = self._payload(line)
-                    if payload is not None:
-                        try:
-                            out.append(decode(payload))
-                        except msgspec.DecodeError as exc:
-                            self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
-                    if self.done or self.error is not None:
+                    out = _decode_any(self._array(complete[:end]))
+                except msgspec.DecodeError:
+                    end = 0  # one of them is not JSON: find which, one by one
+            else:
+                for block in complete[:end - 2].split(b"\n\n"):
+                    try:
+                        out.append(decode(block[6:]))
+                    except msgspec.DecodeError as exc:
+                        self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
                         return out
+            if end == len(complete):
+                return out
+        for block in complete[end:].split(b"\n\n"):
+            if not block:
+                continue
+            for line in block.split(b"\n"):
+                payload = self._payload(line)
+                if payload is not None:
+                    try:
+                        out.append(decode(payload))
+                    except msgspec.DecodeError as exc:
+                        self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
+                if self.done or self.error is not None:
+                    return out
         return out
 
     def passthrough(self, chunk: bytes) -> bytes:
-        complete = self._complete(chunk)
+        complete = self._complete(chunk) if not self.done else b""
         if not complete:
             return b""
-        blocks = complete.split(b"\n\n")
-        quick = self._quick(complete, blocks)
-        if quick:
-            array = self._array(complete, blocks)
-            if array is not None:
-                try:
-                    _validate(array)
-                    return complete
-                except msgspec.DecodeError:
-                    pass  # one of them is not JSON: find which, one by one
-        offset = 0
-        for block in blocks:
-            if quick and block.startswith(b"data: {"):
-                try:
-                    _validate(block[6:])
-                except msgspec.DecodeError as exc:
-                    self.error = BadUpstreamEvent(f"the runner sent an event that is not JSON ({exc})")
-                    return complete[:offset]
-            elif block:
+        end = self._plain(complete)
+        if end:
+            try:
+                _validate(self._array(complete[:end]))
+            except msgspec.DecodeError:
+                end = 0  # one of them is not JSON: find which, one by one
+            if end == len(complete):
+                return complete
+        offset = end
+        for block in complete[end:].split(b"\n\n"):
+            if block:
                 for line in block.split(b"\n"):
                     if line and line[0] in b"de":  # data: and error: lines; comments pass as they are
                         payload = self._payload(line)

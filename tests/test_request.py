@@ -57,3 +57,45 @@ def test_passthrough_forwards_complete_lines_unchanged_and_observes_the_metered_
     assert parser.passthrough(head + last[:20]) == head
     assert parser.passthrough(last[20:] + b"data: [DONE]\n\nextra") == last + b"data: [DONE]\n\n"
     assert parser.done and seen == [{"choices": [{"delta": {}, "finish_reason": "stop"}], "timings": {"predicted_n": 3}}]
+
+
+STREAM = (b'data: {"choices":[{"delta":{"content":"a"},"finish_reason":null}]}\n\n'
+          b'data: {"choices":[{"delta":{"content":"b"},"finish_reason":null}]}\n\n'
+          b": keep-alive comment\n\n"
+          b'event: message\ndata: {"choices":[{"delta":{"content":"c"},"finish_reason":null}]}\n\n'
+          b'data: {"choices":[{"delta":{"content":"d"},"finish_reason":null}]}\n\n'
+          b'data: {"choices":[{"delta":{},"finish_reason":"length"}],"timings":{"predicted_n":4}}\n\n'
+          b'data: {"choices":[],"usage":{"completion_tokens":4}}\n\n'
+          b"data: [DONE]\n\n")
+CONTENT = [{"choices": [{"delta": {"content": c}, "finish_reason": None}]} for c in "abcd"]
+METERED = [{"choices": [{"delta": {}, "finish_reason": "length"}], "timings": {"predicted_n": 4}},
+           {"choices": [], "usage": {"completion_tokens": 4}}]
+
+
+@pytest.mark.parametrize("reads", [1, 2, 3])
+def test_every_split_of_a_stream_gives_the_same_events_and_bytes(reads):
+    """Runner reads cut anywhere (mid-event, between an event's two newlines, inside a metered event): the same
+    events, the same bytes forwarded, and the metered events observed once each, whichever path a read takes."""
+    cuts = [(i, j) for i in range(len(STREAM) + 1) for j in ([i] if reads < 3 else range(i, len(STREAM) + 1, 7))]
+    if reads == 1:
+        cuts = [(len(STREAM), len(STREAM))]
+    for i, j in cuts:
+        parts = [STREAM[:i], STREAM[i:j], STREAM[j:]]
+        seen: list = []
+        parser = SSEParser(observe=seen.append)
+        events = [e for part in parts for e in parser.events(part)]
+        assert events == CONTENT + METERED and parser.done and seen == METERED, (i, j)
+        seen.clear()
+        parser = SSEParser(observe=seen.append)
+        forwarded = b"".join(parser.passthrough(part) for part in parts) + parser.close_passthrough()
+        assert forwarded == STREAM and parser.done and seen == METERED, (i, j)
+
+
+def test_a_read_of_plain_events_then_an_error_keeps_the_plain_ones():
+    plain = b"".join(b'data: {"n":%d}\n\n' % n for n in range(50))
+    parser = SSEParser()
+    assert parser.passthrough(plain + b'data: {"error":{"message":"boom"}}\n\n' + plain) == plain
+    assert isinstance(parser.error, UpstreamError) and parser.error.message == "boom"
+    parser = SSEParser()
+    assert parser.events(plain + b'data: {"n": oops}\n\n') == [{"n": n} for n in range(50)]
+    assert isinstance(parser.error, BadUpstreamEvent)
