@@ -95,6 +95,8 @@ class Lease:
 
 
 class Scheduler:
+    entries: dict[str, Any] = {}  # no model is loading: no loading progress
+
     async def acquire(self, name: str, ttl: Any = None, load_params: Any = None) -> Lease:
         return Lease()
 
