@@ -244,7 +244,14 @@ def _describe(error: jsonschema.ValidationError) -> list[str]:
             out.append(msg)
         return out
     if error.validator in ("anyOf", "oneOf") and error.context:
-        # Report the most specific branch: the one whose error went deepest, else a type summary.
+        # Report the most specific branch: a mapping's problems inside the object branch (``filters: {...}``),
+        # else a type summary.
+        if isinstance(error.instance, dict):
+            for i, branch in enumerate(error.validator_value):
+                if isinstance(branch, dict) and ("$ref" in branch or branch.get("type") == "object"):
+                    inner = [e for e in error.context if e.relative_schema_path and e.relative_schema_path[0] == i]
+                    if inner:
+                        return [p for e in inner for p in _describe(e)]
         types = [s.get("type") for s in error.validator_value if isinstance(s, dict) and "type" in s]
         if types:
             return [f"{where}: {error.instance!r} is not of type {' or '.join(map(str, types))}"]
