@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from llama_host.types import ModelsChanged, ModelSpec
+from llama_host.watch import watch_files
 
 from .catalogue import Catalogue, StateFileError
 from .scan import Scanner, ScanResult, resolve_dirs
@@ -193,9 +194,19 @@ class Discovery:
             except Exception:
                 log.exception("discovery: periodic rescan failed")
 
+    async def state_file_changed(self, paths: set[Path]) -> None:
+        """The state file was edited (or written by a scan): rescan now, so that an edit applies at once (a scan
+        reads the edit and writes nothing over it; a file that does not parse is reported and left alone)."""
+        if not await asyncio.to_thread(self.catalogue.changed_on_disk):
+            return  # a scan's own write
+        report = await self.rescan()
+        if any(e["path"] == str(self.catalogue.path) for e in report.errors):
+            log.error("discovery: the edit of %s is not applied until the file is fixed", self.catalogue.path)
+
     @contextlib.asynccontextmanager
     async def running(self):
-        """Startup scan (waited for up to ``startup_wait`` seconds), then periodic rescans until the host stops."""
+        """Startup scan (waited for up to ``startup_wait`` seconds), then periodic rescans until the host stops;
+        an edit of the state file is applied at once (the file is watched)."""
         first = asyncio.ensure_future(self.rescan())
         try:
             await asyncio.wait_for(asyncio.shield(first), timeout=self.settings.startup_wait)
@@ -206,10 +217,12 @@ class Discovery:
             log.exception("discovery: the first scan failed")
         periodic = (asyncio.create_task(self.periodic(self.settings.rescan_seconds))
                     if self.settings.rescan_seconds > 0 else None)
+        watcher = (asyncio.create_task(watch_files([self.catalogue.path], self.state_file_changed))
+                   if self.catalogue.path is not None else None)
         try:
             yield self
         finally:
-            for task in (periodic, first):
+            for task in (watcher, periodic, first):
                 if task is not None and not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
