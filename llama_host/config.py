@@ -89,6 +89,8 @@ class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: The managed folder: pulled models and uploaded blobs (default: ``models`` next to the site file).
     models_dir: str | None = None
     shutdown_grace: float = 5.0
+    watch_config: Annotated[bool, msgspec.Meta(description=(
+        "reload the site file when it changes (SIGHUP, 'llama-host reload' and POST /api/v1/reload always work)"))] = True
     #: streams show loading progress while their model loads (a model's ``loading_progress`` wins)
     loading_progress: bool = False
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)

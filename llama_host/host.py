@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pluggy
@@ -39,6 +39,10 @@ from llama_host.proxy import Relay, RequestMeter
 from llama_host.scheduler import Scheduler
 from llama_host.security import BrowserPolicy, browser_guard
 from llama_host.types import Event, ModelSpec, RuntimeInfo, Surface
+
+if TYPE_CHECKING:
+    from llama_host.reload import SiteDiff
+    from llama_host.reloader import ReloadReport
 
 log = logging.getLogger(__name__)
 hook_log = logging.getLogger("llama_host.hooks")
@@ -242,7 +246,7 @@ class Host:
 
     # --- reloads (llama_host.reloader) -----------------------------------------------------------------------------
 
-    async def reload(self, trigger: str = "api") -> Any:
+    async def reload(self, trigger: str = "api") -> ReloadReport:
         """Read the site file again and apply the difference; returns the ``ReloadReport`` (see
         :mod:`llama_host.reloader`). Reloads run one at a time."""
         return await self.reloader.reload(trigger)
@@ -252,7 +256,7 @@ class Host:
         self.site = site
         self._settings.clear()
 
-    def apply_live(self, old: SiteConfig, diff: Any) -> None:
+    def apply_live(self, old: SiteConfig, diff: SiteDiff) -> None:
         """Apply the core keys a reload changed that need no restart: scheduler limits, API keys, the browser
         policy and the log level (``diff`` is a :class:`llama_host.reload.SiteDiff`)."""
         site = self.site

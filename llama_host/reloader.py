@@ -79,7 +79,7 @@ class Reloader:
     async def watching(self) -> AsyncIterator[None]:
         """Reload whenever the site file changes, for the life of the block (nothing without a site file)."""
         path = self.host.config_path
-        if path is None:
+        if path is None or not self.host.site.watch_config:
             yield
             return
         from llama_host.watch import watch_files

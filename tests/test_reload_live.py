@@ -114,7 +114,8 @@ def starts(tmp_path: Path, name: str) -> list[int]:
 
 
 def site(tmp_path: Path, models: dict[str, Any], **more: Any) -> dict[str, Any]:
-    return {"log_dir": str(tmp_path / "logs"), "models": models,
+    """A site file; not watched (``watch_config: false``) where a test reads the report of its own reload."""
+    return {"log_dir": str(tmp_path / "logs"), "models": models, "watch_config": False,
             "scheduler": {"max_loaded": 0, "startup_timeout": 30, "stop_grace": 2}, **more}
 
 
@@ -370,7 +371,7 @@ def test_filters_are_validated_by_the_schema(tmp_path, model):
 
 def test_fifty_edits_in_five_seconds_end_in_the_last_valid_file(tmp_path, model):
     recorder = Recorder()
-    base = site(tmp_path, {"m0": model("m0")})
+    base = site(tmp_path, {"m0": model("m0")}, watch_config=True)
     with hosted(tmp_path, base, extra=[("recorder", recorder)]) as (rh, path, config), rh.client(timeout=30) as c:
         for i in range(50):  # a model set and a ttl per edit; every fifth edit is refused
             new = copy.deepcopy(config)
@@ -392,7 +393,7 @@ def test_fifty_edits_in_five_seconds_end_in_the_last_valid_file(tmp_path, model)
 
 
 def test_requests_running_through_reloads_never_fail(tmp_path, model):
-    config = site(tmp_path, {"a": model("a", env={"FAKE_CHUNK_DELAY": "0.005"})})
+    config = site(tmp_path, {"a": model("a", env={"FAKE_CHUNK_DELAY": "0.005"})}, watch_config=True)
     with hosted(tmp_path, config) as (rh, path, config), rh.client(timeout=60) as c:
         chat(c, "a")
         stop = threading.Event()
@@ -436,7 +437,7 @@ def test_requests_running_through_reloads_never_fail(tmp_path, model):
 def test_sighup_and_the_cli_subcommand(tmp_path, model):
     from llama_host.testing import _fill_ports
 
-    config = _fill_ports(site(tmp_path, {"a": model("a")}, api_keys=["k1"]), None)
+    config = _fill_ports(site(tmp_path, {"a": model("a")}, api_keys=["k1"], watch_config=True), None)
     path = tmp_path / "site.yaml"
     write_site(path, config)
     env = dict(os.environ)

@@ -65,3 +65,27 @@ def test_an_edit_of_discovered_yaml_applies_at_once(tmp_path, gguf_files):
         wait_until(lambda: (c.get("/api/v1/discovery").json()["state_file_error"] or "").count("discovered.yaml"),
                    "the error of the broken file")
         chat("renamed")
+
+
+def test_a_changed_discovery_section_applies_live(tmp_path, gguf_files):
+    first, second = tmp_path / "first", tmp_path / "second"
+    gguf_files.model(first / "one.gguf")
+    gguf_files.model(second / "two.gguf")
+    config = {"log_dir": str(tmp_path / "logs"), "watch_config": False,  # this test reads its own reload's report
+              "plugins": {"discovery_gguf": {"dirs": [str(first)]}}}
+    site_file = tmp_path / "site.yaml"
+    with serve_host(config, plugins=["discovery_gguf", "llama_server", "openai_api"], site_file=site_file) as h, \
+            httpx.Client(base_url=h.url(), timeout=30) as c:
+        assert {m["id"] for m in c.get("/v1/models").json()["data"]} == {"one"}
+        data = yaml.safe_load(site_file.read_text())
+        data["plugins"]["discovery_gguf"]["dirs"].append(str(second))
+        write_atomic(site_file, yaml.safe_dump(data))
+        report = c.post("/api/v1/reload").json()
+        assert report["reconfigured"] == ["discovery_gguf"] and report["needs_restart"] == []
+        wait_until(lambda: {m["id"] for m in c.get("/v1/models").json()["data"]} == {"one", "two"},
+                   "the model of the new folder")
+
+        data["plugins"]["discovery_gguf"]["backups"] = 2  # not live: reported, the old value kept
+        write_atomic(site_file, yaml.safe_dump(data))
+        report = c.post("/api/v1/reload").json()
+        assert report["needs_restart"] == ["plugins.discovery_gguf"]
