@@ -230,6 +230,33 @@ def test_a_runner_field_restarts_after_its_in_flight_requests(tmp_path, model):
         assert c.get("/api/v1/models/a").json()["state"] == "loaded"
 
 
+def test_a_removed_model_finishes_its_in_flight_requests(tmp_path, model):
+    pause = tmp_path / "pause"
+    models = {"a": model("a"), "b": model("b", env={"FAKE_PAUSE_FILE": str(pause)})}
+    with hosted(tmp_path, site(tmp_path, models)) as (rh, path, config), rh.client(timeout=30) as c:
+        pause.touch()
+        chunks: list[bytes] = []
+
+        def stream() -> None:
+            with c.stream("POST", "/v1/chat/completions", json={"model": "b", "messages": HELLO, "max_tokens": 4,
+                                                                  "stream": True}) as r:
+                chunks.extend(r.iter_bytes())
+
+        with ThreadPoolExecutor(1) as pool:
+            done = pool.submit(stream)
+            wait_until(lambda: pid_of(c, "b") and c.get("/api/v1/models/b").json()["in_flight"], "b's stream")
+            pid = pid_of(c, "b")
+            edit(path, config, lambda new: new["models"].pop("b"))
+            assert reload(c).json()["removed"] == ["b"]
+            assert listed(c) == {"a"} and c.get("/api/v1/models/b").status_code == 404
+            assert psutil.pid_exists(pid) and not done.done()
+            pause.unlink()
+            done.result(30)
+        assert b"[DONE]" in b"".join(chunks)
+        wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                   "the removed model's runner to stop")
+
+
 # --- invalid edits -------------------------------------------------------------------------------------------------
 
 
