@@ -332,7 +332,7 @@ def cmd_reload(args: argparse.Namespace, level: str | None) -> int:
         request = urllib.request.Request(url, data=b"", method="POST",
                                          headers={"Authorization": f"Bearer {key}"} if key else {})
         try:
-            with urllib.request.urlopen(request, timeout=args.timeout) as response:  # noqa: S310 - http(s) only
+            with urllib.request.urlopen(request, timeout=args.timeout) as response:
                 status, body = response.status, json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             status = exc.code

@@ -242,10 +242,8 @@ class FakeServer:
                                                              "type": "invalid_request_error"}})
                 return
             chat = "chat" in path
-            echo = os.environ.get("FAKE_ECHO_FILE")
-            if echo:
-                with open(echo, "a", encoding="utf-8") as f:
-                    f.write(json.dumps({**request, "_alias": self.args.alias}) + "\n")
+            if os.environ.get("FAKE_ECHO_FILE"):
+                echo(os.environ["FAKE_ECHO_FILE"], {**request, "_alias": self.args.alias})
             if request.get("stream"):
                 await self.stream(request, chat, writer)
             else:
@@ -347,6 +345,12 @@ async def lifecycle_fault(i: int, send) -> bool:
         await send(b'data: {"choices": [{"index": 0, "delta": {"content": tru\n\n')
         return True
     return False
+
+
+def echo(path: str, request: dict) -> None:
+    """FAKE_ECHO_FILE: one JSON line per request received."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(request) + "\n")
 
 
 def without_request_path(path: str) -> str:

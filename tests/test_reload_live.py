@@ -23,13 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import fake_llama_server as fake
 import httpx
 import msgspec
 import psutil
 import pytest
 import yaml
 
-import fake_llama_server as fake
 from llama_host import hookimpl
 from llama_host.process import free_port
 from llama_host.testing import RunningHost, serve_host, write_site
@@ -209,8 +209,7 @@ def test_a_runner_field_restarts_after_its_in_flight_requests(tmp_path, model):
         def stream() -> None:
             with c.stream("POST", "/v1/chat/completions", json={"model": "a", "messages": HELLO, "max_tokens": 4,
                                                                   "stream": True}) as r:
-                for chunk in r.iter_bytes():
-                    chunks.append(chunk)
+                chunks.extend(r.iter_bytes())
             done.set()
 
         thread = threading.Thread(target=stream)
@@ -448,7 +447,7 @@ def test_requests_running_through_reloads_never_fail(tmp_path, model):
                      lambda new: new["models"]["a"].update(env={**new["models"]["a"]["env"], "X": "1"})]  # again
             for change in edits:
                 count = len(results)
-                wait_until(lambda: len(results) >= count + 8, "requests between two reloads")
+                wait_until(lambda count=count: len(results) >= count + 8, "requests between two reloads")
                 config = edit(path, config, change)
                 assert reload(c).json()["ok"]
             wait_until(lambda: len(starts(tmp_path, "a")) == 3, "the two restarts of the model in use")

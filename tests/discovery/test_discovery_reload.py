@@ -14,7 +14,7 @@ from llama_host.atomic import write_atomic
 from llama_host.testing import serve_host
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import fake_llama_server as fake  # noqa: E402
+import fake_llama_server as fake
 
 
 def wait_until(predicate, what: str, timeout: float = 30.0):
