@@ -230,8 +230,9 @@ class Scheduler:
                 if entry.state == "loaded":
                     self._begin_unload(entry, "reload")  # at once: no new request gets the old runner
                 self._track(self._restart(entry))
-        elif live and entry.state == "loaded" and not entry.in_flight:
-            self._schedule_idle(entry)  # ttl or pinned may have changed
+        elif live and (old.ttl, old.pinned) != (spec.ttl, spec.pinned) and entry.state == "loaded" \
+                and not entry.in_flight:
+            self._schedule_idle(entry)  # the idle timer with the new ttl
 
     def _track(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
