@@ -513,3 +513,16 @@ def test_sighup_and_the_cli_subcommand(tmp_path, model):
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "llama_host.cli", *args], capture_output=True, text=True,
                           timeout=60, check=False)
+
+
+@pytest.mark.real
+def test_the_upstream_name_with_the_real_llama_server(tmp_path, tiny_model, llama_server_bin):
+    from llama_host.testing import tiny_site
+
+    config = tiny_site(tiny_model, llama_server_bin, log_dir=str(tmp_path / "logs"))
+    config["models"]["tiny"].update(upstream_model="served-as", filters={"strip": ["top_k"], "set": {"seed": 3}})
+    with serve_host(config, ["openai_api", "llama_server"]) as rh, rh.client(timeout=60) as c:
+        reply = chat(c, "tiny", top_k=4)
+        assert reply["choices"][0]["message"]["content"] is not None
+        cmdline = psutil.Process(pid_of(c, "tiny")).cmdline()
+        assert cmdline[cmdline.index("--alias") + 1] == "served-as"
