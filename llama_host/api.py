@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Response, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
@@ -36,7 +36,15 @@ class ManagementController(Controller):
             "listeners": [{"host": host.site.host, "port": port, "surfaces": [s.name for s in group]}
                           for port, group in host.listeners().items()],
             "models": [{"name": s.name, "state": s.state} for s in host.scheduler.statuses()],
+            "reload": host.reloader.status(),
         }
+
+    @post("/reload", status_code=200)
+    async def reload(self, host: HostDep) -> Response[dict[str, Any]]:
+        """Read the site file again and apply what changed (the same as SIGHUP or ``llama-host reload``): 200 with
+        the report, or 422 with every problem of a file that was refused (the running configuration is kept)."""
+        report = await host.reload("api")
+        return Response(msgspec.to_builtins(report), status_code=200 if report.ok else 422)
 
     @get("/config", sync_to_thread=False)
     def config(self, host: HostDep) -> dict[str, Any]:

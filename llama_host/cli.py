@@ -17,7 +17,7 @@ from llama_host import __version__
 from llama_host.errors import ConfigError, PluginError
 
 EXIT_USAGE = 2
-COMMANDS = ("serve", "check", "plugins", "schema", "discover", "import-config", "pull", "worker")
+COMMANDS = ("serve", "check", "plugins", "schema", "discover", "import-config", "pull", "worker", "reload")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
                       help="numeric address to bind (default 127.0.0.1; a private-network address to serve others)")
     work.add_argument("--threads", type=int, help="CPU threads of the worker (default: rpc-server's)")
     work.add_argument("--binary", help="rpc-server to run (default: PATH, then scripts/get-rpc-server's build)")
+    rel = sub.add_parser("reload", parents=[common], help="make a running host read its site file again",
+                         description="Ask the host running with this site file to read it again and apply what "
+                                     "changed (POST /api/v1/reload on its main port, with the first of its api_keys "
+                                     "that is accepted). Prints what changed, or every problem of a refused file "
+                                     "(the host keeps running with its configuration). Exit 0: applied; 1: refused "
+                                     "or the host could not be reached; 2: the file itself cannot be read. With "
+                                     "--pid, send SIGHUP to that process instead (the outcome is then in the host's "
+                                     "log and GET /api/v1/status).")
+    rel.add_argument("--url", help="the host's main port (default: http://<host>:<port> of the site file)")
+    rel.add_argument("--pid", type=int, help="send SIGHUP to this llama-host process instead of calling its API")
+    rel.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the host's answer (30)")
     return p
 
 
@@ -296,6 +307,72 @@ def cmd_worker(args: argparse.Namespace, level: str | None) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace, level: str | None) -> int:
+    import os
+    import signal
+    import urllib.error
+    import urllib.request
+
+    from llama_host.config import expand_env, read_yaml
+
+    if args.pid is not None:
+        try:
+            os.kill(args.pid, signal.SIGHUP)
+        except OSError as exc:
+            print(f"llama-host reload: cannot signal process {args.pid}: {exc.strerror}", file=sys.stderr)
+            return 1
+        print(f"sent SIGHUP to {args.pid}: the outcome is in the host's log and GET /api/v1/status (reload)",
+              file=sys.stderr)
+        return 0
+    raw = expand_env(read_yaml(_need_config(args)), os.environ, [])
+    keys = [k for k in raw.get("api_keys") or [] if isinstance(k, str) and k.strip()]
+    url = (args.url or _main_url(raw)).rstrip("/") + "/api/v1/reload"
+    status, body = 0, {}
+    for key in keys or [None]:
+        request = urllib.request.Request(url, data=b"", method="POST",
+                                         headers={"Authorization": f"Bearer {key}"} if key else {})
+        try:
+            with urllib.request.urlopen(request, timeout=args.timeout) as response:
+                status, body = response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+            try:
+                body = json.loads(exc.read() or b"{}")
+            except ValueError:
+                body = {}
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            print(f"llama-host reload: cannot reach the host at {url}: {reason} (is it running? --url sets its "
+                  f"address, --pid PID sends it SIGHUP)", file=sys.stderr)
+            return 1
+        if status != 401:
+            break
+    if status == 200:
+        print(f"reloaded: {body.get('summary') or 'nothing changed'}")
+        for key in body.get("needs_restart") or []:
+            print(f"  needs a restart: {key}")
+        return 0
+    if status == 422:
+        print("llama-host reload: the host refused the site file and keeps its running configuration:",
+              file=sys.stderr)
+        for problem in body.get("problems") or []:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    message = (body.get("error") or {}).get("message") if isinstance(body.get("error"), dict) else None
+    hint = " (the keys in the file are not the running host's: use --pid PID)" if status == 401 else ""
+    print(f"llama-host reload: the host answered {status}: {message or body}{hint}", file=sys.stderr)
+    return 1
+
+
+def _main_url(raw: dict[str, Any]) -> str:
+    """The URL of the main port of the host serving ``raw`` (a wildcard bind address is reached on loopback)."""
+    address = str(raw.get("host") or "127.0.0.1")
+    address = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address, address)
+    if ":" in address:
+        address = f"[{address.strip('[]')}]"
+    return f"http://{address}:{raw.get('port') or 8000}"
+
+
 def _count(n: Any) -> str:
     if not n:
         return "-"
@@ -316,7 +393,7 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 _COMMANDS = {"serve": cmd_serve, "check": cmd_check, "plugins": cmd_plugins, "schema": cmd_schema,
              "discover": cmd_discover, "import-config": cmd_import_config, "pull": cmd_pull,
-             "worker": cmd_worker}
+             "worker": cmd_worker, "reload": cmd_reload}
 
 if __name__ == "__main__":
     sys.exit(main())

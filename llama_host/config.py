@@ -89,6 +89,8 @@ class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: The managed folder: pulled models and uploaded blobs (default: ``models`` next to the site file).
     models_dir: str | None = None
     shutdown_grace: float = 5.0
+    watch_config: Annotated[bool, msgspec.Meta(description=(
+        "reload the site file when it changes (SIGHUP, 'llama-host reload' and POST /api/v1/reload always work)"))] = True
     #: streams show loading progress while their model loads (a model's ``loading_progress`` wins)
     loading_progress: bool = False
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
@@ -244,7 +246,14 @@ def _describe(error: jsonschema.ValidationError) -> list[str]:
             out.append(msg)
         return out
     if error.validator in ("anyOf", "oneOf") and error.context:
-        # Report the most specific branch: the one whose error went deepest, else a type summary.
+        # Report the most specific branch: a mapping's problems inside the object branch (``filters: {...}``),
+        # else a type summary.
+        if isinstance(error.instance, dict):
+            for i, branch in enumerate(error.validator_value):
+                if isinstance(branch, dict) and ("$ref" in branch or branch.get("type") == "object"):
+                    inner = [e for e in error.context if e.relative_schema_path and e.relative_schema_path[0] == i]
+                    if inner:
+                        return [p for e in inner for p in _describe(e)]
         types = [s.get("type") for s in error.validator_value if isinstance(s, dict) and "type" in s]
         if types:
             return [f"{where}: {error.instance!r} is not of type {' or '.join(map(str, types))}"]

@@ -175,3 +175,26 @@ def track_event(host: Host, event: Event) -> None:
             if event.kind == "request_finished":
                 counts[event.model] += 1
     """
+
+
+@hookspec
+def reconfigure(host: Host, name: str, old: dict[str, Any], new: dict[str, Any]) -> bool | None:
+    """Apply a changed ``plugins.<name>`` section live: a reload of the site file changed this plugin's settings.
+
+    :param host: the host; ``host.settings(name, Settings)`` already returns the new settings.
+    :param name: the plugin's name (its section of the site file); only the plugin of that name is asked.
+    :param old: the section the plugin ran with (without ``enabled``), as written in the site file.
+    :param new: the new section (without ``enabled``), already validated by the plugin's schema.
+    :returns: ``True`` when the new settings are applied (or will be, by a task the plugin started); ``None`` or
+        ``False`` when only a restart can apply them: the host then keeps the old section for this plugin and reports
+        ``plugins.<name>`` as needing a restart, like a changed port. Called on the event loop: must not block.
+
+    Example::
+
+        @hookimpl
+        def reconfigure(host, old, new):
+            if old.get("port") != new.get("port"):
+                return False            # a listener's port: only a restart can change it
+            state_of(host).settings = host.settings("my_plugin", Settings)
+            return True
+    """

@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pluggy
@@ -39,6 +39,10 @@ from llama_host.proxy import Relay, RequestMeter
 from llama_host.scheduler import Scheduler
 from llama_host.security import BrowserPolicy, browser_guard
 from llama_host.types import Event, ModelSpec, RuntimeInfo, Surface
+
+if TYPE_CHECKING:
+    from llama_host.reload import SiteDiff
+    from llama_host.reloader import ReloadReport
 
 log = logging.getLogger(__name__)
 hook_log = logging.getLogger("llama_host.hooks")
@@ -101,7 +105,7 @@ class Host:
         self.runtimes = self._collect_runtimes()
         self.scheduler = Scheduler(self, site.scheduler, self.runtimes)
         self.scheduler.set_models(site.models, [])
-        self._check_models(site.models.values(), "models")
+        self.check_models(site.models.values(), "models")
         self.relay = Relay(self)
         from llama_host.managed import ManagedModels
 
@@ -109,6 +113,15 @@ class Host:
         self.managed = ManagedModels(self)
         self.surfaces = self._collect_surfaces()
         self._listeners = _listeners_of(self.surfaces)  # once, after the surfaces: route collisions fail here
+        #: what the API-key guard and the browser check read: replaced in place by a reload
+        self._keys = ApiKeys(site.api_keys)
+        self._policies: list[BrowserPolicy] = []
+        #: whether the apps built check API keys (only when the site had keys then); ``None``: no app built yet
+        self.key_check_installed: bool | None = None
+        from llama_host.reloader import Reloader
+
+        #: reloads of the site file (``reload``), one at a time; ``reloader.last`` is the last one's report
+        self.reloader = Reloader(self)
 
     # --- construction -------------------------------------------------------------------------------------------
 
@@ -150,7 +163,8 @@ class Host:
             raise PluginError("; ".join(problems))
         return runtimes
 
-    def _check_models(self, specs: Iterable[ModelSpec], where: str) -> None:
+    def check_models(self, specs: Iterable[ModelSpec], where: str) -> None:
+        """Raise ConfigError listing every model whose runtime is unknown or whose runtime's check fails."""
         problems = []
         for s in specs:
             if s.runtime not in self.runtimes:
@@ -230,6 +244,33 @@ class Host:
                 log.error("rescan after a change in the managed folder failed: %s", result)
         await self.refresh_models()
 
+    # --- reloads (llama_host.reloader) -----------------------------------------------------------------------------
+
+    async def reload(self, trigger: str = "api") -> ReloadReport:
+        """Read the site file again and apply the difference; returns the ``ReloadReport`` (see
+        :mod:`llama_host.reloader`). Reloads run one at a time."""
+        return await self.reloader.reload(trigger)
+
+    def replace_site(self, site: SiteConfig) -> None:
+        """Make ``site`` the running configuration (plugin settings are read again from it)."""
+        self.site = site
+        self._settings.clear()
+
+    def apply_live(self, old: SiteConfig, diff: SiteDiff) -> None:
+        """Apply the core keys a reload changed that need no restart: scheduler limits, API keys, the browser
+        policy and the log level (``diff`` is a :class:`llama_host.reload.SiteDiff`)."""
+        site = self.site
+        changed = set(diff.core_changed)
+        if "scheduler" in changed:
+            self.scheduler.update_settings(site.scheduler)
+        if "api_keys" in changed:
+            self._keys.replace(site.api_keys)
+        if changed & {"allowed_hosts", "allowed_origins"}:
+            for policy in self._policies:
+                policy.update(site.allowed_hosts, site.allowed_origins)
+        if "log_level" in changed:
+            logging.getLogger().setLevel(site.log_level.upper())
+
     def plugin_states(self) -> list[dict[str, Any]]:
         return [p.as_dict() for p in self.plugins]
 
@@ -246,8 +287,11 @@ class Host:
         apps = {}
         # Every app: the browser check first (before routing's handlers and guards), then the API key on every
         # route that is not public, the OpenAPI document's routes included.
-        browser = browser_guard(BrowserPolicy(self.site.host, self.site.allowed_hosts, self.site.allowed_origins))
-        guards = [api_key_guard(self.site.api_keys)] if self.site.api_keys else None
+        policy = BrowserPolicy(self.site.host, self.site.allowed_hosts, self.site.allowed_origins)
+        self._policies.append(policy)
+        browser = browser_guard(policy)
+        guards = [api_key_guard(self._keys)] if self.site.api_keys else None
+        self.key_check_installed = bool(guards) or bool(self.key_check_installed)
         for port, group in self.listeners().items():
             primary = next((s for s in group if s.port == port and not s.on_api_ports), group[0])
             routers = [Router(path="/", route_handlers=list(s.route_handlers), exception_handlers=s.exception_handlers,
@@ -284,6 +328,7 @@ class Host:
                         await stack.enter_async_context(cm)
                     except Exception as exc:
                         raise PluginError(f"plugin '{plugin}' failed to start: {exc}") from exc
+            await stack.enter_async_context(self.reloader.watching())
             if self.site.scheduler.preload:  # in the background: listeners bind at once, loads show as events
                 preload = asyncio.create_task(self.scheduler.preload(list(self.site.scheduler.preload)), name="preload")
                 stack.callback(preload.cancel)
@@ -294,14 +339,29 @@ HostDep = NamedDependency[Host]
 """Annotate a handler parameter ``host: HostDep`` to receive the running host."""
 
 
-def api_key_guard(keys: list[str]):
+class ApiKeys:
+    """The API keys a guard accepts, replaced in place when a reload changes ``api_keys``."""
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.encoded: list[bytes] = []
+        self.replace(keys)
+
+    def replace(self, keys: Iterable[str]) -> None:
+        self.encoded = [k.encode() for k in keys]
+
+
+def api_key_guard(keys: list[str] | ApiKeys):
     """A Litestar guard accepting ``Authorization: Bearer <key>`` (or ``x-api-key``); handlers with
     ``opt={"public": True}`` (or under a ``Surface`` with ``requires_auth=False``) are exempt: the README's Security
-    section lists them. A plain function (not a bound method): Litestar deep-copies routers."""
-    encoded = [k.encode() for k in keys]
+    section lists them. A plain function (not a bound method): Litestar deep-copies routers. Given an
+    :class:`ApiKeys`, it reads the keys it holds at each request (an empty set lets every request in)."""
+    ring = keys if isinstance(keys, ApiKeys) else ApiKeys(keys)
 
     def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-        if handler.opt.get("public"):
+        encoded = ring.encoded
+        if handler.opt.get("public") or not encoded:
             return
         auth = connection.headers.get("authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else connection.headers.get("x-api-key", "")

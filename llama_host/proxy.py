@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import msgspec
 from llama_host.errors import RunnerCrashed, UpstreamError
+from llama_host.filters import apply_filters
 from llama_host.types import ModelSpec, RequestFinished, RequestStarted
 
 if TYPE_CHECKING:
@@ -202,6 +203,8 @@ class Relay:
         hdrs = dict(headers or {})
         if (lease.model.system or lease.model.defaults) and method == "POST":  # a variant (create/copy)
             json, body = _model_defaults(lease.model, path, json, body)
+        if lease.model.filters is not None and method == "POST":  # models.<name>.filters
+            json, body = apply_filters(lease.model.filters, json, body)
         upstream_model = lease.runner.upstream_model
         if json is not None:
             body = _encode({**json, "model": upstream_model} if upstream_model and isinstance(json, dict) else json)

@@ -18,10 +18,10 @@ from llama_host.types import ModelSpec
 
 #: ModelSpec fields a runner is started with: a change restarts the model's runner (after its in-flight requests)
 RUNNER_FIELDS = frozenset({"path", "runtime", "binary", "params", "args", "env", "mmproj", "cmd", "health_path", "url",
-                           "api_key", "rpc"})
+                           "api_key", "rpc", "rpc_failover", "upstream_model"})
 #: core keys applied without a restart; every other changed core key is reported as needing one
 LIVE_CORE_KEYS = frozenset({"api_keys", "allowed_origins", "allowed_hosts", "log_level", "default_model",
-                            "shutdown_grace", "scheduler", "models", "plugins"})
+                            "shutdown_grace", "loading_progress", "scheduler", "models", "plugins"})
 
 
 @dataclass
@@ -46,6 +46,11 @@ class SiteDiff:
             ("added", self.added), ("removed", self.removed), ("restarted", self.restart), ("changed", self.live),
             ("plugins", self.plugins), ("core", self.core_changed), ("needs a restart", self.needs_restart)) if names]
         return "; ".join(parts) or "nothing changed"
+
+
+def runner_changed(old: ModelSpec, new: ModelSpec) -> bool:
+    """Whether a runner started with ``old`` must restart to run ``new`` (a field in RUNNER_FIELDS differs)."""
+    return any(getattr(old, key) != getattr(new, key) for key in RUNNER_FIELDS)
 
 
 def model_diff(old: ModelSpec, new: ModelSpec) -> tuple[bool, bool]:

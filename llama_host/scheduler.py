@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from llama_host.config import SchedulerSettings, parse_size
@@ -38,6 +38,7 @@ from llama_host.placement import (
     plan,
 )
 from llama_host.process import LogBuffer
+from llama_host.reload import model_diff, runner_changed
 from llama_host.types import (
     ModelFailed,
     ModelLoaded,
@@ -107,6 +108,10 @@ class Entry:
         self.drainers = 0  # requests waiting for this model's in-flight requests to end before evicting it
         self.timer: asyncio.TimerHandle | None = None
         self.logs = LogBuffer()
+        #: the spec the current runner was started with (before load parameters)
+        self.started_spec: ModelSpec | None = None
+        #: the runner runs an older spec (a reload changed a field it was started with): it takes no new requests
+        self.stale = False
 
     def move(self, to: ModelState) -> None:
         """Change the state along the lifecycle (``TRANSITIONS``); anything else raises InvalidTransition."""
@@ -168,11 +173,12 @@ class Scheduler:
         self.host = host
         self.settings = settings
         self.runtimes = runtimes
-        self.memory_budget = parse_size(settings.memory_budget) if settings.memory_budget is not None else None
-        self.limits = Limits(max_loaded=settings.max_loaded, memory_budget=self.memory_budget,
-                             groups=[Group(name, frozenset(g.members), swap=g.swap, exclusive=g.exclusive,
-                                           persistent=g.persistent) for name, g in settings.groups.items()])
+        self.memory_budget, self.limits = _limits(settings)
         self.entries: dict[str, Entry] = {}
+        #: models gone from the catalogue whose runner still stops (after its in-flight requests)
+        self._retiring: set[Entry] = set()
+        #: restarts and retirements under way (a reload's runner changes)
+        self._changes: set[asyncio.Task[None]] = set()
         self._names = NameIndex()
         self._changed = asyncio.Event()
         self._stops: set[asyncio.Task] = set()
@@ -186,21 +192,104 @@ class Scheduler:
         return {name: e.spec for name, e in self.entries.items()}
 
     def set_models(self, configured: Mapping[str, ModelSpec], discovered: list[ModelSpec]) -> None:
-        """Take the merged models (llama_host.models); running models keep their runner and start with the new
-        spec next time; a model gone from the catalogue is dropped once it is not running."""
+        """Take the merged models (llama_host.models), applying the difference: a model whose runner was started
+        with a field that changed (``llama_host.reload.RUNNER_FIELDS``) restarts once its in-flight requests are done
+        (new requests wait for the new runner); other changes (aliases, ttl, pinned, priority...) apply at once and
+        the runner stays; a model gone from the catalogue leaves the name index now and its runner stops after its
+        in-flight requests."""
         merged = merge(configured, discovered)
         merged.update(embedding_variants(merged, self.runtimes, self.host))  # <name>@embed: see llama_host.variants
         for name, spec in merged.items():
-            if name in self.entries:
-                self.entries[name].spec = spec
-            else:
-                self.entries[name] = Entry(spec)
-            entry = self.entries[name]
+            entry = self.entries.get(name)
+            if entry is None:
+                entry = self.entries[name] = Entry(spec)
+            elif entry.spec is not spec:
+                self._respec(entry, spec)
             entry.facts = model_facts(spec, self.runtimes.get(spec.runtime), self.host)  # once per catalogue change
             entry.memory = entry.facts.memory
-        for name in [n for n, e in self.entries.items() if n not in merged and e.state in ("unloaded", "failed")]:
-            del self.entries[name]
+        for name in [n for n in self.entries if n not in merged]:
+            entry = self.entries.pop(name)
+            if entry.state in ("loading", "loaded", "stopping"):
+                self._retire(entry)
         self._names = NameIndex(e.spec for e in self.entries.values())
+
+    def _respec(self, entry: Entry, spec: ModelSpec) -> None:
+        """A model's spec changed: restart its runner when the runner depends on what changed, else apply live."""
+        old, entry.spec = entry.spec, spec
+        restart, live = model_diff(old, spec)
+        if restart:
+            entry.failures = 0  # a changed spec is a new try: no backoff from the old one's failures
+        started = entry.started_spec
+        if entry.state == "loading" and entry.stale and started is not None and not runner_changed(started, spec):
+            entry.stale = False  # changed back before the runner was up: it runs what is wanted
+        if entry.state in ("loading", "loaded") and started is not None and runner_changed(started, spec):
+            if not entry.stale:
+                entry.stale = True
+                log.info("model %s: its runner restarts with the new settings once its requests are done",
+                         spec.name)
+                if entry.state == "loaded":
+                    self._begin_unload(entry, "reload")  # at once: no new request gets the old runner
+                self._track(self._restart(entry))
+        elif live and (old.ttl, old.pinned) != (spec.ttl, spec.pinned) and entry.state == "loaded" \
+                and not entry.in_flight:
+            self._schedule_idle(entry)  # the idle timer with the new ttl
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._changes.add(task)
+        task.add_done_callback(self._changes.discard)
+
+    async def _stop_runner(self, entry: Entry, reason: UnloadReason, *, only_stale: bool = False) -> bool:
+        """Stop ``entry``'s runner once its in-flight requests are done (a start under way finishes first); True
+        when a runner was running (``only_stale``: and still runs an older spec)."""
+        if entry.state == "loading" and entry.ready is not None:
+            await asyncio.wait([entry.ready])  # its failure is the start's to report
+        if entry.state == "loaded" and (entry.stale or not only_stale):
+            await asyncio.shield(self._begin_unload(entry, reason))
+            return True
+        if entry.state == "stopping" and entry.stop_task is not None:
+            await asyncio.shield(entry.stop_task)
+            return True
+        return False
+
+    async def _restart(self, entry: Entry) -> None:
+        """A reload changed what ``entry``'s runner was started with: stop it after its requests, start the new one."""
+        try:
+            if not await self._stop_runner(entry, "reload", only_stale=True) or self._closed:
+                return
+            if self.entries.get(entry.spec.name) is not entry or entry.state not in ("unloaded", "failed"):
+                return  # removed meanwhile, or a request started the new runner already
+            await self.load(entry.spec.name)
+        except HostError as exc:
+            log.error("model %s: restart with the new settings failed: %s", entry.spec.name, exc.detail())
+        except Exception:
+            log.exception("model %s: restart with the new settings failed", entry.spec.name)
+
+    def _retire(self, entry: Entry) -> None:
+        """A model left the catalogue while its runner runs: no new request finds it; the runner stops after the
+        requests in flight."""
+        self._retiring.add(entry)
+        log.info("model %s was removed: its runner stops once its requests are done", entry.spec.name)
+
+        async def retire() -> None:
+            try:
+                await self._stop_runner(entry, "reload")
+            except Exception:
+                log.exception("model %s: stopping the removed model's runner failed", entry.spec.name)
+            finally:
+                self._retiring.discard(entry)
+
+        self._track(retire())
+
+    def update_settings(self, settings: SchedulerSettings) -> None:
+        """New ``scheduler`` settings (a reload): limits and timeouts apply to the next decision, idle timers are set
+        again with the new ``ttl``; running models are not stopped to fit tighter limits."""
+        self.settings = settings
+        self.memory_budget, self.limits = _limits(settings)
+        for entry in self.entries.values():
+            if entry.state == "loaded" and not entry.in_flight:
+                self._schedule_idle(entry)
+        self._notify()
 
     def resolve(self, requested: str, surface: str = "") -> ModelSpec | None:
         return self.host.pm.hook.resolve_model(host=self.host, requested=requested, surface=surface)
@@ -224,7 +313,7 @@ class Scheduler:
         load_params = applicable_load_params(self.runtimes.get(entry.spec.runtime), load_params)
         started = time.monotonic()
         self._check_alive(entry)
-        ready = (entry.state == "loaded" and not entry.drainers
+        ready = (entry.state == "loaded" and not entry.drainers and not entry.stale
                  and (not load_params or self._params_match(entry, load_params))
                  and can_admit(entry.in_flight, entry.spec.max_concurrent))
         loaded_at = entry.loaded_at
@@ -319,7 +408,7 @@ class Scheduler:
                     await asyncio.shield(entry.ready)
                 finally:
                     entry.pending -= 1
-                if entry.state == "loaded" and (
+                if entry.state == "loaded" and not entry.stale and (
                         not load_params or self._params_match(entry, load_params)):
                     return
                 continue
@@ -327,7 +416,7 @@ class Scheduler:
                 await self._changed.wait()  # a swap waits for this model to drain: queue behind it
                 continue
             if entry.state == "loaded":
-                if not load_params or self._params_match(entry, load_params):
+                if not entry.stale and (not load_params or self._params_match(entry, load_params)):
                     return
                 self._begin_unload(entry, "reload")
                 continue
@@ -341,6 +430,7 @@ class Scheduler:
             facts = model_facts(spec, self.runtimes.get(spec.runtime), self.host) if load_params else entry.facts
             entry.memory = facts.memory  # the room this start needs: at the context it will run with
             entry.runner = self._make_runner(spec)
+            entry.started_spec, entry.stale = entry.spec, False
             drain = self._plan_room(entry)
             if drain is None:
                 entry.move("loading")
@@ -580,7 +670,9 @@ class Scheduler:
         self._closed = True
         self._notify()
         tasks = [asyncio.shield(t) for t in self._stops]  # stops already under way finish first
-        for entry in self.entries.values():
+        for task in list(self._changes):
+            task.cancel()
+        for entry in [*self.entries.values(), *self._retiring]:
             self._cancel_timer(entry)
             if entry.ready and not entry.ready.done():
                 entry.ready.cancel()
@@ -605,9 +697,17 @@ class Scheduler:
 
     def kill_all(self) -> None:
         """Synchronous last resort (interpreter exit): SIGKILL every local runner still alive."""
-        for entry in self.entries.values():
+        for entry in [*self.entries.values(), *self._retiring]:
             if entry.runner is not None:
                 entry.runner.kill_now()
+
+
+def _limits(settings: SchedulerSettings) -> tuple[int | None, Limits]:
+    """The memory budget in bytes and the placement limits of ``settings``."""
+    budget = parse_size(settings.memory_budget) if settings.memory_budget is not None else None
+    return budget, Limits(max_loaded=settings.max_loaded, memory_budget=budget,
+                          groups=[Group(name, frozenset(g.members), swap=g.swap, exclusive=g.exclusive,
+                                        persistent=g.persistent) for name, g in settings.groups.items()])
 
 
 def _slot(e: Entry) -> Slot:

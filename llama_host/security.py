@@ -117,13 +117,19 @@ class BrowserPolicy:
     def __init__(self, bind: str, allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = ()) -> None:
         bind_ip = _ip(bind.strip("[]"))
         self.loopback_only = is_loopback_name(bind.strip("[]").lower()) or (bind_ip is not None and bind_ip.is_loopback)
-        self.allowed_hosts = _patterns(h.strip().strip("[]").rstrip(".") for h in allowed_hosts)
-        self.allowed_origins = _patterns(allowed_origins)
+        self.allowed_hosts: re.Pattern[str] | None = None
+        self.allowed_origins: re.Pattern[str] | None = None
+        self.update(allowed_hosts, allowed_origins)
         self.own_names: set[str] = set()
         if not self.loopback_only:
             # Reached over the network: by an address (rebinding always needs a DNS name) or by the machine's name.
             name = socket.gethostname().lower()
             self.own_names = {name, name + ".local", name.split(".")[0]}
+
+    def update(self, allowed_hosts: Iterable[str], allowed_origins: Iterable[str]) -> None:
+        """New ``allowed_hosts`` / ``allowed_origins`` (a reload): the memoised decisions are dropped."""
+        self.allowed_hosts = _patterns(h.strip().strip("[]").rstrip(".") for h in allowed_hosts)
+        self.allowed_origins = _patterns(allowed_origins)
         self._hosts: dict[bytes, bool] = {}
         self._origins: dict[tuple[bytes | None, bytes], bool] = {}
 

@@ -189,6 +189,7 @@ async def serve(host: Host, *, stop: asyncio.Event | None = None, on_ready: Call
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(signal.SIGHUP, host.reloader.request, "SIGHUP")  # reload the site file
             try:
                 while not all(s.started for s in servers.values()):
                     done = [t for t in tasks if t.done()]
@@ -217,7 +218,7 @@ async def serve(host: Host, *, stop: asyncio.Event | None = None, on_ready: Call
                     raise ListenError(f"listener on port {tasks[failed[0]]} failed")
             finally:
                 if install_signals:
-                    for sig in (signal.SIGINT, signal.SIGTERM):
+                    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                         loop.remove_signal_handler(sig)
     finally:
         for sock in socks.values():

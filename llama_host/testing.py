@@ -84,10 +84,12 @@ def _fill_ports(config: dict[str, Any], plugins: Iterable[str] | None) -> dict[s
 @contextlib.contextmanager
 def serve_host(config: dict[str, Any], plugins: Iterable[str] | None = None, *,
                extra: Iterable[tuple[str, object]] = (), log_dir: str | Path | None = None,
-               timeout: float = 60) -> Iterator[RunningHost]:
+               timeout: float = 60, site_file: str | Path | None = None) -> Iterator[RunningHost]:
     """Build a host from ``config`` (a site-file dict) and serve it until the block ends.
 
     ``plugins=None`` loads every installed plugin; a list loads only those. Ports not given are chosen free.
+    ``site_file``: write the config there (ports filled in) and build the host from that file, as ``llama-host
+    serve --config`` does (reloads read it again; :func:`write_site` writes an edit).
     """
     from llama_host.host import Host
     from llama_host.serve import bind_sockets, serve
@@ -96,7 +98,11 @@ def serve_host(config: dict[str, Any], plugins: Iterable[str] | None = None, *,
     data = _fill_ports(config, plugins)
     if log_dir is not None:
         data.setdefault("log_dir", str(log_dir))
-    host = Host.from_config(data=data, only=plugins, extra=extra)
+    if site_file is not None:
+        write_site(site_file, data)
+        host = Host.from_config(Path(site_file), only=plugins, extra=extra)
+    else:
+        host = Host.from_config(data=data, only=plugins, extra=extra)
     sockets = bind_sockets(host)
     ready = threading.Event()
     state: dict[str, Any] = {}
@@ -128,6 +134,15 @@ def serve_host(config: dict[str, Any], plugins: Iterable[str] | None = None, *,
         host.scheduler.kill_all()
         if "error" in state:
             raise state["error"]
+
+
+def write_site(path: str | Path, config: dict[str, Any]) -> None:
+    """Write a site file atomically (as editors save), e.g. an edit of a running host's file."""
+    import yaml
+
+    from llama_host.atomic import write_atomic
+
+    write_atomic(Path(path), yaml.safe_dump(config, sort_keys=False))
 
 
 def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None,

@@ -24,6 +24,16 @@ ModelState = Literal["unloaded", "loading", "loaded", "stopping", "failed"]
 UnloadReason = Literal["ttl", "evicted", "requested", "crashed", "shutdown", "reload"]
 
 
+class RequestFilters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """``models.<name>.filters``: what the host changes in every JSON request body it sends this model's runner,
+    whatever the surface (after the model's ``defaults``, before ``upstream_model`` names the model)."""
+
+    strip: list[str] = []
+    """Top-level fields removed from the body (e.g. ``[top_k, logit_bias]``: parameters the runner rejects)."""
+    set: dict[str, Any] = {}
+    """Top-level fields set in the body, over what the client sent (e.g. ``{temperature: 0.2}``)."""
+
+
 class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """One model as the site file (``models.<name>``) or a discovery plugin declares it.
 
@@ -53,8 +63,11 @@ class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     health_path: str = "/health"
     url: str | None = None
     api_key: str | None = None
-    #: ``remote``: the name the upstream server knows this model by (sent as the body's ``model``); default: this name
+    #: the name the runner knows this model by, sent as the body's ``model``: for ``remote``, the name on the upstream
+    #: server; for ``llama-server``, its ``--alias`` too. Default: the client's name (remote), this name (llama-server)
     upstream_model: str | None = None
+    #: request filters: body fields stripped or set on every request sent to the runner (see RequestFilters)
+    filters: RequestFilters | None = None
     #: ``llama-server``: RPC workers (``host:port``) the model's layers are spread over (``--rpc``)
     rpc: list[str] = []
     #: ``llama-server`` with ``rpc``: when a worker dies, restart on the workers still alive (``drop``) or fail
@@ -274,8 +287,25 @@ class PeerChanged(Event, tag="peer_changed"):
     failures: int = 0
 
 
+class ConfigReloaded(Event, tag="config_reloaded"):
+    """A reload of the site file was tried (the file changed, SIGHUP, ``llama-host reload``, ``POST /api/v1/reload``).
+
+    ``ok`` False: the new file was refused whole (``problems``, each with its path) and the running configuration
+    kept. ``needs_restart``: changed keys that take effect only when the host restarts (a port, a plugin that cannot
+    be reconfigured live)."""
+
+    ok: bool
+    trigger: str
+    summary: str = ""
+    problems: list[str] = []
+    needs_restart: list[str] = []
+    added: list[str] = []
+    removed: list[str] = []
+    restarted: list[str] = []
+
+
 AnyEvent = (RequestStarted | RequestFinished | ModelLoading | ModelLoaded | ModelUnloaded | ModelFailed | ModelsChanged
-            | RunnerLogDropped | PeerChanged)
+            | RunnerLogDropped | PeerChanged | ConfigReloaded)
 
 
 class ModelStatus(msgspec.Struct, kw_only=True):

@@ -28,6 +28,8 @@ FAKE_LOG_FLOOD=n         once file FAKE_LOG_FLOOD_FILE exists (at once without i
                          FAKE_LOG_FLOOD_LINE bytes (default 120) to stderr as fast as it can, then "flood done"
 FAKE_OLD_FLAGS=1         exit like a llama-server too old for ``--api-key-file``, ``--cors-origins``, ``--no-ui``
 FAKE_KEY_REPORT=p        write the key file's and its folder's permission bits (octal) to file ``p`` at start
+FAKE_ECHO_FILE=p         append each completion request's body to file ``p``, one JSON line each, with the ``--alias``
+                         it runs under as ``"_alias"`` (tests check what reached the runner: filters, model names)
 =======================  =============================================================================================
 
 Request-lifecycle faults (the fault matrix of tests/test_fault_matrix.py):
@@ -240,6 +242,8 @@ class FakeServer:
                                                              "type": "invalid_request_error"}})
                 return
             chat = "chat" in path
+            if os.environ.get("FAKE_ECHO_FILE"):
+                echo(os.environ["FAKE_ECHO_FILE"], {**request, "_alias": self.args.alias})
             if request.get("stream"):
                 await self.stream(request, chat, writer)
             else:
@@ -341,6 +345,12 @@ async def lifecycle_fault(i: int, send) -> bool:
         await send(b'data: {"choices": [{"index": 0, "delta": {"content": tru\n\n')
         return True
     return False
+
+
+def echo(path: str, request: dict) -> None:
+    """FAKE_ECHO_FILE: one JSON line per request received."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(request) + "\n")
 
 
 def without_request_path(path: str) -> str:

@@ -49,3 +49,11 @@ def test_scheduler_and_plugin_sections():
                                   scheduler=msgspec.structs.replace(SiteConfig().scheduler, max_loaded=2))
     diff = site_diff(old, new)
     assert diff.plugins == ["metrics", "ollama_api"] and diff.core_changed == ["scheduler"]
+
+
+def test_filters_apply_live_and_the_upstream_name_restarts():
+    new = {"a": {"path": "/m/a.gguf", "filters": {"strip": ["top_k"]}},
+           "b": {"path": "/m/b.gguf", "params": {"ctx_size": 1024}, "upstream_model": "served-as"}}
+    models = {name: msgspec.convert({**spec, "name": name}, ModelSpec) for name, spec in new.items()}
+    diff = site_diff(site(models=BASE), msgspec.structs.replace(SiteConfig(), models=models))
+    assert diff.live == ["a"] and diff.restart == ["b"]

@@ -30,7 +30,8 @@ from .service import PLUGIN, Discovery, Settings
 if TYPE_CHECKING:
     from llama_host.host import Host
 
-__all__ = ["Settings", "config_schema", "discover_models", "lifespan", "register_surfaces", "rescan_models"]
+__all__ = ["Settings", "config_schema", "discover_models", "lifespan", "reconfigure", "register_surfaces",
+           "rescan_models"]
 
 _discoveries: weakref.WeakKeyDictionary[Any, Discovery] = weakref.WeakKeyDictionary()
 
@@ -66,6 +67,12 @@ def discover_models(host: Host) -> list[ModelSpec]:
 def rescan_models(host: Host):
     """A pull or a delete changed the managed folder: scan now (the managed folder is always scanned)."""
     return discovery_of(host).rescan()
+
+
+@hookimpl
+def reconfigure(host: Host) -> bool:
+    """A reload changed ``plugins.discovery_gguf``: apply it live (see :meth:`Discovery.reconfigure`)."""
+    return discovery_of(host).reconfigure(host.settings(PLUGIN, Settings))
 
 
 @hookimpl

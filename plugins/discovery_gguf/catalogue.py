@@ -32,13 +32,14 @@ log = logging.getLogger("llama_host.discovery_gguf")
 
 STATE_VERSION = 1
 #: Keys of an entry that belong to the user: a scan never changes them.
-USER_FIELDS = ("params", "aliases", "ttl", "pinned", "unlisted", "memory", "args", "env", "binary", "runtime")
+USER_FIELDS = ("params", "aliases", "ttl", "pinned", "unlisted", "memory", "args", "env", "binary", "runtime",
+               "priority", "filters", "upstream_model")
 #: Keys a scan writes; the file's metadata summary is kept so that missing models still show what they were.
 SUMMARY_FIELDS = ("architecture", "parameter_count", "quantization", "context_length")
 HEADER = """\
 # llama-host: models found by the discovery_gguf plugin. Written by the host; safe to edit.
-# Per model you may rename it (the key) and set params, aliases, ttl, pinned, unlisted, memory, args, env, binary;
-# `ignore: true` hides it. `path` identifies the file; the other keys are refreshed by every scan.
+# Per model you may rename it (the key) and set params, aliases, ttl, pinned, unlisted, memory, args, env, binary,
+# priority, filters, upstream_model; `ignore: true` hides it. An edit applies when the file is saved. `path` identifies the file; the other keys are refreshed by every scan.
 # Files that disappear are kept with `missing: true`: delete the entry to forget one.
 """
 _UNSAFE_NAME = re.compile(r"[\s:/\\]+")
@@ -137,6 +138,15 @@ class Catalogue:
         self._adopt(text, stamp)
         if self.error is not None:
             raise StateFileError(self.error)
+
+    def changed_on_disk(self) -> bool:
+        """Whether the file differs from the version last read or written (its size and modification time)."""
+        if self.path is None:
+            return False
+        try:
+            return self._file_stamp() != self._stamp
+        except OSError:
+            return True
 
     def _adopt(self, text: str | None, stamp: tuple[int, int] | None = None) -> None:
         """Take the file's ``text`` (``None``: there is no file) as the entries, or set :attr:`error`.

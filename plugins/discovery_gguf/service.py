@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from llama_host.types import ModelsChanged, ModelSpec
+from llama_host.watch import watch_files
 
 from .catalogue import Catalogue, StateFileError
 from .scan import Scanner, ScanResult, resolve_dirs
@@ -82,6 +83,8 @@ class Discovery:
         self.last: RescanReport | None = None
         self._thread_lock = threading.Lock()
         self._async_lock: asyncio.Lock | None = None
+        self._periodic: asyncio.Task[None] | None = None
+        self._rescans: set[asyncio.Task[Any]] = set()
 
     @staticmethod
     def state_path(host: Host, settings: Settings) -> Path | None:
@@ -193,9 +196,19 @@ class Discovery:
             except Exception:
                 log.exception("discovery: periodic rescan failed")
 
+    async def state_file_changed(self, paths: set[Path]) -> None:
+        """The state file was edited (or written by a scan): rescan now, so that an edit applies at once (a scan
+        reads the edit and writes nothing over it; a file that does not parse is reported and left alone)."""
+        if not await asyncio.to_thread(self.catalogue.changed_on_disk):
+            return  # a scan's own write
+        report = await self.rescan()
+        if any(e["path"] == str(self.catalogue.path) for e in report.errors):
+            log.error("discovery: the edit of %s is not applied until the file is fixed", self.catalogue.path)
+
     @contextlib.asynccontextmanager
     async def running(self):
-        """Startup scan (waited for up to ``startup_wait`` seconds), then periodic rescans until the host stops."""
+        """Startup scan (waited for up to ``startup_wait`` seconds), then periodic rescans until the host stops;
+        an edit of the state file is applied at once (the file is watched)."""
         first = asyncio.ensure_future(self.rescan())
         try:
             await asyncio.wait_for(asyncio.shield(first), timeout=self.settings.startup_wait)
@@ -204,16 +217,40 @@ class Discovery:
                         self.settings.startup_wait)
         except Exception:
             log.exception("discovery: the first scan failed")
-        periodic = (asyncio.create_task(self.periodic(self.settings.rescan_seconds))
-                    if self.settings.rescan_seconds > 0 else None)
+        self._start_periodic()
+        watcher = (asyncio.create_task(watch_files([self.catalogue.path], self.state_file_changed))
+                   if self.catalogue.path is not None else None)
         try:
             yield self
         finally:
-            for task in (periodic, first):
+            for task in (watcher, self._periodic, first, *self._rescans):
                 if task is not None and not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+
+    def _start_periodic(self) -> None:
+        if self._periodic is not None:
+            self._periodic.cancel()
+        every = self.settings.rescan_seconds
+        self._periodic = asyncio.create_task(self.periodic(every)) if every > 0 else None
+
+    def reconfigure(self, settings: Settings) -> bool:
+        """New settings from a reload of the site file: folders, depth, rescan period, default params and the scan
+        options apply at once (a rescan follows); another state file or backup count needs a restart (False)."""
+        if (settings.state_file, settings.backups) != (self.settings.state_file, self.settings.backups):
+            return False
+        self.settings = settings
+        base = self.host.config_path.parent if self.host.config_path else None
+        self.dirs = resolve_dirs(settings.dirs, base)
+        self.scanner = Scanner(max_depth=settings.max_depth, follow_symlinks=settings.follow_symlinks,
+                               skip_hidden=settings.skip_hidden)
+        self.catalogue.default_params = dict(settings.params)
+        self._start_periodic()
+        task = asyncio.create_task(self.rescan())
+        self._rescans.add(task)
+        task.add_done_callback(self._rescans.discard)
+        return True
 
     def status(self) -> dict[str, Any]:
         return {

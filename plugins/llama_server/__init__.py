@@ -54,7 +54,8 @@ def build_argv(binary: str, spec: ModelSpec, port: int, defaults: dict[str, Any]
     CORS and UI ones (llama-server takes the last), and may add keys but not remove the host's. ``rpc``: the RPC
     workers to spread the layers over (default: the model's ``rpc``)."""
     params = {**defaults, **spec.params}
-    argv = [binary, "-m", str(spec.path), "--host", "127.0.0.1", "--port", str(port), "--alias", spec.name]
+    argv = [binary, "-m", str(spec.path), "--host", "127.0.0.1", "--port", str(port), "--alias",
+            spec.upstream_model or spec.name]
     if spec.mmproj and "mmproj" not in params:
         argv += ["--mmproj", spec.mmproj]
     workers = spec.rpc if rpc is None else rpc
@@ -99,6 +100,8 @@ class LlamaServerRunner(ProcessRunner):
         self._key = secrets.token_urlsafe(32)
         self._key_file: str | None = None
         self._legacy_key = False  # an old llama-server: the key goes on the command line
+        #: read by the relay: requests name the model as its ``--alias`` does
+        self.upstream_model = spec.upstream_model
         super().__init__(spec, lambda port: build_argv(self._binary or "llama-server", spec, port, settings.params,
                                                        self._lockdown(port), rpc=self._rpc.used if self._rpc else None),
                          env=spec.env, log_dir=host.site.log_dir,

@@ -1,7 +1,7 @@
 // The dashboard's entry point: tabs, the API-key dialog, the header, and the host's event stream.
 import { apiKey, followSSE, forgetKey, getJSON, HttpError, onKeyNeeded } from "./api.js";
 import { configPanel, discoveryPanel } from "./config.js";
-import { $, toast } from "./dom.js";
+import { $, h, replaceChildren, toast } from "./dom.js";
 import { initDownloads, refreshDownloads } from "./downloads.js";
 import * as fmt from "./format.js";
 import { logsPanel } from "./logs.js";
@@ -122,10 +122,29 @@ function renderHostMeta() {
   $("host-meta").textContent = `v${s.version} · up ${fmt.uptime(uptime)}`;
 }
 
+/** The banner of the last reload (``status.reload`` or a ``config_reloaded`` event): a refused site file with every
+ * problem, or the keys that need a restart; hidden when the last reload applied everything. */
+function renderReload(reload) {
+  const banner = $("reload-banner");
+  const restart = reload?.ok && reload.needs_restart?.length;
+  if (!reload || (reload.ok && !restart)) {
+    banner.hidden = true;
+    return;
+  }
+  const when = fmt.clock(reload.at ?? reload.ts ?? Date.now() / 1000);
+  banner.dataset.kind = reload.ok ? "restart" : "refused";
+  $("reload-banner-text").textContent = reload.ok
+    ? `Site file reloaded at ${when}; restart the host to apply: ${reload.needs_restart.join(", ")}`
+    : `The site file was refused at ${when} (${reload.trigger}); the host keeps running with its configuration:`;
+  replaceChildren($("reload-banner-problems"), ...(reload.ok ? [] : reload.problems || []).map((p) => h("li", { text: p })));
+  banner.hidden = false;
+}
+
 async function loadStatus() {
   store.status = await getJSON("/api/v1/status");
   statusAt = Date.now();
   renderHostMeta();
+  renderReload(store.status.reload);
   const plugins = store.status.plugins || [];
   const discovery = plugins.some((p) => /discover/i.test(p.name) && p.enabled && p.loaded && !p.error);
   if (!discovery) hideFeature("discovery");
@@ -141,6 +160,7 @@ function onHostEvent({ event, data }) {
   const sample = ev.kind === "system" || ev.kind === "runner" || ev.kind === "snapshot";
   if (sample || ev.kind === "request_finished") monitoringPanel.handleEvent(ev);
   if (sample) return;
+  if (ev.kind === "config_reloaded") renderReload(ev);
   modelEvent(ev);
   if (ev.kind !== "request_started") refreshModelsSoon();
 }

@@ -169,6 +169,9 @@ function describe(ev) {
         .filter(([, list]) => list?.length).map(([k, list]) => `${list.length} ${k}`);
       return ["changed", `Models changed: ${parts.join(", ") || "no difference"}`];
     }
+    case "config_reloaded":
+      return ev.ok ? ["changed", `Site file reloaded: ${ev.summary}`]
+        : ["failed", `Site file refused (${ev.problems.length} problem${ev.problems.length === 1 ? "" : "s"}): ${ev.problems[0] || ""}`];
     case "request_finished": {
       const tokens = ev.completion_tokens ? ` · ${ev.completion_tokens} tokens` : "";
       return [ev.status >= 400 ? "failed" : "request",
@@ -202,7 +205,7 @@ export function handleEvent(ev) {
       if (m) patchModel(ev.model, { in_flight: (m.in_flight || 0) + 1 });
       break;
     }
-    case "request_finished": case "models_changed": break;
+    case "request_finished": case "models_changed": case "config_reloaded": break;
     default: return;
   }
   addToFeed(ev);
