@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -185,25 +186,35 @@ def test_replicas_are_balanced_by_requests_in_flight(tmp_path, nodes):
 
 
 def test_a_killed_peer_loses_only_its_requests_in_flight_and_its_models_become_unavailable(tmp_path, nodes):
-    slow = fake_model(FAKE_CHUNK_DELAY="0.2")
+    slow = fake_model(FAKE_CHUNK_DELAY="0.5")
     b = nodes("b", {"shared": slow, "only-b": fake_model()})
     c = nodes("c", {"shared": slow})
     with serve_host(front_site(tmp_path, ("B", b), ("C", c)), ["openai_api", "metrics"]) as front:
+        started = threading.Semaphore(0)
+
         def ask(_: int) -> str:
             """A streamed request: "ok" when it ended whole, "lost" when it ended with an error event."""
-            r = httpx.post(front.url() + "/v1/chat/completions", timeout=30,
-                           json={"model": "shared", "messages": HELLO, "max_tokens": 10, "stream": True})
-            if r.status_code != 200:
-                return f"HTTP {r.status_code}"
-            if '"error"' in r.text and "went away" in r.text:
+            text, begun = "", False
+            with httpx.stream("POST", front.url() + "/v1/chat/completions", timeout=30,
+                              json={"model": "shared", "messages": HELLO, "max_tokens": 10, "stream": True}) as r:
+                if r.status_code != 200:
+                    return f"HTTP {r.status_code}"
+                for chunk in r.iter_text():
+                    text += chunk
+                    if not begun and " t0" in text:
+                        begun = True
+                        started.release()  # the first token is out: the request is committed to its peer
+            if '"error"' in text and "went away" in text:
                 return "lost"
-            return "ok" if r.text.rstrip().endswith("data: [DONE]") and " t9" in r.text else r.text
+            return "ok" if text.rstrip().endswith("data: [DONE]") and " t9" in text else text
 
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             first = [pool.submit(ask, i) for i in range(6)]
-            assert wait_for(lambda: peer_stats(front)["B"]["in_flight"] >= 2 and
-                            peer_stats(front)["C"]["in_flight"] >= 2)
-            on_b = peer_stats(front)["B"]["in_flight"]
+            # kill B only once all six streams are under way (a request not yet answered may be retried on C)
+            assert sum(started.acquire(timeout=30) for _ in range(6)) == 6, peer_stats(front)
+            stats = peer_stats(front)
+            on_b = stats["B"]["in_flight"]
+            assert on_b >= 1 and on_b + stats["C"]["in_flight"] == 6, stats
             b.kill()
             codes = [f.result() for f in first]
             after = list(pool.map(ask, range(4)))  # new requests all go to C
