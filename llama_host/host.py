@@ -10,9 +10,9 @@ import os
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pluggy
@@ -39,6 +39,10 @@ from llama_host.proxy import Relay, RequestMeter
 from llama_host.scheduler import Scheduler
 from llama_host.security import BrowserPolicy, browser_guard
 from llama_host.types import Event, ModelSpec, RuntimeInfo, Surface
+
+if TYPE_CHECKING:
+    from llama_host.facts import RuntimeFactsFunction
+    from llama_host.types import MemoryEstimate, RuntimeCheck, RuntimeFactory
 
 log = logging.getLogger(__name__)
 hook_log = logging.getLogger("llama_host.hooks")
@@ -137,13 +141,15 @@ class Host:
         runtimes: dict[str, RuntimeInfo] = {}
         problems: list[str] = []
         for plugin, call in self.per_plugin("register_runtimes"):
-            def register(name: str, factory, *, description: str = "", facts=None, check=None, _plugin: str = plugin,
-                         **more: Any) -> None:
+            def register(name: str, factory: RuntimeFactory, *, description: str = "",
+                         facts: RuntimeFactsFunction | None = None, check: RuntimeCheck | None = None,
+                         embedding: Callable[..., Any] | None = None, local: bool = True,
+                         memory: MemoryEstimate | None = None, _plugin: str = plugin, **more: Any) -> None:
                 if name in runtimes:
                     problems.append(f"runtime '{name}' is registered by both '{runtimes[name].plugin}' and '{_plugin}'")
                     return
                 runtimes[name] = RuntimeInfo(name, factory, _plugin, description, facts=facts, check=check,
-                                             embedding=more.get("embedding"))
+                                             embedding=embedding, local=local, memory=memory)
 
             call(register=register)
         if problems:

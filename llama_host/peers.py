@@ -130,7 +130,7 @@ class PeerPool:
     @hookimpl
     def register_runtimes(self, register) -> None:
         register(RUNTIME, lambda spec, host: PeerRunner(spec, self),
-                 description="a model served by other llama-host nodes (peers:)")
+                 description="a model served by other llama-host nodes (peers:)", local=False)
 
     @hookimpl(trylast=True)  # called last among discovery hooks: a model found locally wins its name
     def discover_models(self, host: Host) -> list[ModelSpec]:

@@ -60,8 +60,9 @@ log = logging.getLogger(__name__)
 
 
 def estimate_memory(spec: ModelSpec, runtime: RuntimeInfo | None = None, host: Host | None = None) -> int:
-    """``memory:`` when configured; else file size (+ projector) + the KV cache at the context the runner runs with
-    (see :mod:`llama_host.facts`)."""
+    """``memory:`` when configured; else the runtime's estimate (llama-server's: weights + KV cache at the context
+    the runner runs with), else the files' size; 0 for a runtime that occupies no local memory (see
+    :mod:`llama_host.facts`)."""
     return model_facts(spec, runtime, host).memory
 
 
@@ -120,7 +121,8 @@ class Entry:
 
     @property
     def occupies(self) -> bool:
-        return self.state in ("loading", "loaded") and self.runner is not None and self.runner.local
+        """Holds a runner (loading or loaded); whether that takes local memory is its runtime's ``local``."""
+        return self.state in ("loading", "loaded") and self.runner is not None
 
 
 class Lease:
@@ -372,8 +374,8 @@ class Scheduler:
         """Apply the placement policy (llama_host.placement) for starting ``entry`` now: unload the idle models it
         chooses. ``None`` = start now; else the models to wait for (busy ones draining, or a start in progress).
         Raises when the model can never fit."""
-        running = [_slot(e) for e in self.entries.values() if e is not entry and e.occupies]
-        decision = plan(_slot(entry), running, self.limits)
+        running = [_slot(e, self._local(e)) for e in self.entries.values() if e is not entry and e.occupies]
+        decision = plan(_slot(entry, self._local(entry)), running, self.limits)
         if decision.action == "refuse":
             raise ModelTooLarge(decision.reason)
         if decision.action == "wait":
@@ -383,6 +385,11 @@ class Scheduler:
         for name in decision.evict:
             self._begin_unload(self.entries[name], "evicted")
         return None
+
+    def _local(self, entry: Entry) -> bool:
+        """Whether ``entry``'s runners occupy local memory, as its runtime registered (``register(..., local=)``)."""
+        info = self.runtimes.get(entry.spec.runtime)
+        return info is None or info.local
 
     async def _start(self, entry: Entry) -> None:
         runner = entry.runner
@@ -610,9 +617,9 @@ class Scheduler:
                 entry.runner.kill_now()
 
 
-def _slot(e: Entry) -> Slot:
-    """An entry as the placement policy sees it."""
+def _slot(e: Entry, local: bool) -> Slot:
+    """An entry as the placement policy sees it (``local``: its runtime occupies local memory)."""
     return Slot(e.spec.name, memory=e.memory, state="loading" if e.state == "loading" else "loaded",
                 in_flight=e.in_flight, pending=e.pending, last_used=e.last_used or 0.0, priority=e.spec.priority,
                 pinned=e.spec.pinned,
-                local=e.runner.local if e.runner is not None else True)
+                local=local)
