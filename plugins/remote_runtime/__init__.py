@@ -77,4 +77,5 @@ def check(spec: ModelSpec) -> list[str]:
 
 @hookimpl
 def register_runtimes(register) -> None:
-    register("remote", RemoteRunner, description="an OpenAI-compatible server elsewhere, at url", check=check)
+    register("remote", RemoteRunner, description="an OpenAI-compatible server elsewhere, at url", check=check,
+             local=False)

@@ -34,9 +34,10 @@ def last_user_text(messages: Any) -> str:
 
 
 class EchoRunner(RunnerBase):
-    """Implements :class:`llama_host.types.Runner`: ``start``/``stop``/``wait`` plus ``base_url``, ``headers``, ``logs``."""
+    """Implements :class:`llama_host.types.Runner`: ``start``/``stop``/``wait`` plus ``base_url``, ``headers``,
+    ``logs``."""
 
-    local = False  # no process and no memory to account for: never evicted to make room
+    local = False  # no process whose exit could be watched (memory: the runtime registers local=False)
     pid = None
 
     def __init__(self, spec: ModelSpec, host: Host) -> None:
