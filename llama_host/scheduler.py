@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from llama_host.config import SchedulerSettings, parse_size
@@ -87,9 +87,9 @@ class Entry:
         self.spec = spec
         self.state: ModelState = "unloaded"
         self.runner: Runner | None = None
-        self.ready: asyncio.Task | None = None
-        self.stop_task: asyncio.Task | None = None
-        self.watcher: asyncio.Task | None = None
+        self.ready: asyncio.Task[None] | None = None
+        self.stop_task: asyncio.Task[None] | None = None  # set while stopping
+        self.watcher: asyncio.Task[None] | None = None
         self.in_flight = 0
         self.last_used: float | None = None
         self.expires_at: float | None = None
@@ -118,6 +118,10 @@ class Entry:
     @property
     def stopping(self) -> bool:
         return self.state == "stopping"
+
+    @property
+    def loaded(self) -> bool:
+        return self.state == "loaded"
 
     @property
     def occupies(self) -> bool:
@@ -177,7 +181,7 @@ class Scheduler:
         self.entries: dict[str, Entry] = {}
         self._names = NameIndex()
         self._changed = asyncio.Event()
-        self._stops: set[asyncio.Task] = set()
+        self._stops: set[asyncio.Task[None]] = set()
         self._waiting = 0
         self._closed = False
 
@@ -205,7 +209,8 @@ class Scheduler:
         self._names = NameIndex(e.spec for e in self.entries.values())
 
     def resolve(self, requested: str, surface: str = "") -> ModelSpec | None:
-        return self.host.pm.hook.resolve_model(host=self.host, requested=requested, surface=surface)
+        spec: ModelSpec | None = self.host.pm.hook.resolve_model(host=self.host, requested=requested, surface=surface)
+        return spec
 
     def default_resolve(self, requested: str) -> ModelSpec | None:
         """Exact name, then case-insensitive name or alias, then without an Ollama ``:latest`` tag."""
@@ -258,9 +263,10 @@ class Scheduler:
                 return
             await self._changed.wait()
 
-    def lease(self, name: str, *, ttl: float | None = None, load_params: Mapping[str, Any] | None = None):
+    def lease(self, name: str, *, ttl: float | None = None,
+              load_params: Mapping[str, Any] | None = None) -> contextlib.AbstractAsyncContextManager[Lease]:
         @contextlib.asynccontextmanager
-        async def hold():
+        async def hold() -> AsyncIterator[Lease]:
             lease = await self.acquire(name, ttl=ttl, load_params=load_params)
             try:
                 yield lease
@@ -289,6 +295,7 @@ class Scheduler:
             with contextlib.suppress(Exception):
                 await asyncio.shield(entry.ready)
         if entry.stopping:
+            assert entry.stop_task is not None
             await asyncio.shield(entry.stop_task)
             return True
         if entry.state != "loaded":
@@ -313,15 +320,17 @@ class Scheduler:
             if self._closed:
                 raise HostError("the host is shutting down")
             if entry.stopping:
+                assert entry.stop_task is not None
                 await asyncio.shield(entry.stop_task)
                 continue
             if entry.state == "loading":
+                assert entry.ready is not None
                 entry.pending += 1  # joined this start: counts as busy, so nobody evicts it before we lease it
                 try:
                     await asyncio.shield(entry.ready)
                 finally:
                     entry.pending -= 1
-                if entry.state == "loaded" and (
+                if entry.loaded and (  # the property, as mypy keeps entry.state 'loading' across the await
                         not load_params or self._params_match(entry, load_params)):
                     return
                 continue
@@ -393,6 +402,7 @@ class Scheduler:
 
     async def _start(self, entry: Entry) -> None:
         runner = entry.runner
+        assert runner is not None  # made before the start is planned
         entry.logs = runner.logs
         if self._stops:
             await asyncio.gather(*[asyncio.shield(t) for t in list(self._stops)], return_exceptions=True)
@@ -480,8 +490,9 @@ class Scheduler:
         self.host.emit(ModelFailed(model=entry.spec.name, error=entry.error, log_tail=tail))
         self._notify()
 
-    def _begin_unload(self, entry: Entry, reason: UnloadReason) -> asyncio.Task:
+    def _begin_unload(self, entry: Entry, reason: UnloadReason) -> asyncio.Task[None]:
         if entry.stopping:
+            assert entry.stop_task is not None
             return entry.stop_task
         entry.move("stopping")
         entry.stop_task = asyncio.create_task(self._unload(entry, reason))
@@ -586,7 +597,7 @@ class Scheduler:
     async def shutdown(self) -> None:
         self._closed = True
         self._notify()
-        tasks = [asyncio.shield(t) for t in self._stops]  # stops already under way finish first
+        tasks: list[Awaitable[None]] = [asyncio.shield(t) for t in self._stops]  # stops already under way finish first
         for entry in self.entries.values():
             self._cancel_timer(entry)
             if entry.ready and not entry.ready.done():
