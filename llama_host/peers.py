@@ -325,7 +325,7 @@ class PeerUpstream(Upstream):
         self._node = node
         self._open = True
 
-    def _crashed(self, exc: Exception) -> RunnerCrashed:
+    def _crashed(self, exc: BaseException | None) -> RunnerCrashed:
         self._node.failures += 1
         return RunnerCrashed(f"model '{self._model}': peer {self._node.name} went away mid-response "
                              f"({type(exc).__name__})")

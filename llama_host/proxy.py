@@ -44,7 +44,7 @@ class Upstream:
     def is_sse(self) -> bool:
         return self._r.content_type == "text/event-stream"
 
-    def _crashed(self, exc: Exception) -> RunnerCrashed:
+    def _crashed(self, exc: BaseException | None) -> RunnerCrashed:
         return RunnerCrashed(f"model '{self._model}': the runner went away mid-response ({type(exc).__name__})")
 
     async def read(self) -> bytes:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from llama_host.host import Host
     from llama_host.process import LogBuffer
+    from llama_host.proxy import Upstream
 
 ModelState = Literal["unloaded", "loading", "loaded", "stopping", "failed"]
 UnloadReason = Literal["ttl", "evicted", "requested", "crashed", "shutdown", "reload"]
@@ -125,7 +126,7 @@ class Runner(Protocol):
 
     exit_reason: str | None
     upstream_model: str | None
-    open_upstream: Callable[..., Awaitable[Any]] | None
+    open_upstream: Callable[..., Awaitable[Upstream]] | None
 
     @property
     def details(self) -> Mapping[str, Any]: ...
@@ -151,7 +152,7 @@ class RunnerBase:
     pid: int | None = None
     exit_reason: str | None = None
     upstream_model: str | None = None
-    open_upstream: Callable[..., Awaitable[Any]] | None = None
+    open_upstream: Callable[..., Awaitable[Upstream]] | None = None
 
     @property
     def details(self) -> Mapping[str, Any]:
