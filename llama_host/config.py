@@ -125,7 +125,7 @@ def _path(parts: Any) -> str:
     return out or "(top level)"
 
 
-def expand_env(tree: Any, env: Mapping[str, str], problems: list[str], path: tuple = ()) -> Any:
+def expand_env(tree: Any, env: Mapping[str, str], problems: list[str], path: tuple[str | int, ...] = ()) -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; a value that is one whole expression is re-read as
     YAML so ``port: ${PORT}`` stays an integer."""
     if isinstance(tree, dict):
@@ -157,8 +157,10 @@ def expand_env(tree: Any, env: Mapping[str, str], problems: list[str], path: tup
     return value
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path | None) -> dict[str, Any]:
     """Parse the site file; syntax errors become a ConfigError with file, line and column."""
+    if path is None:
+        raise ConfigError(["no site file given (and no data)"])
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -196,9 +198,9 @@ def _hoist(schema: dict[str, Any], prefix: str, defs: dict[str, Any]) -> dict[st
             return [rewrite(v) for v in node]
         return node
 
-    for name, body in local.items():
-        defs[prefix + name] = rewrite(body)
-    body = rewrite(schema)
+    for name, definition in local.items():
+        defs[prefix + name] = rewrite(definition)
+    body: dict[str, Any] = rewrite(schema)
     while "$ref" in body and len(body) == 1:  # msgspec returns {"$ref": ...} for a Struct: inline the object
         body = copy.deepcopy(defs[body["$ref"].rsplit("/", 1)[1]])
     return body
@@ -215,7 +217,7 @@ def build_schema(plugin_schemas: Mapping[str, dict[str, Any] | None]) -> dict[st
                                      "description": "bytes or a size such as 6GiB; default: an estimate"}
     sections: dict[str, Any] = {}
     for name, schema in sorted(plugin_schemas.items()):
-        body = _hoist(schema, f"{name}.", defs) if schema else {"type": "object", "properties": {}}
+        body: dict[str, Any] = _hoist(schema, f"{name}.", defs) if schema else {"type": "object", "properties": {}}
         body.setdefault("properties", {})["enabled"] = {"type": "boolean", "description": "false blocks the plugin"}
         body.setdefault("additionalProperties", False)
         body.setdefault("type", "object")
@@ -229,8 +231,9 @@ def build_schema(plugin_schemas: Mapping[str, dict[str, Any] | None]) -> dict[st
 def _describe(error: jsonschema.ValidationError) -> list[str]:
     where = _path(error.absolute_path)
     if error.validator == "additionalProperties":
-        allowed = list(error.schema.get("properties", {}))
-        extra = [k for k in error.instance if k not in allowed]
+        schema, instance = error.schema, error.instance  # a schema and an object here (the stubs allow Unset)
+        allowed = list(schema.get("properties", {})) if isinstance(schema, Mapping) else []
+        extra = [k for k in instance if k not in allowed] if isinstance(instance, Mapping) else []
         is_plugins = list(error.absolute_path) == ["plugins"]
         out = []
         for key in extra:
@@ -245,7 +248,8 @@ def _describe(error: jsonschema.ValidationError) -> list[str]:
         return out
     if error.validator in ("anyOf", "oneOf") and error.context:
         # Report the most specific branch: the one whose error went deepest, else a type summary.
-        types = [s.get("type") for s in error.validator_value if isinstance(s, dict) and "type" in s]
+        branches = error.validator_value if isinstance(error.validator_value, list) else []
+        types = [s.get("type") for s in branches if isinstance(s, dict) and "type" in s]
         if types:
             return [f"{where}: {error.instance!r} is not of type {' or '.join(map(str, types))}"]
     return [f"{where}: {error.message}"]
