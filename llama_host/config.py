@@ -81,7 +81,8 @@ class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         "browser origins allowed besides the listener's own and loopback pages; '*' in a pattern matches any text "
         "('*' alone: every origin), as OLLAMA_ORIGINS"))] = []
     allowed_hosts: Annotated[list[str], msgspec.Meta(description=(
-        "Host names served besides loopback names ('*' matches any text); needed to reach the host by a DNS name"))] = []
+        "Host names served besides loopback names ('*' matches any text); needed to reach the host by a DNS "
+        "name"))] = []
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     log_level: LogLevel = "info"
     log_dir: str = "logs"

@@ -215,7 +215,8 @@ def _stamp() -> str:
 
 
 def flag_args(params: Mapping[str, object]) -> list[str]:
-    """``{ctx_size: 16000, jinja: true, no_mmap: false, lora: [a, b]}`` → ``--ctx-size 16000 --jinja --lora a --lora b``."""
+    """``{ctx_size: 16000, jinja: true, no_mmap: false, lora: [a, b]}`` → ``--ctx-size 16000 --jinja --lora a
+    --lora b``."""
     out: list[str] = []
     for key, value in params.items():
         flag = key if key.startswith("-") else "--" + key.replace("_", "-")
@@ -297,7 +298,8 @@ class ProcessRunner(RunnerBase):
         spawn = argv
         if SETPRIV:
             if not shutil.which(argv[0]):  # the error a direct spawn gives (setpriv would exit 127 instead)
-                raise RunnerStartError(f"model '{self.model.name}': cannot start {argv[0]}: not found or not executable")
+                raise RunnerStartError(f"model '{self.model.name}': cannot start {argv[0]}: not found or not "
+                                       f"executable")
             spawn = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         try:
             transport, protocol = await loop.subprocess_exec(
@@ -305,7 +307,8 @@ class ProcessRunner(RunnerBase):
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
                 preexec_fn=None if SETPRIV else _die_with_parent)
         except OSError as exc:
-            raise RunnerStartError(f"model '{self.model.name}': cannot start {argv[0]}: {exc.strerror or exc}") from None
+            raise RunnerStartError(f"model '{self.model.name}': cannot start {argv[0]}: "
+                                   f"{exc.strerror or exc}") from None
         self._proc = asyncio.subprocess.Process(transport, protocol, loop)
         self._ended = protocol.ended
         self.pid = self._proc.pid
@@ -345,7 +348,7 @@ class ProcessRunner(RunnerBase):
                         await r.read()
                         if r.status == 200:
                             return
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     pass
                 await asyncio.sleep(delay)
                 if time.monotonic() > fast_until:
@@ -438,7 +441,7 @@ class ProcessRunner(RunnerBase):
         self._signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self._ended.wait(), grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._note(f"did not exit {grace:.1f}s after SIGTERM: SIGKILL")
             self._signal(signal.SIGKILL)
             await self._ended.wait()

@@ -578,7 +578,8 @@ class Scheduler:
             ttl=self._idle_for(e), last_used=e.last_used, expires_at=e.expires_at,
             loaded_at=e.loaded_at if e.state == "loaded" else None, load_seconds=e.load_seconds,
             pid=runner.pid if runner else None, error=e.error, path=s.path, metadata=dict(s.metadata),
-            priority=s.priority, max_concurrent=s.max_concurrent, group=getattr(self.limits.group_of(s.name), "name", None),
+            priority=s.priority, max_concurrent=s.max_concurrent,
+            group=getattr(self.limits.group_of(s.name), "name", None),
             facts=self.facts(name), details=dict(runner.details) if runner else {})
 
     def facts(self, name: str) -> ModelFacts:

@@ -179,7 +179,8 @@ class BrowserPolicy:
             return False
         own = split_authority(host.strip())
         # The listener's own origin: the page was loaded from the very name and port the request is sent to.
-        return own is not None and own[0] == name and (own[1] if own[1] is not None else _DEFAULT_PORTS.get(scheme)) == port
+        return own is not None and own[0] == name and (
+            own[1] if own[1] is not None else _DEFAULT_PORTS.get(scheme)) == port
 
 
 def _header(scope: Mapping[str, Iterable[tuple[bytes, bytes]]], wanted: bytes) -> bytes | None:
@@ -207,8 +208,8 @@ def browser_guard(policy: BrowserPolicy) -> Callable[[ASGIApp], ASGIApp]:
                 elif name == b"sec-fetch-site":
                     fetch_site = value
             if host is not None and not policy.host_allowed(host):
-                raise HostNotAllowed(f"host '{host.decode('latin-1')[:100]!s}' is not served here (it is not a loopback "
-                                     f"name; add it to 'allowed_hosts' in the site file to serve it)")
+                raise HostNotAllowed(f"host '{host.decode('latin-1')[:100]!s}' is not served here (it is not a "
+                                     f"loopback name; add it to 'allowed_hosts' in the site file to serve it)")
             if origin is None:
                 # A cross-site subresource (<img>, <script>) carries no Origin, but modern browsers say cross-site.
                 if fetch_site == b"cross-site" and _header(scope, b"sec-fetch-mode") != b"navigate":

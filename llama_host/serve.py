@@ -35,7 +35,8 @@ def bind_sockets(host: Host) -> dict[int, socket.socket]:
     problems = []
     for port, surfaces in host.listeners().items():
         family = socket.AF_INET6 if ":" in host.site.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # protocol set: asyncio then sets TCP_NODELAY
+        # the protocol is set: asyncio then sets TCP_NODELAY
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host.site.host, port))
@@ -170,7 +171,8 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve(host: Host, *, stop: asyncio.Event | None = None, on_ready: Callable[[dict[int, int]], None] | None = None,
+async def serve(host: Host, *, stop: asyncio.Event | None = None,
+                on_ready: Callable[[dict[int, int]], None] | None = None,
                 sockets: dict[int, socket.socket] | None = None, install_signals: bool = True) -> None:
     """Run until ``stop`` is set, SIGINT/SIGTERM arrives, or a listener fails."""
     socks = sockets if sockets is not None else bind_sockets(host)
