@@ -48,7 +48,7 @@ class RemoteRunner(RunnerBase):
                         await r.read()
                         ok = r.status == 200
                         self.logs.append(f"health check {url}: HTTP {r.status}")
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     self.logs.append(f"health check {url}: {exc!r}")
                     break  # unreachable: another path of the same server will not answer either
                 if ok:
