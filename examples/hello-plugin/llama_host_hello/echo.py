@@ -65,7 +65,7 @@ class EchoRunner(RunnerBase):
             await runner.cleanup()
             raise RunnerStartError(f"model '{self.model.name}': echo server cannot listen: {exc}") from None
         self._app_runner = runner
-        self.base_url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self._stopped.clear()
         self.logs.append(f"echo server for {self.model.name} listening on {self.base_url}")
 
