@@ -87,7 +87,7 @@ async def _log_events(host: HostDep, name: str, history: int) -> AsyncIterator[b
     for line in buffer.tail(history):
         yield b"data: " + encode(line) + b"\n\n"
     stopping = asyncio.ensure_future(host.stopping.wait())
-    getter: asyncio.Future | None = None
+    getter: asyncio.Future[Any] | None = None
     try:
         while not stopping.done():
             with buffer.subscribe() as queue:

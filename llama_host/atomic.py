@@ -7,7 +7,9 @@ import errno
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 
 def write_atomic(path: str | Path, text: str, *, backups: int = 0) -> None:
@@ -42,7 +44,7 @@ def write_atomic(path: str | Path, text: str, *, backups: int = 0) -> None:
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-_renameat2 = None
+_renameat2: Callable[..., int] | Literal[False] | None = None  # None: not looked up yet; False: not available
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -73,7 +75,8 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def write_if_unchanged(path: str | Path, text: str, expected: str | None, *, backups: int = 0) -> tuple[bool, str | None]:
+def write_if_unchanged(path: str | Path, text: str, expected: str | None, *,
+                       backups: int = 0) -> tuple[bool, str | None]:
     """Replace ``path`` with ``text`` (atomically, as :func:`write_atomic`) only while its content is still
     ``expected`` (``None``: the file must not exist). Returns ``(True, text)`` when written, else ``(False, what
     the file holds now)`` and the file is left to the other writer.

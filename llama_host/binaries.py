@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("LLAMA_HOST_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llama-host"
+    root = (os.environ.get("LLAMA_HOST_CACHE")
+            or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llama-host")
     return Path(root)
 
 

@@ -125,9 +125,9 @@ class Catalogue:
         for name, entry in sorted(self.variants.items()):
             if name in configured:
                 continue
-            spec = variant_spec(name, entry, known)
-            if spec is not None:
-                variants.append(spec)
+            variant = variant_spec(name, entry, known)
+            if variant is not None:
+                variants.append(variant)
         return configured, [*discovered, *variants]
 
 

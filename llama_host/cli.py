@@ -8,13 +8,18 @@ import ipaddress
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from llama_host import __version__
 from llama_host.errors import ConfigError, PluginError
+
+if TYPE_CHECKING:
+    from llama_host.downloads import Job
+    from llama_host.host import Host
 
 EXIT_USAGE = 2
 COMMANDS = ("serve", "check", "plugins", "schema", "discover", "import-config", "pull", "worker", "reload")
@@ -100,12 +105,13 @@ def _report(exc: Exception) -> None:
 
 
 def _need_config(args: argparse.Namespace) -> Path:
-    if args.config is None:
+    config: Path | None = args.config
+    if config is None:
         raise ConfigError(["no site file given: use --config site.yaml (see config/site.example.yaml)"])
-    return args.config
+    return config
 
 
-def _host(args: argparse.Namespace):
+def _host(args: argparse.Namespace) -> Host:
     from llama_host.host import Host
 
     return Host.from_config(_need_config(args))
@@ -133,7 +139,7 @@ def cmd_serve(args: argparse.Namespace, level: str | None) -> int:
     return 0
 
 
-def _announce(host) -> None:
+def _announce(host: Host) -> None:
     log = logging.getLogger("llama_host")
     base = f"http://{host.site.host}:{{}}"
     for port, surfaces in host.listeners().items():
@@ -250,7 +256,7 @@ def cmd_pull(args: argparse.Namespace, level: str | None) -> int:
         print(f"llama-host: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
 
-    async def run():
+    async def run() -> Job:
         manager = DownloadManager(folder)
         job = manager.pull(ref)
         shown: dict[str, int] = {}
@@ -328,7 +334,8 @@ def cmd_reload(args: argparse.Namespace, level: str | None) -> int:
     keys = [k for k in raw.get("api_keys") or [] if isinstance(k, str) and k.strip()]
     url = (args.url or _main_url(raw)).rstrip("/") + "/api/v1/reload"
     status, body = 0, {}
-    for key in keys or [None]:
+    tries: list[str | None] = [*keys] or [None]
+    for key in tries:
         request = urllib.request.Request(url, data=b"", method="POST",
                                          headers={"Authorization": f"Bearer {key}"} if key else {})
         try:
@@ -385,7 +392,7 @@ def _bytes(n: Any) -> str:
     return f"{n / 2**30:.2f}G" if n >= 2**30 else f"{n / 2**20:.1f}M"
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

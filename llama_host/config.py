@@ -81,7 +81,8 @@ class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         "browser origins allowed besides the listener's own and loopback pages; '*' in a pattern matches any text "
         "('*' alone: every origin), as OLLAMA_ORIGINS"))] = []
     allowed_hosts: Annotated[list[str], msgspec.Meta(description=(
-        "Host names served besides loopback names ('*' matches any text); needed to reach the host by a DNS name"))] = []
+        "Host names served besides loopback names ('*' matches any text); needed to reach the host by a DNS "
+        "name"))] = []
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     log_level: LogLevel = "info"
     log_dir: str = "logs"
@@ -90,7 +91,8 @@ class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     models_dir: str | None = None
     shutdown_grace: float = 5.0
     watch_config: Annotated[bool, msgspec.Meta(description=(
-        "reload the site file when it changes (SIGHUP, 'llama-host reload' and POST /api/v1/reload always work)"))] = True
+        "reload the site file when it changes "
+        "(SIGHUP, 'llama-host reload' and POST /api/v1/reload always work)"))] = True
     #: streams show loading progress while their model loads (a model's ``loading_progress`` wins)
     loading_progress: bool = False
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
@@ -127,7 +129,7 @@ def _path(parts: Any) -> str:
     return out or "(top level)"
 
 
-def expand_env(tree: Any, env: Mapping[str, str], problems: list[str], path: tuple = ()) -> Any:
+def expand_env(tree: Any, env: Mapping[str, str], problems: list[str], path: tuple[str | int, ...] = ()) -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; a value that is one whole expression is re-read as
     YAML so ``port: ${PORT}`` stays an integer."""
     if isinstance(tree, dict):
@@ -159,8 +161,10 @@ def expand_env(tree: Any, env: Mapping[str, str], problems: list[str], path: tup
     return value
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path | None) -> dict[str, Any]:
     """Parse the site file; syntax errors become a ConfigError with file, line and column."""
+    if path is None:
+        raise ConfigError(["no site file given (and no data)"])
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -198,9 +202,9 @@ def _hoist(schema: dict[str, Any], prefix: str, defs: dict[str, Any]) -> dict[st
             return [rewrite(v) for v in node]
         return node
 
-    for name, body in local.items():
-        defs[prefix + name] = rewrite(body)
-    body = rewrite(schema)
+    for name, definition in local.items():
+        defs[prefix + name] = rewrite(definition)
+    body: dict[str, Any] = rewrite(schema)
     while "$ref" in body and len(body) == 1:  # msgspec returns {"$ref": ...} for a Struct: inline the object
         body = copy.deepcopy(defs[body["$ref"].rsplit("/", 1)[1]])
     return body
@@ -217,7 +221,7 @@ def build_schema(plugin_schemas: Mapping[str, dict[str, Any] | None]) -> dict[st
                                      "description": "bytes or a size such as 6GiB; default: an estimate"}
     sections: dict[str, Any] = {}
     for name, schema in sorted(plugin_schemas.items()):
-        body = _hoist(schema, f"{name}.", defs) if schema else {"type": "object", "properties": {}}
+        body: dict[str, Any] = _hoist(schema, f"{name}.", defs) if schema else {"type": "object", "properties": {}}
         body.setdefault("properties", {})["enabled"] = {"type": "boolean", "description": "false blocks the plugin"}
         body.setdefault("additionalProperties", False)
         body.setdefault("type", "object")
@@ -231,8 +235,9 @@ def build_schema(plugin_schemas: Mapping[str, dict[str, Any] | None]) -> dict[st
 def _describe(error: jsonschema.ValidationError) -> list[str]:
     where = _path(error.absolute_path)
     if error.validator == "additionalProperties":
-        allowed = list(error.schema.get("properties", {}))
-        extra = [k for k in error.instance if k not in allowed]
+        schema, instance = error.schema, error.instance  # a schema and an object here (the stubs allow Unset)
+        allowed = list(schema.get("properties", {})) if isinstance(schema, Mapping) else []
+        extra = [k for k in instance if k not in allowed] if isinstance(instance, Mapping) else []
         is_plugins = list(error.absolute_path) == ["plugins"]
         out = []
         for key in extra:
@@ -248,13 +253,14 @@ def _describe(error: jsonschema.ValidationError) -> list[str]:
     if error.validator in ("anyOf", "oneOf") and error.context:
         # Report the most specific branch: a mapping's problems inside the object branch (``filters: {...}``),
         # else a type summary.
+        branches = error.validator_value if isinstance(error.validator_value, list) else []
         if isinstance(error.instance, dict):
-            for i, branch in enumerate(error.validator_value):
+            for i, branch in enumerate(branches):
                 if isinstance(branch, dict) and ("$ref" in branch or branch.get("type") == "object"):
                     inner = [e for e in error.context if e.relative_schema_path and e.relative_schema_path[0] == i]
                     if inner:
                         return [p for e in inner for p in _describe(e)]
-        types = [s.get("type") for s in error.validator_value if isinstance(s, dict) and "type" in s]
+        types = [s.get("type") for s in branches if isinstance(s, dict) and "type" in s]
         if types:
             return [f"{where}: {error.instance!r} is not of type {' or '.join(map(str, types))}"]
     return [f"{where}: {error.message}"]

@@ -167,7 +167,7 @@ def fetch_file(ref: HubRef, commit: str, f: HubFile, part: Path, *, endpoint: st
     """Download one file into ``part``, resuming from the bytes already there (blocking)."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # exported, but not in __all__
 
     # huggingface_hub hands over 10 MB chunks: a cut transfer resumes (and progress moves) only at chunk boundaries.
     constants.DOWNLOAD_CHUNK_SIZE = CHUNK
@@ -187,8 +187,9 @@ def fetch_file(ref: HubRef, commit: str, f: HubFile, part: Path, *, endpoint: st
         raw.truncate()
         writer = _Writer(raw, done, cancel, report)
         if expected is None or done < expected:
-            http_get(location, writer, resume_size=done, headers=headers, expected_size=expected,
-                     tqdm_class=_Silent)  # type: ignore[arg-type]
+            # _Writer is the file http_get needs (write); _Silent the progress bar (update, context manager)
+            http_get(location, writer, resume_size=done, headers=headers, expected_size=expected,  # type: ignore[arg-type]
+                     tqdm_class=_Silent)
         raw.flush()
         os.fsync(raw.fileno())
     report(part.stat().st_size)

@@ -11,6 +11,10 @@ Two parts make the facts of a model:
 
 A runtime without a ``facts`` function takes no load parameters (a remote server, a command): surfaces' load
 parameters are dropped for it, the same way from every dialect.
+
+The memory estimate (``ModelFacts.memory``, what ``scheduler.memory_budget`` counts) is ``memory:`` when configured;
+else the runtime's own ``memory(spec, facts)`` estimate (llama-server's: weights + KV cache); else, for a runtime that
+occupies local memory, the size of the model's files; a runtime registered with ``local=False`` occupies none (0).
 """
 
 from __future__ import annotations
@@ -26,8 +30,6 @@ import msgspec
 if TYPE_CHECKING:
     from llama_host.host import Host
     from llama_host.types import ModelSpec, RuntimeInfo
-
-KV_BYTES = 2  # f16 K and V cache entries
 
 # Architectures that only embed (GGUF ``general.architecture``).
 EMBEDDING_ARCHS = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "t5encoder",
@@ -71,7 +73,8 @@ class ModelFacts(msgspec.Struct, kw_only=True, frozen=True):
     parameter_count: int | None = None
     #: bytes of the model file (plus projector), when known
     file_size: int | None = None
-    #: the scheduler's memory estimate in bytes: ``memory:``, else files + the KV cache at ``context_length``
+    #: the scheduler's memory estimate in bytes: ``memory:``, else the runtime's estimate, else the files' size (0 for
+    #: a runtime that occupies no local memory)
     memory: int = 0
 
     @property
@@ -145,14 +148,6 @@ def file_size(spec: ModelSpec) -> int | None:
     return size or None
 
 
-def kv_cache_bytes(meta: Mapping[str, Any], context: int | None) -> int:
-    layers, heads, kv_heads, width = (_positive_int(meta.get(k)) or 0
-                                      for k in ("block_count", "head_count", "head_count_kv", "embedding_length"))
-    if not (context and layers and heads and width):
-        return 0
-    return 2 * layers * context * (kv_heads or heads) * (width // heads) * KV_BYTES
-
-
 def model_facts(spec: ModelSpec, runtime: RuntimeInfo | None, host: Host | None = None) -> ModelFacts:
     """The facts of ``spec`` (whose ``params`` hold any load parameters) run by ``runtime``. Pure but for ``stat``."""
     meta = spec.metadata or {}
@@ -163,12 +158,11 @@ def model_facts(spec: ModelSpec, runtime: RuntimeInfo | None, host: Host | None 
     template = chat_template(meta)
     from llama_host.config import parse_size  # config imports types, which imports this module
 
-    size = file_size(spec)  # a model without a file (a remote server) occupies no local memory
-    memory = parse_size(spec.memory) if spec.memory is not None else (size or 0) + kv_cache_bytes(meta, context)
+    size = file_size(spec)
     embedding = rt.embedding or truthy(meta.get("embedding")) or truthy(meta.get("is_embedding")) \
         or meta.get("type") in ("embedding", "embeddings") or arch in EMBEDDING_ARCHS
     count = _pick(meta, "parameter_count", "general.parameter_count", "parameters", "n_params")
-    return ModelFacts(
+    facts = ModelFacts(
         context_length=context, trained_context=trained, params=dict(rt.params), embedding=bool(embedding),
         vision=bool(spec.mmproj) or truthy(meta.get("vision")) or bool(meta.get("mmproj")),
         tools=truthy(meta.get("tools")) or truthy(meta.get("tool_use")) or truthy(meta.get("supports_tools"))
@@ -176,7 +170,16 @@ def model_facts(spec: ModelSpec, runtime: RuntimeInfo | None, host: Host | None 
         thinking=truthy(meta.get("thinking")) or any(m in template for m in _THINKING_MARKERS),
         architecture=arch, quantization=_quantization(meta),
         parameter_count=int(count) if isinstance(count, (int, float)) and not isinstance(count, bool) else None,
-        file_size=size, memory=memory)
+        file_size=size)
+    if spec.memory is not None:
+        memory = parse_size(spec.memory)
+    elif runtime is not None and not runtime.local:
+        return facts  # a remote server: no local memory
+    elif runtime is not None and runtime.memory is not None:
+        memory = runtime.memory(spec, facts)
+    else:
+        memory = size or 0
+    return msgspec.structs.replace(facts, memory=memory)
 
 
 def applicable_load_params(runtime: RuntimeInfo | None, load_params: Mapping[str, Any] | None) -> dict[str, Any]:

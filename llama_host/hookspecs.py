@@ -88,14 +88,20 @@ def register_surfaces(host: Host) -> list[Surface] | None:
 def register_runtimes(register: RegisterRuntime) -> None:
     """Register runtimes: ways to run a model (``llama-server``, ``command``, ``remote``, third-party ones).
 
-    :param register: call ``register(name, factory, description="...", facts=..., check=...)`` once per runtime;
-        ``factory(spec, host)`` returns a :class:`llama_host.types.Runner`. ``facts(spec, host)`` (optional) returns
-        the runtime's part of the model facts, :class:`llama_host.facts.RuntimeFacts` (the flags the runner runs
-        with, the context they give, embeddings); a runtime without it takes no load parameters. ``check(spec)``
-        (optional) returns the problems that keep the runtime from ever starting ``spec`` (``"path: ..."``): the
-        host reports them for configured models as configuration errors (``models.<name>.path: ...``) and skips
-        discovered models that have any. Unknown keywords are accepted (later versions may add some). A name
-        registered twice is an error naming both plugins.
+    :param register: call ``register(name, factory, description="...", facts=..., check=..., local=...,
+        memory=...)`` once per runtime; ``factory(spec, host)`` returns a :class:`llama_host.types.Runner`.
+        ``facts(spec, host)`` (optional) returns the runtime's part of the model facts,
+        :class:`llama_host.facts.RuntimeFacts` (the flags the runner runs with, the context they give, embeddings); a
+        runtime without it takes no load parameters. ``check(spec)`` (optional) returns the problems that keep the
+        runtime from ever starting ``spec`` (``"path: ..."``): the host reports them for configured models as
+        configuration errors (``models.<name>.path: ...``) and skips discovered models that have any.
+        ``local`` (default ``True``): its runners occupy this machine's memory; ``False`` (a server elsewhere) never
+        counts against ``scheduler.max_loaded`` or ``memory_budget`` and is never unloaded to make room.
+        ``memory(spec, facts)`` (optional, :data:`llama_host.types.MemoryEstimate`) returns the bytes a runner of
+        ``spec`` takes, given its :class:`llama_host.facts.ModelFacts` (the context it runs with, its files' size);
+        without it a local model is estimated at its files' size. A model's ``memory:`` in the site file wins over
+        either. Unknown keywords are accepted (later versions may add some). A name registered twice is an error
+        naming both plugins.
     :returns: nothing.
 
     Example::
@@ -103,7 +109,10 @@ def register_runtimes(register: RegisterRuntime) -> None:
         @hookimpl
         def register_runtimes(register):
             register("echo", lambda spec, host: EchoRunner(spec), description="answers with the prompt",
-                     check=lambda spec: [] if spec.params.get("voice") else ["params.voice: required by 'echo'"])
+                     check=lambda spec: [] if spec.params.get("voice") else ["params.voice: required by 'echo'"],
+                     local=False)   # in-process, no model in memory: never evicts a model, never evicted
+            register("my-gpu-server", MyRunner, local=True,
+                     memory=lambda spec, facts: (facts.file_size or 0) + 512 * 2**20)   # weights + a fixed cache
     """
 
 

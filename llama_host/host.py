@@ -10,7 +10,7 @@ import os
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,8 @@ from llama_host.types import Event, ModelSpec, RuntimeInfo, Surface
 if TYPE_CHECKING:
     from llama_host.reload import SiteDiff
     from llama_host.reloader import ReloadReport
+    from llama_host.facts import RuntimeFactsFunction
+    from llama_host.types import MemoryEstimate, RuntimeCheck, RuntimeFactory
 
 log = logging.getLogger(__name__)
 hook_log = logging.getLogger("llama_host.hooks")
@@ -53,11 +55,12 @@ def trace_hooks(pm: pluggy.PluginManager) -> None:
     """Log every hook call (its arguments, each implementation called, its result) through pluggy's call monitoring:
     ``LLAMA_HOST_TRACE_HOOKS=1`` turns it on, logger ``llama_host.hooks`` at INFO."""
 
-    def before(hook_name: str, impls: list, kwargs: dict[str, Any]) -> None:
+    def before(hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
         hook_log.info("hook %s(%s) → %s", hook_name, ", ".join(sorted(kwargs)),
                       ", ".join(i.plugin_name for i in impls) or "no implementation")
 
-    def after(outcome: Any, hook_name: str, impls: list, kwargs: dict[str, Any]) -> None:
+    def after(outcome: pluggy.Result[Any], hook_name: str, impls: Sequence[pluggy.HookImpl],
+              kwargs: Mapping[str, Any]) -> None:
         exc = outcome.exception
         if exc is not None:
             hook_log.info("hook %s raised %s: %s", hook_name, type(exc).__name__, exc)
@@ -143,20 +146,23 @@ class Host:
         return cls(site, pm, infos, config_path=path.resolve() if path else None, raw_config=raw)
 
     def per_plugin(self, hook: str) -> list[tuple[str, Any]]:
-        """``(plugin name, caller)`` for each plugin implementing ``hook`` (see :func:`llama_host.plugins.per_plugin`)."""
+        """``(plugin name, caller)`` for each plugin implementing ``hook`` (see
+        :func:`llama_host.plugins.per_plugin`)."""
         return per_plugin(self.pm, hook)
 
     def _collect_runtimes(self) -> dict[str, RuntimeInfo]:
         runtimes: dict[str, RuntimeInfo] = {}
         problems: list[str] = []
         for plugin, call in self.per_plugin("register_runtimes"):
-            def register(name: str, factory, *, description: str = "", facts=None, check=None, _plugin: str = plugin,
-                         **more: Any) -> None:
+            def register(name: str, factory: RuntimeFactory, *, description: str = "",
+                         facts: RuntimeFactsFunction | None = None, check: RuntimeCheck | None = None,
+                         embedding: Callable[..., Any] | None = None, local: bool = True,
+                         memory: MemoryEstimate | None = None, _plugin: str = plugin, **more: Any) -> None:
                 if name in runtimes:
                     problems.append(f"runtime '{name}' is registered by both '{runtimes[name].plugin}' and '{_plugin}'")
                     return
                 runtimes[name] = RuntimeInfo(name, factory, _plugin, description, facts=facts, check=check,
-                                             embedding=more.get("embedding"))
+                                             embedding=embedding, local=local, memory=memory)
 
             call(register=register)
         if problems:
@@ -176,7 +182,8 @@ class Host:
             raise ConfigError(problems, str(self.config_path) if self.config_path else None)
 
     def _runtime_problems(self, spec: ModelSpec) -> list[str]:
-        """What keeps ``spec``'s runtime from ever starting it (the runtime's ``check``); a failing check is a problem."""
+        """What keeps ``spec``'s runtime from ever starting it (the runtime's ``check``); a failing check is a
+        problem."""
         check = self.runtimes[spec.runtime].check
         if check is None:
             return []
@@ -275,7 +282,8 @@ class Host:
         return [p.as_dict() for p in self.plugins]
 
     def effective_config(self) -> dict[str, Any]:
-        return redact(msgspec.to_builtins(self.site))
+        config: dict[str, Any] = redact(msgspec.to_builtins(self.site))
+        return config
 
     # --- listeners ----------------------------------------------------------------------------------------------
 
@@ -313,7 +321,7 @@ class Host:
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def running(self):
+    async def running(self) -> AsyncIterator[Host]:
         """Shared resources for the host's life: the relay, discovery, plugin lifespans; runners stop at the end."""
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.relay)
@@ -352,14 +360,14 @@ class ApiKeys:
         self.encoded = [k.encode() for k in keys]
 
 
-def api_key_guard(keys: list[str] | ApiKeys):
+def api_key_guard(keys: list[str] | ApiKeys) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
     """A Litestar guard accepting ``Authorization: Bearer <key>`` (or ``x-api-key``); handlers with
     ``opt={"public": True}`` (or under a ``Surface`` with ``requires_auth=False``) are exempt: the README's Security
     section lists them. A plain function (not a bound method): Litestar deep-copies routers. Given an
     :class:`ApiKeys`, it reads the keys it holds at each request (an empty set lets every request in)."""
     ring = keys if isinstance(keys, ApiKeys) else ApiKeys(keys)
 
-    def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         encoded = ring.encoded
         if handler.opt.get("public") or not encoded:
             return
@@ -381,7 +389,7 @@ def _listeners_of(surfaces: list[Surface]) -> dict[int, list[Surface]]:
         by_port[s.port].append(s)
     for s in surfaces:
         if s.on_api_ports:
-            for port, group in by_port.items():
+            for group in by_port.values():
                 if s not in group:
                     group.append(s)
     problems = []

@@ -15,7 +15,7 @@ MAX_BYTES = 10 * 2**20
 BACKUPS = 3
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
-_queue: queue.SimpleQueue = queue.SimpleQueue()
+_queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
 _listener: QueueListener | None = None
 
 

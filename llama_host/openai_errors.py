@@ -6,6 +6,7 @@ Shared by every surface that speaks OpenAI's dialect (the core's management API,
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import msgspec
 
@@ -24,7 +25,7 @@ _CODES = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed", 4
 
 
 def openai_error(status: int, message: str, *, type: str | None = None, code: str | None = None,
-                 param: str | None = None, retry_after: float | None = None) -> Response:
+                 param: str | None = None, retry_after: float | None = None) -> Response[Any]:
     headers = {}
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, round(retry_after)))
@@ -39,19 +40,19 @@ def error_event(exc: HostError) -> bytes:
     return b"data: " + msgspec.json.encode(body) + b"\n\n"
 
 
-def _host_error(_: Request, exc: HostError) -> Response:
+def _host_error(_: Request[Any, Any, Any], exc: HostError) -> Response[Any]:
     return openai_error(exc.status, exc.detail(), type=exc.type, code=exc.code, param=exc.param,
                         retry_after=exc.retry_after)
 
 
-def _http_error(_: Request, exc: HTTPException) -> Response:
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     message = exc.detail
     if exc.status_code == 400 and isinstance(exc.extra, dict | list) and exc.extra:
         message = f"{exc.detail}: {exc.extra}"
     return openai_error(exc.status_code, message, retry_after=None)
 
 
-def _unexpected(_: Request, exc: Exception) -> Response:
+def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unexpected error", exc_info=exc)
     return openai_error(500, f"internal error: {type(exc).__name__}: {exc}")
 

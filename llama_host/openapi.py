@@ -17,7 +17,7 @@ from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 
 def inline_schema(kind: Any) -> dict[str, Any]:
     """``kind``'s JSON Schema with every ``$ref`` replaced by its definition (the document has no ``$defs``)."""
-    schema = msgspec.json.schema(kind)
+    schema: dict[str, Any] = msgspec.json.schema(kind)
     defs = schema.pop("$defs", {})
 
     def resolve(node: Any, seen: tuple[str, ...] = ()) -> Any:
@@ -33,7 +33,8 @@ def inline_schema(kind: Any) -> dict[str, Any]:
             return [resolve(v, seen) for v in node]
         return node
 
-    return resolve(schema)
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
 def json_body(kind: Any, description: str = "") -> type[Operation]:

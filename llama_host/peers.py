@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -35,6 +35,7 @@ from llama_host.types import ModelSpec, ModelsChanged, PeerChanged, RunnerBase, 
 
 if TYPE_CHECKING:
     from llama_host.host import Host
+    from llama_host.types import RegisterRuntime
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +129,9 @@ class PeerPool:
     # --- hooks ----------------------------------------------------------------------------------------------------
 
     @hookimpl
-    def register_runtimes(self, register) -> None:
+    def register_runtimes(self, register: RegisterRuntime) -> None:
         register(RUNTIME, lambda spec, host: PeerRunner(spec, self),
-                 description="a model served by other llama-host nodes (peers:)")
+                 description="a model served by other llama-host nodes (peers:)", local=False)
 
     @hookimpl(trylast=True)  # called last among discovery hooks: a model found locally wins its name
     def discover_models(self, host: Host) -> list[ModelSpec]:
@@ -144,13 +145,13 @@ class PeerPool:
                         exception_handlers=OPENAI_EXCEPTION_HANDLERS)]
 
     @hookimpl
-    def lifespan(self, host: Host):
+    def lifespan(self, host: Host) -> contextlib.AbstractAsyncContextManager[None]:
         return self._running()
 
     @contextlib.asynccontextmanager
-    async def _running(self):
+    async def _running(self) -> AsyncIterator[None]:
         self._session = aiohttp.ClientSession(skip_auto_headers=("User-Agent",))
-        tasks: list[asyncio.Task] = []
+        tasks: list[asyncio.Task[None]] = []
         try:
             # One first look at every peer before the listeners bind (bounded by each peer's timeout).
             await asyncio.gather(*(self.poll(node) for node in self.nodes))
@@ -279,6 +280,7 @@ class PeerPool:
             for attempt in (0, 1):
                 node.requests += 1
                 node.in_flight += 1
+                failed: Exception | None
                 try:
                     response = await session.request(method, url, data=data, headers={**headers, **node.headers})
                 except aiohttp.ClientConnectorError as exc:
@@ -323,7 +325,7 @@ class PeerUpstream(Upstream):
         self._node = node
         self._open = True
 
-    def _crashed(self, exc: Exception) -> RunnerCrashed:
+    def _crashed(self, exc: BaseException | None) -> RunnerCrashed:
         self._node.failures += 1
         return RunnerCrashed(f"model '{self._model}': peer {self._node.name} went away mid-response "
                              f"({type(exc).__name__})")

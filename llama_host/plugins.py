@@ -69,7 +69,7 @@ def make_plugin_manager(enabled: Mapping[str, bool] | None = None, *, only: Iter
         try:
             pm.register(ep.load(), name=ep.name)
             info.loaded = True
-        except Exception as exc:  # any import or registration failure is reported by plugin name
+        except Exception as exc:  # noqa: BLE001 - any import or registration failure is reported by plugin name
             info.error = f"{type(exc).__name__}: {exc}"
             failures.append(f"plugin '{ep.name}' ({info.distribution}) failed to load: {info.error}")
     for name, obj in extra:

@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +42,8 @@ DROP_SUMMARY_EVERY = 10.0
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 # setpriv (util-linux) sets PR_SET_PDEATHSIG and then execs the runner: without a preexec_fn, subprocess can vfork
@@ -101,7 +102,7 @@ class LogBuffer:
         return list(self.lines)[-n:]
 
     @contextlib.contextmanager
-    def subscribe(self):
+    def subscribe(self) -> Iterator[asyncio.Queue[str]]:
         q: asyncio.Queue[str] = asyncio.Queue()
         self._subscribers.add(q)
         try:
@@ -128,7 +129,7 @@ class RunnerLogFile:
         self.backups = backups
         self._pending: list[str] = []
         self._pending_bytes = 0
-        self._writing: asyncio.Future | None = None
+        self._writing: asyncio.Future[None] | None = None
         self._burst = 0  # lines dropped since the last summary
         self._burst_since = 0.0
         self._failed = False
@@ -168,7 +169,7 @@ class RunnerLogFile:
         if self.buffer.on_dropped is not None:
             self.buffer.on_dropped(n)
 
-    def _written(self, future: asyncio.Future) -> None:
+    def _written(self, future: asyncio.Future[None]) -> None:
         self._writing = None
         exc = None if future.cancelled() else future.exception()
         if exc is not None and not self._failed:
@@ -214,7 +215,8 @@ def _stamp() -> str:
 
 
 def flag_args(params: Mapping[str, object]) -> list[str]:
-    """``{ctx_size: 16000, jinja: true, no_mmap: false, lora: [a, b]}`` → ``--ctx-size 16000 --jinja --lora a --lora b``."""
+    """``{ctx_size: 16000, jinja: true, no_mmap: false, lora: [a, b]}`` → ``--ctx-size 16000 --jinja --lora a
+    --lora b``."""
     out: list[str] = []
     for key, value in params.items():
         flag = key if key.startswith("-") else "--" + key.replace("_", "-")
@@ -248,8 +250,9 @@ class ProcessRunner(RunnerBase):
 
     local = True
 
-    def __init__(self, model: ModelSpec, argv_for, *, env: Mapping[str, str] | None = None,
-                 health_path: str = "/health", log_dir: str | Path | None = None, headers: Mapping[str, str] | None = None,
+    def __init__(self, model: ModelSpec, argv_for: Callable[[int], Iterable[str]], *,
+                 env: Mapping[str, str] | None = None, health_path: str = "/health", log_dir: str | Path | None = None,
+                 headers: Mapping[str, str] | None = None,
                  port_attempts: int = 3, base_path: str = "") -> None:
         self.model = model
         self._argv_for = argv_for
@@ -263,7 +266,7 @@ class ProcessRunner(RunnerBase):
         self.base_url = ""
         self._proc: asyncio.subprocess.Process | None = None
         self._ended = asyncio.Event()
-        self._reader: asyncio.Task | None = None
+        self._reader: asyncio.Task[None] | None = None
         self._stopping = False
         self._attempts = port_attempts
         self._log_file = RunnerLogFile(Path(log_dir) / "runners" / f"{model.name}.log", model.name,
@@ -295,7 +298,8 @@ class ProcessRunner(RunnerBase):
         spawn = argv
         if SETPRIV:
             if not shutil.which(argv[0]):  # the error a direct spawn gives (setpriv would exit 127 instead)
-                raise RunnerStartError(f"model '{self.model.name}': cannot start {argv[0]}: not found or not executable")
+                raise RunnerStartError(f"model '{self.model.name}': cannot start {argv[0]}: not found or not "
+                                       f"executable")
             spawn = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         try:
             transport, protocol = await loop.subprocess_exec(
@@ -303,10 +307,12 @@ class ProcessRunner(RunnerBase):
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
                 preexec_fn=None if SETPRIV else _die_with_parent)
         except OSError as exc:
-            raise RunnerStartError(f"model '{self.model.name}': cannot start {argv[0]}: {exc.strerror or exc}") from None
+            raise RunnerStartError(f"model '{self.model.name}': cannot start {argv[0]}: "
+                                   f"{exc.strerror or exc}") from None
         self._proc = asyncio.subprocess.Process(transport, protocol, loop)
         self._ended = protocol.ended
         self.pid = self._proc.pid
+        assert self._proc.stdout is not None  # stdout=PIPE
         self._reader = asyncio.create_task(self._read_output(self._proc.stdout))
         exited = asyncio.create_task(self._ended.wait())
         healthy = asyncio.create_task(self._poll_health())
@@ -342,7 +348,7 @@ class ProcessRunner(RunnerBase):
                         await r.read()
                         if r.status == 200:
                             return
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     pass
                 await asyncio.sleep(delay)
                 if time.monotonic() > fast_until:
@@ -435,7 +441,7 @@ class ProcessRunner(RunnerBase):
         self._signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self._ended.wait(), grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._note(f"did not exit {grace:.1f}s after SIGTERM: SIGKILL")
             self._signal(signal.SIGKILL)
             await self._ended.wait()
@@ -449,6 +455,8 @@ class ProcessRunner(RunnerBase):
         self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:
+        if self._proc is None:
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, sig)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -45,7 +45,7 @@ class Upstream:
     def is_sse(self) -> bool:
         return self._r.content_type == "text/event-stream"
 
-    def _crashed(self, exc: Exception) -> RunnerCrashed:
+    def _crashed(self, exc: BaseException | None) -> RunnerCrashed:
         return RunnerCrashed(f"model '{self._model}': the runner went away mid-response ({type(exc).__name__})")
 
     async def read(self) -> bytes:
@@ -75,7 +75,7 @@ class Upstream:
             payload = {"message": raw.decode("utf-8", "replace")[:500] or f"runner answered {self.status}"}
         raise UpstreamError(payload, self.status)
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
+    async def iter_chunks(self) -> AsyncGenerator[bytes, None]:
         try:
             async for chunk in self._r.content.iter_any():
                 yield chunk

@@ -303,7 +303,7 @@ class Exchange:
         """After the runner's last event: the closing bytes (a final chunk, ``[DONE]``, a folded result)."""
         return b""
 
-    def reply(self, reply: Any, up: Upstream) -> bytes | Response:
+    def reply(self, reply: Any, up: Upstream) -> bytes | Response[Any]:
         """The runner's reply in one piece (decoded JSON; raw: its bytes) → the client's reply."""
         return reply if isinstance(reply, bytes) else _encode(reply)
 
@@ -382,7 +382,7 @@ class ModelCall:
         self.end(err.status, err.message)
         return err
 
-    async def whole(self) -> Response:
+    async def whole(self) -> Response[Any]:
         """A reply in one piece (the runner's, or a runner stream folded by the exchange)."""
         ex, up = self.ex, self.up
         assert up is not None
@@ -401,7 +401,7 @@ class ModelCall:
                     raise parser.error
                 self.meter.first_token()
                 self.end(200)
-                body: bytes | Response = b"".join(parts) + ex.end()
+                body: bytes | Response[Any] = b"".join(parts) + ex.end()
             else:
                 data = await up.read()
                 self.meter.first_token()
@@ -435,7 +435,7 @@ class ModelCall:
         ``progress``: with the exchange's loading bytes while the model loads)."""
         ex, meter = self.ex, self.meter
         complete = False
-        opened: asyncio.Future | None = None
+        opened: asyncio.Future[Upstream] | None = None
         try:
             if opening or progress:
                 if opening:
@@ -528,7 +528,7 @@ def _progress_wanted(host: Host, ex: Exchange) -> bool:
     return host.site.loading_progress if wanted is None else wanted
 
 
-async def run(host: Host, ex: Exchange) -> Response:
+async def run(host: Host, ex: Exchange) -> Response[Any]:
     """Serve one model request through the lifecycle (see the module docstring) with ``ex``'s translation.
 
     Errors before the reply begins are raised as ``HostError`` (the surface's exception handlers give them its

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from llama_host.config import SchedulerSettings, parse_size
@@ -61,8 +61,9 @@ log = logging.getLogger(__name__)
 
 
 def estimate_memory(spec: ModelSpec, runtime: RuntimeInfo | None = None, host: Host | None = None) -> int:
-    """``memory:`` when configured; else file size (+ projector) + the KV cache at the context the runner runs with
-    (see :mod:`llama_host.facts`)."""
+    """``memory:`` when configured; else the runtime's estimate (llama-server's: weights + KV cache at the context
+    the runner runs with), else the files' size; 0 for a runtime that occupies no local memory (see
+    :mod:`llama_host.facts`)."""
     return model_facts(spec, runtime, host).memory
 
 
@@ -87,9 +88,9 @@ class Entry:
         self.spec = spec
         self.state: ModelState = "unloaded"
         self.runner: Runner | None = None
-        self.ready: asyncio.Task | None = None
-        self.stop_task: asyncio.Task | None = None
-        self.watcher: asyncio.Task | None = None
+        self.ready: asyncio.Task[None] | None = None
+        self.stop_task: asyncio.Task[None] | None = None  # set while stopping
+        self.watcher: asyncio.Task[None] | None = None
         self.in_flight = 0
         self.last_used: float | None = None
         self.expires_at: float | None = None
@@ -124,8 +125,13 @@ class Entry:
         return self.state == "stopping"
 
     @property
+    def loaded(self) -> bool:
+        return self.state == "loaded"
+
+    @property
     def occupies(self) -> bool:
-        return self.state in ("loading", "loaded") and self.runner is not None and self.runner.local
+        """Holds a runner (loading or loaded); whether that takes local memory is its runtime's ``local``."""
+        return self.state in ("loading", "loaded") and self.runner is not None
 
 
 class Lease:
@@ -181,7 +187,7 @@ class Scheduler:
         self._changes: set[asyncio.Task[None]] = set()
         self._names = NameIndex()
         self._changed = asyncio.Event()
-        self._stops: set[asyncio.Task] = set()
+        self._stops: set[asyncio.Task[None]] = set()
         self._waiting = 0
         self._closed = False
 
@@ -292,7 +298,8 @@ class Scheduler:
         self._notify()
 
     def resolve(self, requested: str, surface: str = "") -> ModelSpec | None:
-        return self.host.pm.hook.resolve_model(host=self.host, requested=requested, surface=surface)
+        spec: ModelSpec | None = self.host.pm.hook.resolve_model(host=self.host, requested=requested, surface=surface)
+        return spec
 
     def default_resolve(self, requested: str) -> ModelSpec | None:
         """Exact name, then case-insensitive name or alias, then without an Ollama ``:latest`` tag."""
@@ -345,9 +352,10 @@ class Scheduler:
                 return
             await self._changed.wait()
 
-    def lease(self, name: str, *, ttl: float | None = None, load_params: Mapping[str, Any] | None = None):
+    def lease(self, name: str, *, ttl: float | None = None,
+              load_params: Mapping[str, Any] | None = None) -> contextlib.AbstractAsyncContextManager[Lease]:
         @contextlib.asynccontextmanager
-        async def hold():
+        async def hold() -> AsyncIterator[Lease]:
             lease = await self.acquire(name, ttl=ttl, load_params=load_params)
             try:
                 yield lease
@@ -376,6 +384,7 @@ class Scheduler:
             with contextlib.suppress(Exception):
                 await asyncio.shield(entry.ready)
         if entry.stopping:
+            assert entry.stop_task is not None
             await asyncio.shield(entry.stop_task)
             return True
         if entry.state != "loaded":
@@ -400,15 +409,17 @@ class Scheduler:
             if self._closed:
                 raise HostError("the host is shutting down")
             if entry.stopping:
+                assert entry.stop_task is not None
                 await asyncio.shield(entry.stop_task)
                 continue
             if entry.state == "loading":
+                assert entry.ready is not None
                 entry.pending += 1  # joined this start: counts as busy, so nobody evicts it before we lease it
                 try:
                     await asyncio.shield(entry.ready)
                 finally:
                     entry.pending -= 1
-                if entry.state == "loaded" and not entry.stale and (
+                if entry.loaded and not entry.stale and (  # the property: mypy keeps entry.state narrowed
                         not load_params or self._params_match(entry, load_params)):
                     return
                 continue
@@ -462,8 +473,8 @@ class Scheduler:
         """Apply the placement policy (llama_host.placement) for starting ``entry`` now: unload the idle models it
         chooses. ``None`` = start now; else the models to wait for (busy ones draining, or a start in progress).
         Raises when the model can never fit."""
-        running = [_slot(e) for e in self.entries.values() if e is not entry and e.occupies]
-        decision = plan(_slot(entry), running, self.limits)
+        running = [_slot(e, self._local(e)) for e in self.entries.values() if e is not entry and e.occupies]
+        decision = plan(_slot(entry, self._local(entry)), running, self.limits)
         if decision.action == "refuse":
             raise ModelTooLarge(decision.reason)
         if decision.action == "wait":
@@ -474,8 +485,14 @@ class Scheduler:
             self._begin_unload(self.entries[name], "evicted")
         return None
 
+    def _local(self, entry: Entry) -> bool:
+        """Whether ``entry``'s runners occupy local memory, as its runtime registered (``register(..., local=)``)."""
+        info = self.runtimes.get(entry.spec.runtime)
+        return info is None or info.local
+
     async def _start(self, entry: Entry) -> None:
         runner = entry.runner
+        assert runner is not None  # made before the start is planned
         entry.logs = runner.logs
         if self._stops:
             await asyncio.gather(*[asyncio.shield(t) for t in list(self._stops)], return_exceptions=True)
@@ -563,8 +580,9 @@ class Scheduler:
         self.host.emit(ModelFailed(model=entry.spec.name, error=entry.error, log_tail=tail))
         self._notify()
 
-    def _begin_unload(self, entry: Entry, reason: UnloadReason) -> asyncio.Task:
+    def _begin_unload(self, entry: Entry, reason: UnloadReason) -> asyncio.Task[None]:
         if entry.stopping:
+            assert entry.stop_task is not None
             return entry.stop_task
         entry.move("stopping")
         entry.stop_task = asyncio.create_task(self._unload(entry, reason))
@@ -650,7 +668,8 @@ class Scheduler:
             ttl=self._idle_for(e), last_used=e.last_used, expires_at=e.expires_at,
             loaded_at=e.loaded_at if e.state == "loaded" else None, load_seconds=e.load_seconds,
             pid=runner.pid if runner else None, error=e.error, path=s.path, metadata=dict(s.metadata),
-            priority=s.priority, max_concurrent=s.max_concurrent, group=getattr(self.limits.group_of(s.name), "name", None),
+            priority=s.priority, max_concurrent=s.max_concurrent,
+            group=getattr(self.limits.group_of(s.name), "name", None),
             facts=self.facts(name), details=dict(runner.details) if runner else {})
 
     def facts(self, name: str) -> ModelFacts:
@@ -669,7 +688,7 @@ class Scheduler:
     async def shutdown(self) -> None:
         self._closed = True
         self._notify()
-        tasks = [asyncio.shield(t) for t in self._stops]  # stops already under way finish first
+        tasks: list[Awaitable[None]] = [asyncio.shield(t) for t in self._stops]  # stops under way finish first
         for task in list(self._changes):
             task.cancel()
         for entry in [*self.entries.values(), *self._retiring]:
@@ -710,9 +729,9 @@ def _limits(settings: SchedulerSettings) -> tuple[int | None, Limits]:
                                         persistent=g.persistent) for name, g in settings.groups.items()])
 
 
-def _slot(e: Entry) -> Slot:
-    """An entry as the placement policy sees it."""
+def _slot(e: Entry, local: bool) -> Slot:
+    """An entry as the placement policy sees it (``local``: its runtime occupies local memory)."""
     return Slot(e.spec.name, memory=e.memory, state="loading" if e.state == "loading" else "loaded",
                 in_flight=e.in_flight, pending=e.pending, last_used=e.last_used or 0.0, priority=e.spec.priority,
                 pinned=e.spec.pinned,
-                local=e.runner.local if e.runner is not None else True)
+                local=local)

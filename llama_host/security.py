@@ -17,10 +17,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from llama_host.errors import HostError
+
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Message, Receive, Send
 
 #: Origins of local applications (not web pages), allowed by default as Ollama does.
 APP_SCHEMES = ("app", "tauri", "vscode-webview", "vscode-file")
@@ -182,21 +185,23 @@ class BrowserPolicy:
             return False
         own = split_authority(host.strip())
         # The listener's own origin: the page was loaded from the very name and port the request is sent to.
-        return own is not None and own[0] == name and (own[1] if own[1] is not None else _DEFAULT_PORTS.get(scheme)) == port
+        return own is not None and own[0] == name and (
+            own[1] if own[1] is not None else _DEFAULT_PORTS.get(scheme)) == port
 
 
-def _header(scope: dict[str, Any], wanted: bytes) -> bytes | None:
+def _header(scope: Mapping[str, Iterable[tuple[bytes, bytes]]], wanted: bytes) -> bytes | None:
     for name, value in scope["headers"]:
         if name == wanted:
             return value
     return None
 
 
-def browser_guard(policy: BrowserPolicy):
+def browser_guard(policy: BrowserPolicy) -> Callable[[ASGIApp], ASGIApp]:
     """The ASGI middleware factory (Litestar calls it as ``middleware(app=...)``) enforcing ``policy``."""
 
-    def middleware(app):
-        async def guarded(scope, receive, send) -> None:
+    def middleware(app: ASGIApp) -> ASGIApp:
+        # scope is not typed as Litestar's Scope: servers send its "type" as a plain str, not Litestar's ScopeType enum
+        async def guarded(scope: Any, receive: Receive, send: Send) -> None:
             if scope["type"] != "http" and scope["type"] != "websocket":
                 await app(scope, receive, send)
                 return
@@ -209,8 +214,8 @@ def browser_guard(policy: BrowserPolicy):
                 elif name == b"sec-fetch-site":
                     fetch_site = value
             if host is not None and not policy.host_allowed(host):
-                raise HostNotAllowed(f"host '{host.decode('latin-1')[:100]!s}' is not served here (it is not a loopback "
-                                     f"name; add it to 'allowed_hosts' in the site file to serve it)")
+                raise HostNotAllowed(f"host '{host.decode('latin-1')[:100]!s}' is not served here (it is not a "
+                                     f"loopback name; add it to 'allowed_hosts' in the site file to serve it)")
             if origin is None:
                 # A cross-site subresource (<img>, <script>) carries no Origin, but modern browsers say cross-site.
                 if fetch_site == b"cross-site" and _header(scope, b"sec-fetch-mode") != b"navigate":
@@ -229,7 +234,7 @@ def browser_guard(policy: BrowserPolicy):
             extra = [(b"access-control-allow-origin", origin), (b"access-control-expose-headers", b"*"),
                      (b"vary", b"Origin")]
 
-            async def send_with_cors(message) -> None:
+            async def send_with_cors(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     message["headers"] = [*message.get("headers", ()), *extra]
                 await send(message)
@@ -241,7 +246,7 @@ def browser_guard(policy: BrowserPolicy):
     return middleware
 
 
-async def _preflight(scope: dict[str, Any], send, origin: bytes) -> None:
+async def _preflight(scope: Mapping[str, Any], send: Send, origin: bytes) -> None:
     requested = _header(scope, b"access-control-request-headers")
     # Echo what the browser asks for (SDKs send x-stainless-*, anthropic-version, ...): the origin is allowed anyway.
     allow_headers = requested if requested is not None and _TOKEN_LIST.match(requested) else CORS_DEFAULT_HEADERS
@@ -252,4 +257,4 @@ async def _preflight(scope: dict[str, Any], send, origin: bytes) -> None:
     if _header(scope, b"access-control-request-private-network") == b"true":
         headers.append((b"access-control-allow-private-network", b"true"))  # Chrome's Private Network Access
     await send({"type": "http.response.start", "status": 204, "headers": headers})
-    await send({"type": "http.response.body", "body": b""})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

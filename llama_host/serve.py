@@ -12,7 +12,8 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httptools
 import uvicorn
@@ -34,7 +35,8 @@ def bind_sockets(host: Host) -> dict[int, socket.socket]:
     problems = []
     for port, surfaces in host.listeners().items():
         family = socket.AF_INET6 if ":" in host.site.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # protocol set: asyncio then sets TCP_NODELAY
+        # the protocol is set: asyncio then sets TCP_NODELAY
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host.site.host, port))
@@ -165,11 +167,12 @@ def protocol_class(limits: LimitSettings) -> type[LimitedHttpToolsProtocol]:
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
-    def capture_signals(self):  # the host installs one handler for all servers
+    def capture_signals(self) -> Iterator[None]:  # the host installs one handler for all servers
         yield
 
 
-async def serve(host: Host, *, stop: asyncio.Event | None = None, on_ready: Callable[[dict[int, int]], None] | None = None,
+async def serve(host: Host, *, stop: asyncio.Event | None = None,
+                on_ready: Callable[[dict[int, int]], None] | None = None,
                 sockets: dict[int, socket.socket] | None = None, install_signals: bool = True) -> None:
     """Run until ``stop`` is set, SIGINT/SIGTERM arrives, or a listener fails."""
     socks = sockets if sockets is not None else bind_sockets(host)
@@ -181,8 +184,10 @@ async def serve(host: Host, *, stop: asyncio.Event | None = None, on_ready: Call
             limits = host.site.limits
             servers = {port: _Server(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False,
                                                     http=protocol_class(limits),
-                                                    timeout_graceful_shutdown=host.site.shutdown_grace,
-                                                    timeout_keep_alive=limits.keep_alive_timeout, server_header=False))
+                                                    # seconds, used as float timeouts; uvicorn annotates them int
+                                                    timeout_graceful_shutdown=host.site.shutdown_grace,  # type: ignore[arg-type]
+                                                    timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]
+                                                    server_header=False))
                        for port, app in apps.items()}
             tasks = {asyncio.create_task(s.serve(sockets=[socks[p]]), name=f"listener:{p}"): p
                      for p, s in servers.items()}
@@ -192,14 +197,14 @@ async def serve(host: Host, *, stop: asyncio.Event | None = None, on_ready: Call
                 loop.add_signal_handler(signal.SIGHUP, host.reloader.request, "SIGHUP")  # reload the site file
             try:
                 while not all(s.started for s in servers.values()):
-                    done = [t for t in tasks if t.done()]
-                    if done:
+                    ended = [t for t in tasks if t.done()]
+                    if ended:
                         break
                     await asyncio.sleep(0.005)
                 else:
                     if on_ready:
                         on_ready({p: socks[p].getsockname()[1] for p in socks})
-                stopper = asyncio.create_task(stop.wait())
+                stopper: asyncio.Task[Any] = asyncio.create_task(stop.wait())
                 done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
                 failed = [t for t in done if t is not stopper]
                 for t in failed:

@@ -16,19 +16,22 @@ import sys
 import threading
 from collections.abc import Coroutine, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from llama_host.binaries import find_binary
+
+if TYPE_CHECKING:
+    from llama_host.host import Host
 from llama_host.process import free_port as _free_port
 
 
 class RunningHost:
     """A host serving in a background thread: ``url("ollama_api")``, ``port("main")``, ``call(coroutine)``."""
 
-    def __init__(self, host: Any, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    def __init__(self, host: Host, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         self.host = host
         self.loop = loop
         self._stop = stop

@@ -223,7 +223,7 @@ def write_tiny_model(
     output[:n_banned, 0] = -100.0
     writer.add_tensor("output.weight", output)
 
-    first = writer.format_shard_names(path)[0]
+    first: Path = writer.format_shard_names(path)[0]
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from llama_host.host import Host
     from llama_host.process import LogBuffer
+    from llama_host.proxy import Upstream
 
 ModelState = Literal["unloaded", "loading", "loaded", "stopping", "failed"]
 UnloadReason = Literal["ttl", "evicted", "requested", "crashed", "shutdown", "reload"]
@@ -111,6 +112,10 @@ class Runner(Protocol):
     ``start`` returns once the runner answers health checks, or raises ``RunnerStartError`` with its log tail.
     ``wait`` resolves when the runner ends on its own (never for a remote server) and returns its exit code.
 
+    ``local``: the runner is a process on this machine, whose end can be seen (``exit_status``): a refused connection
+    to it is checked against its exit before being retried. Whether a model counts against ``max_loaded`` and
+    ``memory_budget`` is its runtime's registration (``register(..., local=...)``), not this.
+
     The rest have defaults in :class:`RunnerBase`: ``exited``/``exit_status``/``kill_now`` (a runner with a process),
     ``details`` (facts shown in the model's status, e.g. its RPC workers' health), ``exit_reason`` (why it ended on
     its own, when it knows: the scheduler puts it in the model's error), ``upstream_model`` (the name its server knows
@@ -134,7 +139,7 @@ class Runner(Protocol):
 
     exit_reason: str | None
     upstream_model: str | None
-    open_upstream: Callable[..., Awaitable[Any]] | None
+    open_upstream: Callable[..., Awaitable[Upstream]] | None
 
     @property
     def details(self) -> Mapping[str, Any]: ...
@@ -160,7 +165,7 @@ class RunnerBase:
     pid: int | None = None
     exit_reason: str | None = None
     upstream_model: str | None = None
-    open_upstream: Callable[..., Awaitable[Any]] | None = None
+    open_upstream: Callable[..., Awaitable[Upstream]] | None = None
 
     @property
     def details(self) -> Mapping[str, Any]:
@@ -179,8 +184,12 @@ class RunnerBase:
 RuntimeFactory = Callable[[ModelSpec, "Host"], Runner]
 RuntimeCheck = Callable[[ModelSpec], Iterable[str]]
 """``check(spec)`` → problems that keep the runtime from ever starting ``spec``, each ``"<key>: <message>"``."""
+MemoryEstimate = Callable[[ModelSpec, ModelFacts], int]
+"""``memory(spec, facts)`` → the bytes of local memory a runner of ``spec`` takes, given the model's facts (the
+context it runs with, its files' size; ``facts.memory`` is not set yet)."""
 RegisterRuntime = Callable[..., None]
-"""``register(name, factory, *, description="", facts=None, check=None, **more)``: passed to ``register_runtimes``."""
+"""``register(name, factory, *, description="", facts=None, check=None, embedding=None, local=True, memory=None,
+**more)``: passed to ``register_runtimes``."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +205,11 @@ class RuntimeInfo:
     #: ``embedding(spec) -> params | None``: the ``params`` that make a runner of ``spec`` serve embeddings (see
     #: ``llama_host.variants``); ``None`` for a runtime that cannot
     embedding: Callable[..., Any] | None = None
+    #: whether its runners occupy this machine's memory: False (a remote server) never counts against ``max_loaded``
+    #: or ``memory_budget`` and is never unloaded to make room
+    local: bool = True
+    #: its estimate of the memory a model takes (see ``MemoryEstimate``); ``None``: the size of the model's files
+    memory: MemoryEstimate | None = None
 
 
 # --- events -------------------------------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ class WorkerSupervisor:
         return proc.returncode
 
     @staticmethod
-    async def _terminate(proc: asyncio.subprocess.Process, ended: asyncio.Task, grace: float = 5.0) -> None:
+    async def _terminate(proc: asyncio.subprocess.Process, ended: asyncio.Task[int], grace: float = 5.0) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -30,7 +30,7 @@ def test_hostile_bodies_are_bad_requests(raw, words):
 
 def test_depth_at_the_limit_is_accepted():
     raw = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
-    assert decode_json(raw) == eval("[" * MAX_DEPTH + "]" * MAX_DEPTH)  # noqa: S307 - brackets only
+    assert decode_json(raw) == eval("[" * MAX_DEPTH + "]" * MAX_DEPTH)
 
 
 def test_wide_bodies_with_many_brackets_are_accepted():
@@ -71,7 +71,7 @@ def test_integers_beyond_64_bits_are_refused():
 def test_negative_counts_inside_an_object():
     typed = decode_json(b'{"model": "m", "options": {"num_ctx": 8}}', Typed, minimums={"options.num_ctx": 1})
     assert typed.options == {"num_ctx": 8}
-    with pytest.raises(BadRequest, match="'options.num_ctx' must be at least 1") as info:
+    with pytest.raises(BadRequest, match=r"'options\.num_ctx' must be at least 1") as info:
         decode_json(b'{"model": "m", "options": {"num_ctx": -5}}', Typed, minimums={"options.num_ctx": 1})
     assert info.value.param == "options.num_ctx"
     assert decode_json(b'{"options": null}', minimums={"options.num_ctx": 1}) == {"options": None}

@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 
 import fake_llama_server as fake
-from llama_host.facts import applicable_load_params, kv_cache_bytes, model_facts
+from llama_host.facts import applicable_load_params, model_facts
 from llama_host.testing import serve_host
 from llama_host.types import ModelSpec, RuntimeInfo
+from llama_host_llama_server import kv_cache_bytes
 
 PLUGINS = ["openai_api", "ollama_api", "lmstudio_api", "llama_server"]
 META = {"context_length": 32768, "block_count": 4, "head_count": 4, "head_count_kv": 2, "embedding_length": 64,

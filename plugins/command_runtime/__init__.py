@@ -1,6 +1,7 @@
 """The ``command`` runtime: any OpenAI-compatible server started from ``cmd: [...]`` (vLLM, koboldcpp, ...).
 
-``${PORT}``, ``${MODEL_PATH}`` and ``${MODEL_NAME}`` in ``cmd`` are replaced; readiness is ``health_path`` answering 200.
+``${PORT}``, ``${MODEL_PATH}`` and ``${MODEL_NAME}`` in ``cmd`` are replaced; readiness is ``health_path`` answering
+200.
 """
 
 from __future__ import annotations

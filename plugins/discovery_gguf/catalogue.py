@@ -39,7 +39,8 @@ SUMMARY_FIELDS = ("architecture", "parameter_count", "quantization", "context_le
 HEADER = """\
 # llama-host: models found by the discovery_gguf plugin. Written by the host; safe to edit.
 # Per model you may rename it (the key) and set params, aliases, ttl, pinned, unlisted, memory, args, env, binary,
-# priority, filters, upstream_model; `ignore: true` hides it. An edit applies when the file is saved. `path` identifies the file; the other keys are refreshed by every scan.
+# priority, filters, upstream_model; `ignore: true` hides it. An edit applies when the file is saved.
+# `path` identifies the file; the other keys are refreshed by every scan.
 # Files that disappear are kept with `missing: true`: delete the entry to forget one.
 """
 _UNSAFE_NAME = re.compile(r"[\s:/\\]+")

@@ -21,6 +21,7 @@ import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import pairwise
 from typing import Any
 
 GGUF_MAGIC = b"GGUF"
@@ -516,7 +517,7 @@ def _check_data(r: _Reader, tensors: list[TensorInfo], data_offset: int) -> None
         end = max(end, data_offset + t.offset + nbytes)
     if r.fast_used:
         spans.sort()
-        for (_, a_end, _), (b_start, _, _) in zip(spans, spans[1:], strict=False):
+        for (_, a_end, _), (b_start, _, _) in pairwise(spans):
             if b_start < a_end:
                 raise _FastPathMiss
     if end > r.size:

@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import msgspec
 from llama_host import Host, ModelSpec, hookimpl
 from llama_host.binaries import find_binary
 from llama_host.errors import RunnerStartError
-from llama_host.facts import RuntimeFacts, truthy
+from llama_host.facts import ModelFacts, RuntimeFacts, truthy
 from llama_host.process import ProcessRunner, flag_args
 
 from .rpc import RpcWorkers
@@ -88,6 +89,35 @@ def runtime_facts(spec: ModelSpec, host: Host) -> RuntimeFacts:
             context = int(args[i + 1]) or None
     embedding = any(truthy(params.get(k)) for k in _EMBEDDING_KEYS) or any(a in _EMBEDDING_FLAGS for a in args)
     return RuntimeFacts(params=params, context=context, embedding=embedding)
+
+
+KV_BYTES = 2  # f16 K and V cache entries
+
+
+def kv_cache_bytes(meta: Mapping[str, Any], context: int | None) -> int:
+    """The f16 KV cache of a model (GGUF metadata: layers, heads, KV heads, embedding width) at ``context`` tokens;
+    0 when the metadata does not say."""
+    layers, heads, kv_heads, width = (_count(meta.get(k))
+                                      for k in ("block_count", "head_count", "head_count_kv", "embedding_length"))
+    if not (context and layers and heads and width):
+        return 0
+    return 2 * layers * context * (kv_heads or heads) * (width // heads) * KV_BYTES
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, (int, float)) and value > 0:
+        return int(value)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return 0
+
+
+def memory_estimate(spec: ModelSpec, facts: ModelFacts) -> int:
+    """The memory a llama-server of ``spec`` takes: its weights (the model file and projector) plus the KV cache at
+    the context it runs with (``facts.context_length``: configured, load-time or trained)."""
+    return (facts.file_size or 0) + kv_cache_bytes(spec.metadata or {}, facts.context_length)
 
 
 class LlamaServerRunner(ProcessRunner):
@@ -203,4 +233,4 @@ def embedding_params(spec: ModelSpec) -> dict[str, Any] | None:
 @hookimpl
 def register_runtimes(register) -> None:
     register("llama-server", LlamaServerRunner, description="llama.cpp llama-server, one process per model",
-             facts=runtime_facts, check=check, embedding=embedding_params)
+             facts=runtime_facts, check=check, embedding=embedding_params, local=True, memory=memory_estimate)

@@ -161,7 +161,7 @@ class V1Model(msgspec.Struct, kw_only=True):
     publisher: str
     key: str
     display_name: str
-    architecture: str | None | UnsetType = UNSET
+    architecture: str | UnsetType | None = UNSET
     quantization: V1Quantization | None
     size_bytes: int
     params_string: str | None
@@ -169,7 +169,7 @@ class V1Model(msgspec.Struct, kw_only=True):
     max_context_length: int
     format: Literal["gguf", "mlx"] | None = "gguf"
     capabilities: V1Capabilities | UnsetType = UNSET
-    description: str | None | UnsetType = UNSET
+    description: str | UnsetType | None = UNSET
 
 
 class V1ModelList(msgspec.Struct, kw_only=True):

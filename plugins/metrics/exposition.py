@@ -106,8 +106,8 @@ def _model_families(rec: Recorder) -> Iterator[Any]:
 def _runner_families(runners: list[RunnerSample]) -> Iterator[Any]:
     labels = ["model", "pid"]
     fams = {
-        "cpu_percent": GaugeMetricFamily(f"{PREFIX}_runner_cpu_percent", "CPU use of the runner process (100 = one core).",
-                                         labels=labels),
+        "cpu_percent": GaugeMetricFamily(f"{PREFIX}_runner_cpu_percent",
+                                         "CPU use of the runner process (100 = one core).", labels=labels),
         "rss": GaugeMetricFamily(f"{PREFIX}_runner_resident_memory_bytes", "Resident memory of the runner process.",
                                  labels=labels),
         "vms": GaugeMetricFamily(f"{PREFIX}_runner_virtual_memory_bytes", "Virtual memory of the runner process.",

@@ -74,7 +74,7 @@ class MetricsPlugin:
                 await asyncio.to_thread(self.store.open)
                 self.recorder.seed_activity(await asyncio.to_thread(self.store.load_recent,
                                                                     self.settings.activity_size))
-            except Exception as exc:  # metrics never keep the host from starting
+            except Exception as exc:  # noqa: BLE001 - metrics never keep the host from starting
                 log.error("metrics: cannot use the activity database %s (%s); keeping activity in memory only",
                           self.store.path, exc)
                 self.store = self.recorder.sink = None

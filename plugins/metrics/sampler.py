@@ -79,7 +79,8 @@ def _number(text: str) -> float | None:
 
 
 def parse_gpus(text: str) -> list[GpuSample]:
-    """Parse ``nvidia-smi --query-gpu=index,name,memory.used,memory.total,utilization.gpu --format=csv,noheader,nounits``."""
+    """Parse ``nvidia-smi --query-gpu=index,name,memory.used,memory.total,utilization.gpu
+    --format=csv,noheader,nounits``."""
     gpus = []
     for line in text.splitlines():
         parts = [p.strip() for p in line.split(",")]

@@ -103,7 +103,7 @@ class OllamaController(Controller):
         specs.sort(key=lambda s: s.name)
         facts = await _files_facts(specs)
         return _json({"models": [catalog.tag_entry(s, host.scheduler.facts(s.name), size, mtime)
-                                      for s, (size, mtime) in zip(specs, facts)]})
+                                      for s, (size, mtime) in zip(specs, facts, strict=True)]})
 
     @post("/api/show", status_code=200)
     async def api_show(self, request: Request, host: HostDep) -> Response:
@@ -121,12 +121,12 @@ class OllamaController(Controller):
         facts = await _files_facts(specs)
         now = time.time()
         out = []
-        for st, spec, (size, mtime) in zip(loaded, specs, facts):
+        for st, spec, (size, mtime) in zip(loaded, specs, facts, strict=True):
             expires = st.expires_at
             if expires is None and st.ttl is not None:  # busy now: it expires ttl after the last request ends
                 expires = now + st.ttl
-            out.append(catalog.ps_entry(spec, host.scheduler.facts(spec.name), memory=st.memory, expires_at=expires, size=size, mtime=mtime,
-                                       scheduling=st.scheduling))
+            out.append(catalog.ps_entry(spec, host.scheduler.facts(spec.name), memory=st.memory, expires_at=expires,
+                                        size=size, mtime=mtime, scheduling=st.scheduling))
         return _json({"models": out})
 
     # --- generation ----------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ class RemoteRunner(RunnerBase):
                         await r.read()
                         ok = r.status == 200
                         self.logs.append(f"health check {url}: HTTP {r.status}")
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     self.logs.append(f"health check {url}: {exc!r}")
                     break  # unreachable: another path of the same server will not answer either
                 if ok:
@@ -77,4 +77,5 @@ def check(spec: ModelSpec) -> list[str]:
 
 @hookimpl
 def register_runtimes(register) -> None:
-    register("remote", RemoteRunner, description="an OpenAI-compatible server elsewhere, at url", check=check)
+    register("remote", RemoteRunner, description="an OpenAI-compatible server elsewhere, at url", check=check,
+             local=False)

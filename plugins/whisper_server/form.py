@@ -143,7 +143,8 @@ class OutgoingForm:
         return b"".join(self.field(name, value) for name, value in items)
 
     def file_head(self, part: FilePart, name: str = FILE_FIELD) -> bytes:
-        return (f"--{self.boundary}\r\nContent-Disposition: form-data; name={multipart.content_disposition_quote(name)}; "
+        return (f"--{self.boundary}\r\nContent-Disposition: form-data; "
+                f"name={multipart.content_disposition_quote(name)}; "
                 f"filename={multipart.content_disposition_quote(part.filename)}\r\n"
                 f"Content-Type: {part.content_type}\r\n\r\n").encode()
 

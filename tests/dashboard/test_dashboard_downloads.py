@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from llama_host.testing import RunningHost, serve_host
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hub.server import Hub, HubServer  # noqa: E402
+from hub.server import Hub, HubServer
 
 pytestmark = [pytest.mark.browser]
 REPO = "test-user/tiny-GGUF"

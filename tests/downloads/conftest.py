@@ -10,8 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the local hub lives in tests/hub
 
-from hub.names import REPO, SPLIT_REPO, files_under  # noqa: E402
-from hub.server import Hub, HubServer  # noqa: E402
+from hub.names import REPO, SPLIT_REPO, files_under
+from hub.server import Hub, HubServer
 
 __all__ = ["REPO", "SPLIT_REPO", "files_under", "gguf_files", "hub"]
 

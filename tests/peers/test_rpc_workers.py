@@ -21,7 +21,7 @@ from llama_host.testing import serve_host
 from llama_host.worker import split_address, tcp_check
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-import fake_llama_server as fake  # noqa: E402
+import fake_llama_server as fake
 
 HELLO = [{"role": "user", "content": "hi"}]
 FAKE_RPC = """#!{python}

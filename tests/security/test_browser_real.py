@@ -24,7 +24,7 @@ def pages() -> Iterator[int]:
     """A port serving an empty page: the attacker's site (as evil.example) or a local web UI (as localhost)."""
 
     class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             body = b"<!doctype html><title>page</title><p>a page"
             self.send_response(200)
             self.send_header("Content-Type", "text/html")

@@ -50,4 +50,5 @@ def register_surfaces(host: Host) -> list[Surface]:
 
 @hookimpl
 def register_runtimes(register) -> None:
-    register("echo", EchoRunner, description="answers every chat request with its prompt (llama-host-hello)")
+    register("echo", EchoRunner, description="answers every chat request with its prompt (llama-host-hello)",
+             local=False)  # in-process, no model file: never counted against max_loaded or memory_budget

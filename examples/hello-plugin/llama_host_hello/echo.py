@@ -34,9 +34,10 @@ def last_user_text(messages: Any) -> str:
 
 
 class EchoRunner(RunnerBase):
-    """Implements :class:`llama_host.types.Runner`: ``start``/``stop``/``wait`` plus ``base_url``, ``headers``, ``logs``."""
+    """Implements :class:`llama_host.types.Runner`: ``start``/``stop``/``wait`` plus ``base_url``, ``headers``,
+    ``logs``."""
 
-    local = False  # no process and no memory to account for: never evicted to make room
+    local = False  # no process whose exit could be watched (memory: the runtime registers local=False)
     pid = None
 
     def __init__(self, spec: ModelSpec, host: Host) -> None:
@@ -64,7 +65,7 @@ class EchoRunner(RunnerBase):
             await runner.cleanup()
             raise RunnerStartError(f"model '{self.model.name}': echo server cannot listen: {exc}") from None
         self._app_runner = runner
-        self.base_url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self._stopped.clear()
         self.logs.append(f"echo server for {self.model.name} listening on {self.base_url}")
 
