@@ -44,6 +44,8 @@ class ReloadReport(msgspec.Struct, kw_only=True):
     ok: bool
     trigger: str
     at: float
+    #: the file read again: the site file, or a file a plugin owns (discovery's discovered.yaml)
+    file: str = ""
     duration: float = 0.0
     problems: list[str] = []
     summary: str = ""
@@ -63,6 +65,8 @@ class Reloader:
     def __init__(self, host: Host) -> None:
         self.host = host
         self.last: ReloadReport | None = None
+        #: the last report of each file (the site file's and those plugins report through :meth:`report_file`)
+        self.files: dict[str, ReloadReport] = {}
         self._lock = asyncio.Lock()
         self._schemas: dict[str, dict[str, Any] | None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -106,18 +110,20 @@ class Reloader:
         async with self._lock:
             started = time.monotonic()
             at = time.time()
+            file = str(self.host.config_path or "")
             if self._schemas is None:
                 self._schemas = plugin_schemas(self.host.pm, self.host.plugins)
             try:
                 new, flags = await asyncio.to_thread(self._read, self._schemas)
             except (ConfigError, PluginError) as exc:
                 problems = list(exc.problems) if isinstance(exc, ConfigError) else [str(exc)]
-                report = ReloadReport(ok=False, trigger=trigger, at=at, problems=problems,
+                report = ReloadReport(ok=False, trigger=trigger, at=at, file=file, problems=problems,
                                       summary="refused: the running configuration is kept",
                                       duration=round(time.monotonic() - started, 4))
                 self._report(report)
                 return report
             report = await self._apply(new, flags, trigger, at)
+            report.file = file
             report.duration = round(time.monotonic() - started, 4)
             self._report(report)
             return report
@@ -185,23 +191,36 @@ class Reloader:
             return any(r is True for r in results)
         return False
 
+    def report_file(self, file: str, trigger: str, problems: list[str], summary: str = "") -> ReloadReport:
+        """A plugin read a file it owns again after an edit (discovery's ``discovered.yaml``): its outcome is reported
+        as a reload's (``problems`` empty: applied; else refused, each problem with its path, and what was running is
+        kept by the plugin)."""
+        report = ReloadReport(ok=not problems, trigger=trigger, at=time.time(), file=file, problems=list(problems),
+                              summary=summary if not problems else "refused: the running configuration is kept")
+        self._report(report)
+        return report
+
     def _report(self, report: ReloadReport) -> None:
         self.last = report
+        self.files[report.file] = report
         if not report.ok:
-            log.error("reload (%s) refused, the running configuration is kept:\n%s", report.trigger,
-                      "\n".join(f"  - {p}" for p in report.problems))
+            log.error("reload of %s (%s) refused, the running configuration is kept:\n%s", report.file or "the site",
+                      report.trigger, "\n".join(f"  - {p}" for p in report.problems))
         elif report.needs_restart:
             log.warning("reload (%s): %s", report.trigger, report.summary)
         else:
             log.info("reload (%s): %s", report.trigger, report.summary)
-        self.host.emit(ConfigReloaded(ok=report.ok, trigger=report.trigger, summary=report.summary,
+        self.host.emit(ConfigReloaded(ok=report.ok, trigger=report.trigger, file=report.file, summary=report.summary,
                                       problems=list(report.problems), needs_restart=list(report.needs_restart),
                                       added=list(report.added), removed=list(report.removed),
                                       restarted=list(report.restarted), ts=report.at))
 
     def status(self) -> dict[str, Any] | None:
-        """``/api/v1/status``'s ``reload``: the last reload tried (``None`` before the first)."""
-        return msgspec.to_builtins(self.last) if self.last is not None else None
+        """``/api/v1/status``'s ``reload``: the last reload tried (``None`` before the first) — or, while a file's last
+        edit stands refused, the latest such refusal (a later good edit of another file does not hide it)."""
+        refused = [r for r in self.files.values() if not r.ok]
+        shown = max(refused, key=lambda r: r.at) if refused else self.last
+        return msgspec.to_builtins(shown) if shown is not None else None
 
 
 def _keep_section(plugins: dict[str, dict[str, Any]], old: dict[str, dict[str, Any]], name: str) -> None:

@@ -302,7 +302,8 @@ class PeerChanged(Event, tag="peer_changed"):
 
 
 class ConfigReloaded(Event, tag="config_reloaded"):
-    """A reload of the site file was tried (the file changed, SIGHUP, ``llama-host reload``, ``POST /api/v1/reload``).
+    """A reload of the site file was tried (the file changed, SIGHUP, ``llama-host reload``, ``POST /api/v1/reload``),
+    or a plugin read a file it owns again after an edit (discovery's ``discovered.yaml``).
 
     ``ok`` False: the new file was refused whole (``problems``, each with its path) and the running configuration
     kept. ``needs_restart``: changed keys that take effect only when the host restarts (a port, a plugin that cannot
@@ -310,6 +311,8 @@ class ConfigReloaded(Event, tag="config_reloaded"):
 
     ok: bool
     trigger: str
+    #: the file read again (the site file, or a file a plugin owns such as discovery's ``discovered.yaml``)
+    file: str = ""
     summary: str = ""
     problems: list[str] = []
     needs_restart: list[str] = []

@@ -126,11 +126,14 @@ class Discovery:
                 errors.append({"path": str(self.catalogue.path), "message": f"cannot write: {exc}"})
             metadata = {m.path: m.metadata for m in found}
             specs = []
+            previous = {s.name: s for s in self.specs or ()}
             for d in self.catalogue.spec_dicts(metadata, PLUGIN):
                 try:
                     specs.append(msgspec.convert(d, ModelSpec))
                 except msgspec.ValidationError as exc:
                     errors.append({"path": str(self.catalogue.path), "message": f"models.{d['name']}: {exc}"})
+                    if d["name"] in previous:  # an invalid edit of an entry keeps the model as it was
+                        specs.append(previous[d["name"]])
             self.specs = specs
             report = RescanReport(
                 added=changes.added, changed=changes.changed, missing=changes.missing, errors=errors,
@@ -202,8 +205,12 @@ class Discovery:
         if not await asyncio.to_thread(self.catalogue.changed_on_disk):
             return  # a scan's own write
         report = await self.rescan()
-        if any(e["path"] == str(self.catalogue.path) for e in report.errors):
-            log.error("discovery: the edit of %s is not applied until the file is fixed", self.catalogue.path)
+        path = str(self.catalogue.path)
+        problems = [e["message"] for e in report.errors if e["path"] == path]
+        changes = [f"{label}: {', '.join(names)}" for label, names in (
+            ("added", report.added), ("changed", report.changed), ("missing", report.missing)) if names]
+        # reported as a reload of the site is: the log, /api/v1/status, a config_reloaded event, the dashboard
+        self.host.reloader.report_file(path, "file changed", problems, "; ".join(changes) or "rescanned")
 
     @contextlib.asynccontextmanager
     async def running(self):

@@ -58,13 +58,30 @@ def test_an_edit_of_discovered_yaml_applies_at_once(tmp_path, gguf_files):
         assert pid() == started  # a live change: same runner
 
         edit(params={"ctx_size": 512})
+        edit_base = state.read_text()
         wait_until(lambda: pid() not in (started, None), "the runner's restart with the new flags")
         chat("first")
+
+        def reload_status() -> dict:
+            return c.get("/api/v1/status").json()["reload"] or {}
+
+        edit(ttl="soon")  # an invalid value: refused, reported with its path; the model runs as it was
+        refused = wait_until(lambda: (r := reload_status()).get("ok") is False and r, "the refused entry")
+        assert refused["file"] == str(state) and any("models.first" in p and "ttl" in p for p in refused["problems"])
+        chat("renamed")
+        assert pid() not in (started, None)
 
         state.write_text("models: [")  # broken: reported, the models stay as they were
         wait_until(lambda: (c.get("/api/v1/discovery").json()["state_file_error"] or "").count("discovered.yaml"),
                    "the error of the broken file")
+        refused = wait_until(lambda: (r := reload_status()).get("problems") != refused["problems"] and r,
+                             "the refused file in the status")
+        assert not refused["ok"] and "discovered.yaml" in refused["problems"][0]
         chat("renamed")
+
+        data = yaml.safe_load(edit_base)  # fixed: the banner's report is the good one again
+        write_atomic(state, yaml.safe_dump(data, sort_keys=False))
+        wait_until(lambda: reload_status().get("ok") is True, "the fixed file applied")
 
 
 def test_a_changed_discovery_section_applies_live(tmp_path, gguf_files):

@@ -122,8 +122,9 @@ function renderHostMeta() {
   $("host-meta").textContent = `v${s.version} · up ${fmt.uptime(uptime)}`;
 }
 
-/** The banner of the last reload (``status.reload`` or a ``config_reloaded`` event): a refused site file with every
- * problem, or the keys that need a restart; hidden when the last reload applied everything. */
+/** The banner of the last reload (``status.reload``, fetched again on each ``config_reloaded`` event): a refused
+ * edit (of the site file or discovered.yaml) with every problem, or the keys that need a restart; hidden when the last
+ * reload applied everything. */
 function renderReload(reload) {
   const banner = $("reload-banner");
   const restart = reload?.ok && reload.needs_restart?.length;
@@ -133,9 +134,10 @@ function renderReload(reload) {
   }
   const when = fmt.clock(reload.at ?? reload.ts ?? Date.now() / 1000);
   banner.dataset.kind = reload.ok ? "restart" : "refused";
+  const file = reload.file ? reload.file.split("/").pop() : "the site file";
   $("reload-banner-text").textContent = reload.ok
-    ? `Site file reloaded at ${when}; restart the host to apply: ${reload.needs_restart.join(", ")}`
-    : `The site file was refused at ${when} (${reload.trigger}); the host keeps running with its configuration:`;
+    ? `${file} reloaded at ${when}; restart the host to apply: ${reload.needs_restart.join(", ")}`
+    : `The edit of ${file} was refused at ${when} (${reload.trigger}); the host keeps running with its configuration:`;
   replaceChildren($("reload-banner-problems"), ...(reload.ok ? [] : reload.problems || []).map((p) => h("li", { text: p })));
   banner.hidden = false;
 }
@@ -160,7 +162,7 @@ function onHostEvent({ event, data }) {
   const sample = ev.kind === "system" || ev.kind === "runner" || ev.kind === "snapshot";
   if (sample || ev.kind === "request_finished") monitoringPanel.handleEvent(ev);
   if (sample) return;
-  if (ev.kind === "config_reloaded") renderReload(ev);
+  if (ev.kind === "config_reloaded") loadStatus().catch(() => {});  // the host decides which report the banner shows
   modelEvent(ev);
   if (ev.kind !== "request_started") refreshModelsSoon();
 }

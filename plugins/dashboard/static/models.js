@@ -169,9 +169,11 @@ function describe(ev) {
         .filter(([, list]) => list?.length).map(([k, list]) => `${list.length} ${k}`);
       return ["changed", `Models changed: ${parts.join(", ") || "no difference"}`];
     }
-    case "config_reloaded":
-      return ev.ok ? ["changed", `Site file reloaded: ${ev.summary}`]
-        : ["failed", `Site file refused (${ev.problems.length} problem${ev.problems.length === 1 ? "" : "s"}): ${ev.problems[0] || ""}`];
+    case "config_reloaded": {
+      const file = ev.file ? ev.file.split("/").pop() : "Site file";
+      return ev.ok ? ["changed", `${file} reloaded: ${ev.summary}`]
+        : ["failed", `${file} refused (${ev.problems.length} problem${ev.problems.length === 1 ? "" : "s"}): ${ev.problems[0] || ""}`];
+    }
     case "request_finished": {
       const tokens = ev.completion_tokens ? ` · ${ev.completion_tokens} tokens` : "";
       return [ev.status >= 400 ? "failed" : "request",
