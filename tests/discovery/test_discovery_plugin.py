@@ -175,6 +175,7 @@ def test_cli_discover_prints_the_table(tmp_path, gguf_files):
     assert proc.returncode == 0, proc.stderr
     header, *rows = proc.stdout.splitlines()
     assert header.split()[:3] == ["name", "source", "arch"]
-    row = next(r for r in rows if r.startswith("table-tiny"))
+    row = next((r for r in rows if r.startswith("table-tiny")), None)
+    assert row is not None, (proc.stdout, proc.stderr)
     assert "discovery_gguf" in row and "llama" in row and "F32" in row and "2048" in row
     assert (tmp_path / "discovered.yaml").exists()
