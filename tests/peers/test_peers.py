@@ -168,9 +168,15 @@ def test_peer_models_join_the_catalogue_and_every_dialect_works_through_a_peer(t
 
 
 def test_replicas_are_balanced_by_requests_in_flight(tmp_path, nodes):
-    slow = fake_model(FAKE_CHUNK_DELAY="0.15")
+    slow = fake_model(FAKE_CHUNK_DELAY="0.4")
     b, c = nodes("b", {"shared": slow}), nodes("c", {"shared": slow})
     with serve_host(front_site(tmp_path, ("B", b), ("C", c)), ["openai_api", "metrics"]) as front:
+        for node in (b, c):  # loaded on both, and seen so by the front: the choice is by requests in flight alone
+            r = httpx.post(node.url + "/api/v1/models/shared/load", headers={"Authorization": f"Bearer {KEY}"},
+                           timeout=60)
+            assert r.status_code == 200, r.text
+        assert wait_for(lambda: all(p["models"].get("shared") == "loaded" for p in peer_stats(front).values()))
+
         def ask(_: int) -> str:
             r = httpx.post(front.url() + "/v1/chat/completions", timeout=30,
                            json={"model": "shared", "messages": HELLO, "max_tokens": 6})
