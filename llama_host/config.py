@@ -16,6 +16,7 @@ import msgspec
 import yaml
 
 from llama_host.errors import ConfigError
+from llama_host.eventloop import EventLoopChoice
 from llama_host.types import ModelSpec
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -95,6 +96,9 @@ class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         "(SIGHUP, 'llama-host reload' and POST /api/v1/reload always work)"))] = True
     #: streams show loading progress while their model loads (a model's ``loading_progress`` wins)
     loading_progress: bool = False
+    event_loop: Annotated[EventLoopChoice, msgspec.Meta(description=(
+        "the event loop the host serves on: auto (uvloop when installed), uvloop, asyncio (the standard loop); "
+        "read at start only"))] = "auto"
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     plugins: dict[str, dict[str, Any]] = {}
     models: dict[str, ModelSpec] = {}
