@@ -17,12 +17,14 @@ Every other method and path, and the OpenAPI document (the Litestar route stays 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response
+from litestar.response import Stream
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.types import ASGIApp, ExceptionHandlersMap, HTTPResponseStartEvent, Receive, Send
@@ -88,6 +90,48 @@ def _with_charset(media_type: str) -> bytes:
     return media_type.encode("latin-1")
 
 
+def _head(response: Response[Any], status: int, length: int | None) -> HTTPResponseStartEvent:
+    headers = [(b"content-type", _with_charset(str(response.media_type)))]
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items())
+    return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+async def _stream(response: Stream, iterator: AsyncIterator[str | bytes], scope: Any, receive: Receive,
+                  send: Send) -> None:
+    """A stream's chunks as they come; the client going away cancels it (the request primitive then records 499 and
+    closes the runner's response). Litestar's streaming response does the same with an anyio task group (two tasks,
+    cancel scopes, events per stream); here one small watcher task cancels this one: less memory per open stream."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    await send(_head(response, response.status_code or 200, None))
+    watcher = asyncio.ensure_future(watch())
+    try:
+        async for chunk in iterator:
+            await send({"type": "http.response.body", "body": chunk if isinstance(chunk, bytes) else chunk.encode(),
+                        "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+    finally:
+        watcher.cancel()
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 class FastPath:
     """The ASGI handler of one app with its fast routes in front (see the module docstring)."""
 
@@ -125,12 +169,12 @@ class FastPath:
             content, status = response.content, response.status_code
             if (type(response) is Response and isinstance(content, bytes) and status is not None and status >= 200
                     and status not in (204, 304) and not response.cookies and response.background is None):
-                headers = [(b"content-type", _with_charset(str(response.media_type))),
-                           (b"content-length", str(len(content)).encode())]
-                headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items())
-                start: HTTPResponseStartEvent = {"type": "http.response.start", "status": status, "headers": headers}
-                await send(start)
+                await send(_head(response, status, len(content)))
                 await send({"type": "http.response.body", "body": content, "more_body": False})
+                return
+            if (type(response) is Stream and isinstance(response.iterator, AsyncIterator) and not response.cookies
+                    and response.background is None):
+                await _stream(response, response.iterator, scope, receive, send)
                 return
             request: Request[Any, Any, Any] = Request(scope, receive, send)
             await response.to_asgi_response(app=None, request=request)(scope, receive, send)
