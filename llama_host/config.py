@@ -40,7 +40,9 @@ class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     ttl: float = 300.0
     startup_timeout: float = 120.0
     queue_timeout: float = 600.0
-    max_queue: int = 256
+    max_queue: int = 2048
+    """Requests waiting for models at once (more get 503): ~35 KB each plus its body (bench/README.md, "Queued
+    requests"): a burst of 1,000 at a cold model waits instead of 744 getting 503 as with the old 256."""
     stop_grace: float = 5.0
     groups: dict[str, GroupSettings] = {}
     preload: list[str] = []
