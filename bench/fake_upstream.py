@@ -154,8 +154,9 @@ class FakeProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         start = loop.time()
         sent = 0
+        tick = self.fake.gap if self.fake.gap >= 0.005 else 0.001  # slow streams: one wake-up per event
         while sent < n:
-            await asyncio.sleep(min(self.fake.gap, 0.001))
+            await asyncio.sleep(tick)
             if t.is_closing():
                 return
             due = min(n, int((loop.time() - start) / self.fake.gap))
@@ -194,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="fake", help="model id in replies")
     p.add_argument("--tokens", type=int, default=16, help="stream chunks when the request has no max_tokens")
     p.add_argument("--event-gap-us", type=float, default=0.0, help="pause between stream events (0 = back to back)")
+    p.add_argument("--start-delay", type=float, default=0.0, help="seconds before listening (a model that loads)")
     a = p.parse_args(argv)
+    if a.start_delay:
+        import time
+
+        time.sleep(a.start_delay)
     try:
         asyncio.run(serve(a.host, a.port, Fake(a.model, a.tokens, a.event_gap_us / 1e6), a.port_file))
     except KeyboardInterrupt:

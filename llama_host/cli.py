@@ -119,6 +119,7 @@ def _host(args: argparse.Namespace) -> Host:
 
 def cmd_serve(args: argparse.Namespace, level: str | None) -> int:
     from llama_host import logs
+    from llama_host.eventloop import loop_factory
     from llama_host.serve import ListenError, bind_sockets, serve
 
     host = _host(args)
@@ -129,7 +130,8 @@ def cmd_serve(args: argparse.Namespace, level: str | None) -> int:
         print(f"llama-host: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        asyncio.run(serve(host, sockets=sockets, on_ready=lambda ports: _announce(host)))
+        with asyncio.Runner(loop_factory=loop_factory(host.site.event_loop)) as runner:
+            runner.run(serve(host, sockets=sockets, on_ready=lambda ports: _announce(host)))
     except ListenError as exc:
         logging.getLogger("llama_host").error("%s", exc)
         return 1
@@ -147,6 +149,9 @@ def _announce(host: Host) -> None:
     names = [s.name for s in host.scheduler.statuses() if not s.unlisted]
     model = host.site.default_model or (names[0] if names else "MODEL")
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32})
+    from llama_host.eventloop import loop_name
+
+    log.info("event loop: %s", loop_name(asyncio.get_running_loop()))
     log.info("ready — %d model(s): %s", len(names), ", ".join(names) or "none (add models: or a discovery folder)")
     log.info("try: curl -s %s/v1/chat/completions -H 'Content-Type: application/json' -d '%s'",
              base.format(host.site.port), body)

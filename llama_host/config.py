@@ -16,6 +16,7 @@ import msgspec
 import yaml
 
 from llama_host.errors import ConfigError
+from llama_host.eventloop import EventLoopChoice
 from llama_host.types import ModelSpec
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -39,7 +40,9 @@ class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     ttl: float = 300.0
     startup_timeout: float = 120.0
     queue_timeout: float = 600.0
-    max_queue: int = 256
+    max_queue: int = 2048
+    """Requests waiting for models at once (more get 503): ~35 KB each plus its body (bench/README.md, "Queued
+    requests"): a burst of 1,000 at a cold model waits instead of 744 getting 503 as with the old 256."""
     stop_grace: float = 5.0
     groups: dict[str, GroupSettings] = {}
     preload: list[str] = []
@@ -95,6 +98,9 @@ class SiteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         "(SIGHUP, 'llama-host reload' and POST /api/v1/reload always work)"))] = True
     #: streams show loading progress while their model loads (a model's ``loading_progress`` wins)
     loading_progress: bool = False
+    event_loop: Annotated[EventLoopChoice, msgspec.Meta(description=(
+        "the event loop the host serves on: auto (uvloop when installed), uvloop, asyncio (the standard loop); "
+        "read at start only"))] = "auto"
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     plugins: dict[str, dict[str, Any]] = {}
     models: dict[str, ModelSpec] = {}

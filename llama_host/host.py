@@ -27,6 +27,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 from llama_host import __version__
 from llama_host.config import SiteConfig, load_site, plugin_settings, redact
 from llama_host.errors import ConfigError, PluginError
+from llama_host.fastpath import FastPath
 from llama_host.hookspecs import hookimpl
 from llama_host.plugins import (
     PluginInfo,
@@ -313,6 +314,11 @@ class Host:
                 openapi_config=OpenAPIConfig(title="llama-host", version=__version__, path="/api/docs",
                                              render_plugins=[ScalarRenderPlugin()]) if main else None,
                 debug=False)
+            fast = {path: (route, s.exception_handlers or primary.exception_handlers, not s.requires_auth)
+                    for s in group for path, route in s.fast_routes.items()}
+            if fast:  # the hottest routes skip Litestar's routing and response machinery (llama_host.fastpath)
+                apps[port].asgi_handler = FastPath(apps[port].asgi_handler, self, fast, browser,
+                                                   self._keys if self.site.api_keys else None)
         return apps
 
     def _provide(self) -> Host:

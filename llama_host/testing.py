@@ -94,6 +94,7 @@ def serve_host(config: dict[str, Any], plugins: Iterable[str] | None = None, *,
     ``site_file``: write the config there (ports filled in) and build the host from that file, as ``llama-host
     serve --config`` does (reloads read it again; :func:`write_site` writes an edit).
     """
+    from llama_host.eventloop import loop_factory
     from llama_host.host import Host
     from llama_host.serve import bind_sockets, serve
 
@@ -111,7 +112,8 @@ def serve_host(config: dict[str, Any], plugins: Iterable[str] | None = None, *,
     state: dict[str, Any] = {}
 
     def run() -> None:
-        loop = asyncio.new_event_loop()
+        factory = loop_factory(host.site.event_loop)  # the loop the CLI would serve on (uvloop by default)
+        loop = factory() if factory is not None else asyncio.new_event_loop()
         stop = asyncio.Event()
         state["running"] = RunningHost(host, loop, stop)
         try:

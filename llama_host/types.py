@@ -17,6 +17,7 @@ from llama_host.facts import ModelFacts
 if TYPE_CHECKING:
     from litestar.types import ExceptionHandlersMap
 
+    from llama_host.fastpath import FastRoute
     from llama_host.host import Host
     from llama_host.process import LogBuffer
     from llama_host.proxy import Upstream
@@ -103,6 +104,9 @@ class Surface:
     on_api_ports: bool = False
     #: False for routes that never need an API key (e.g. static dashboard assets).
     requires_auth: bool = True
+    #: ``POST`` paths also served by a lean ASGI path in front of Litestar (llama_host.fastpath), each the same as
+    #: one of ``route_handlers`` (which stays: other methods, the OpenAPI document): the hottest relay routes.
+    fast_routes: Mapping[str, FastRoute] = field(default_factory=dict)
 
 
 @runtime_checkable

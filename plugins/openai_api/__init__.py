@@ -5,6 +5,7 @@ Served on the main port and, as Ollama and LM Studio do, on every other API port
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import msgspec
@@ -14,6 +15,7 @@ from litestar.params import FromPath
 from llama_host import Host, HostDep, Surface, hookimpl
 from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError, ModelNotFound
+from llama_host.fastpath import FastRoute
 from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS, error_event
 from llama_host.openapi import json_body
 from llama_host.progress import loading_text, openai_loading_event
@@ -35,6 +37,8 @@ NAME = "openai_api"
 #: OpenAI count parameters and their least values (-1: no limit, as llama-server and LM Studio take it); a value
 #: below is refused here rather than passed to the runner
 COUNTS = {"max_tokens": -1, "max_completion_tokens": -1, "n": 1, "top_logprobs": 0}
+#: the passthrough routes on the lean path (llama_host.fastpath) → their endpoint name
+FAST_ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -50,6 +54,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The most bytes (JSON) those kept responses and their conversations may take together."""
     native_routes: bool = True
     """Serve llama.cpp's own endpoints (``/completion``, ``/infill``, ``/tokenize``, ...) routed by ``model``."""
+    fast_path: bool = True
+    """Serve ``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings`` through the host's lean ASGI
+    path (llama_host.fastpath: the same checks, less CPU per request); false: through Litestar like every route."""
 
 
 def model_entry(host: HostDep, name: str) -> dict[str, Any]:
@@ -131,7 +138,10 @@ class Passthrough(Exchange):
 
 
 async def relay(request: Request, host: HostDep, path: str, endpoint: str, *, embeddings: bool = False) -> Response:
-    body = await request.body()
+    return await relay_body(host, await request.body(), path, endpoint, embeddings=embeddings)
+
+
+async def relay_body(host: Host, body: bytes, path: str, endpoint: str, *, embeddings: bool = False) -> Response:
     obj = decode_json(body, minimums=COUNTS)
     if not isinstance(obj, dict):
         raise BadRequest("the request body must be a JSON object")
@@ -159,5 +169,9 @@ def register_surfaces(host: HostDep) -> list[Surface]:
     if settings.native_routes:
         handlers.append(type("NativeController", (native_controller(Passthrough, run),),
                              {"request_max_body_size": settings.max_body_bytes}))
+    fast = {path: FastRoute(functools.partial(relay_body, path=path, endpoint=endpoint,
+                                              embeddings=endpoint == "embeddings"), settings.max_body_bytes)
+            for path, endpoint in FAST_ROUTES.items()} if settings.fast_path else {}
     return [Surface(name=NAME, port=settings.port or host.site.port, route_handlers=handlers,
-                    exception_handlers=OPENAI_EXCEPTION_HANDLERS, on_api_ports=settings.on_api_ports)]
+                    exception_handlers=OPENAI_EXCEPTION_HANDLERS, on_api_ports=settings.on_api_ports,
+                    fast_routes=fast)]

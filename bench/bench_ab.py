@@ -1,0 +1,145 @@
+"""A/B of host variants under load, interleaved run by run: which option lowers the host's CPU per request.
+
+Starts ``bench/fake_upstream.py`` (as fast as the socket allows) once and one ``llama-host serve`` per variant, all
+pointing at it (remote runtime, metrics plugin on unless a variant turns it off). Every round runs each workload once
+against the upstream directly and once through each variant, in an order that rotates round by round, so the noise of
+a shared machine falls on every side alike. Each run is printed (requests or events per second, the host's CPU per
+request or per event); the summary gives every run's value per side, then the median.
+
+A variant is ``NAME`` or ``NAME:key=value,key=value``: dotted site keys (``event_loop=asyncio``,
+``plugins.metrics.enabled=false``; values read as YAML) and ``pythonpath=DIR`` (run that host from a patched copy).
+
+Run: ``.venv/bin/python bench/bench_ab.py --variant asyncio:event_loop=asyncio --variant uvloop:event_loop=uvloop``
+(``--workload nonstream`` / ``stream`` / ``both``, ``--rounds``, ``-n``, ``--concurrency``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_relay import CORE_PLUGINS, MODEL, measure, start_upstream  # noqa: E402
+from bench_relay import parse_args as relay_defaults  # noqa: E402
+from common import (  # noqa: E402
+    HostProcess,
+    chat_body,
+    host_python_info,
+    machine_line,
+    median,
+    plugin_flags,
+    stop_process,
+    workdir,
+)
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any], str | None]:
+    name, _, rest = text.partition(":")
+    overrides: dict[str, Any] = {}
+    pythonpath = None
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key == "pythonpath":
+            pythonpath = value
+        else:
+            overrides[key] = yaml.safe_load(value)
+    return name, overrides, pythonpath
+
+
+def apply_overrides(site: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for key, value in overrides.items():
+        node = site
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return site
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    print(machine_line())
+    with workdir(args.keep) as tmp, contextlib.ExitStack() as stack:
+        upstream, upstream_url = start_upstream(relay_defaults(["--runtime", "remote"]), tmp)
+        assert upstream is not None and upstream_url is not None
+        stack.callback(stop_process, upstream)
+        hosts: dict[str, HostProcess] = {}
+        for text in args.variant:
+            name, overrides, pythonpath = parse_variant(text)
+            site = {"scheduler": {"max_loaded": 1, "ttl": 0},
+                    "plugins": plugin_flags(CORE_PLUGINS, metrics=True),
+                    "models": {MODEL: {"runtime": "remote", "url": upstream_url}}}
+            (tmp / name).mkdir()
+            host = HostProcess(apply_overrides(site, overrides), tmp / name, pythonpath)
+            hosts[name] = stack.enter_context(host)
+            print(f"variant {name}: {overrides or 'defaults'} — {host_python_info(pythonpath)} — pid {host.pid}")
+        async with aiohttp.ClientSession() as s:
+            for host in hosts.values():
+                async with s.post(f"{host.url}/api/v1/models/{MODEL}/load") as r:
+                    assert r.status == 200, await r.text()
+        urls = {"direct": upstream_url, **{n: h.url for n, h in hosts.items()}}
+        sides = list(urls)
+        workloads = {"nonstream": ("nonstream", chat_body(MODEL, max_tokens=1), args.n, args.concurrency, False),
+                     "stream": ("stream", chat_body(MODEL, stream=True, max_tokens=args.stream_events), args.streams,
+                                args.stream_concurrency, True)}
+        chosen = [workloads[w] for w in (("nonstream", "stream") if args.workload == "both" else (args.workload,))]
+        for _, body, _, c, stream in chosen:  # warm every side
+            for side in sides:
+                await measure(urls[side] + "/v1/chat/completions", body, 4 * c, c, stream=stream, warmup=c)
+        results: dict[tuple[str, str], list[tuple[float, float | None]]] = {}
+        for i in range(args.rounds):
+            order = sides[i % len(sides):] + sides[:i % len(sides)]
+            for label, body, n, c, stream in chosen:
+                line = []
+                for side in order:
+                    host = hosts.get(side)
+                    run = await measure(urls[side] + "/v1/chat/completions", body, n, c, stream=stream, warmup=0,
+                                        host=host)
+                    if run.errors:
+                        raise SystemExit(f"{side}: {run.errors} requests failed")
+                    rate = run.eps if stream else run.rps
+                    units = run.events if stream else len(run.latencies)
+                    cpu = run.cpu / units * 1e6 if run.cpu is not None and units else None
+                    results.setdefault((label, side), []).append((rate, cpu))
+                    line.append(f"{side} {rate:,.0f}/s" + (f" {cpu:.0f}us" if cpu is not None else ""))
+                print(f"round {i + 1} {label}: " + " | ".join(line), flush=True)
+        print("\n== summary: each run, then the median ==")
+        for label, *_ in chosen:
+            unit = "events" if label == "stream" else "requests"
+            direct = [r for r, _ in results[(label, "direct")]]
+            for side in sides:
+                runs = results[(label, side)]
+                rates = " / ".join(f"{r:,.0f}" for r, _ in runs)
+                ratios = " / ".join(f"{r / d:.2f}" for (r, _), d in zip(runs, direct, strict=True))
+                cpus = [c for _, c in runs if c is not None]
+                cpu_text = (f"; host CPU us per {unit[:-1]}: " + " / ".join(f"{c:.0f}" for c in cpus)
+                            + f" (median {median(cpus):.0f})") if cpus else ""
+                print(f"{label} {side}: {unit}/s {rates} (median {median([r for r, _ in runs]):,.0f}); "
+                      f"vs direct {ratios}{cpu_text}")
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--variant", action="append", required=True, help="NAME[:key=value,...] (repeat)")
+    p.add_argument("--workload", choices=["nonstream", "stream", "both"], default="nonstream")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("-n", type=int, default=2000, help="non-streaming requests per run")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--streams", type=int, default=16, help="streams per run")
+    p.add_argument("--stream-events", type=int, default=1000)
+    p.add_argument("--stream-concurrency", type=int, default=8)
+    p.add_argument("--keep", action="store_true")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main_async(parse_args())))
