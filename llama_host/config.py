@@ -16,7 +16,7 @@ import msgspec
 import yaml
 
 from llama_host.errors import ConfigError
-from llama_host.eventloop import EventLoopChoice
+from llama_host.eventloop import EventLoopChoice, uvloop_available
 from llama_host.types import ModelSpec
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -285,6 +285,8 @@ def validate(data: dict[str, Any], schema: dict[str, Any]) -> list[str]:
             problems.append(f"api_keys[{i}]: empty key (an unset variable? an empty key would let anyone in)")
         elif isinstance(key, str) and key != key.strip():
             problems.append(f"api_keys[{i}]: the key has leading or trailing white space (it could never match)")
+    if data.get("event_loop") == "uvloop" and not uvloop_available():
+        problems.append("event_loop: 'uvloop' is not installed (pip install uvloop, or use 'auto' or 'asyncio')")
     sched = data.get("scheduler") or {}
     if isinstance(sched, dict) and sched.get("memory_budget") is not None:
         try:

@@ -274,3 +274,12 @@ def test_secret_flags_in_args_and_cmd_are_redacted():
     out = redact(tree)["models"]["m"]
     assert out["args"] == ["--api-key", "***", "--ctx-size", "512"]
     assert out["cmd"] == ["srv", "--api-key=***", "--port", "${PORT}"]
+
+
+def test_event_loop_uvloop_without_uvloop_is_a_configuration_error(monkeypatch):
+    import llama_host.config as config
+
+    assert Host.from_config(data={"event_loop": "uvloop"}, only=CORE).site.event_loop == "uvloop"  # installed here
+    monkeypatch.setattr(config, "uvloop_available", lambda: False)
+    assert [p.split(":")[0] for p in problems_of({"event_loop": "uvloop"})] == ["event_loop"]
+    assert Host.from_config(data={"event_loop": "auto"}, only=CORE).site.event_loop == "auto"  # falls back
