@@ -56,6 +56,12 @@ CORE_PLUGINS = ("openai_api", "remote_runtime", "command_runtime", "llama_server
 TARGETS = {"p50": 1.0, "p99": 3.0, "stream": 0.9, "rss_mb": 100.0}
 
 
+#: a request that meets a keep-alive connection the server dropped is sent again, on the next pooled (or a new)
+#: connection, up to this many times; the count is reported. llama-server (cpp-httplib) closes a kept connection
+#: after a few requests or seconds, so a whole pool (up to the concurrency, 32) can be stale at once
+RETRIES = 64
+
+
 @dataclass
 class Run:
     """One measured batch against one target."""
@@ -87,14 +93,14 @@ async def _nonstream_worker(session: aiohttp.ClientSession, url: str, body: byte
     while todo:
         todo.pop()
         t0 = perf()
-        for attempt in (0, 1):
+        for attempt in range(RETRIES + 1):
             try:
                 async with session.post(url, data=body, headers=headers) as r:
                     await r.read()
                     ok = r.status == 200
                 break
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                if attempt:  # llama-server drops a reused keep-alive connection now and then: retry once
+                if attempt == RETRIES:  # llama-server drops reused keep-alive connections now and then: retry
                     raise
                 run.retries += 1
         run.latencies.append(perf() - t0)
@@ -111,12 +117,12 @@ async def _stream_worker(session: aiohttp.ClientSession, url: str, body: bytes, 
         first = None
         events = 0
         last = b""
-        for attempt in (0, 1):
+        for attempt in range(RETRIES + 1):
             try:
                 r = await session.post(url, data=body, headers=headers)
                 break
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                if attempt:
+                if attempt == RETRIES:
                     raise
                 run.retries += 1
         async with r:
