@@ -14,7 +14,8 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Coroutine, Iterable, Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ import httpx
 import pytest
 
 from llama_host.binaries import find_binary
+from llama_host.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from llama_host.host import Host
@@ -215,3 +217,42 @@ def tiny_site(model: Path, binary: str, **overrides: Any) -> dict[str, Any]:
         else:
             site[key] = value
     return site
+
+
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    """Poll ``predicate`` until it returns something true, and return that; ``AssertionError`` naming ``what`` after
+    ``timeout`` seconds. A bound against hangs, never a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class EventRecorder:
+    """An in-process plugin keeping every event the host emits, in order (``extra=[("recorder", EventRecorder())]``
+    for :func:`serve_host`)."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    @hookimpl
+    def track_event(self, event: Any) -> None:
+        self.events.append(event)
+
+    def of(self, kind: str) -> list[Any]:
+        return [e for e in list(self.events) if e.kind == kind]
+
+    def kinds(self, model: str | None = None) -> list[tuple[str, str]]:
+        return [(e.kind, e.model) for e in list(self.events) if model is None or getattr(e, "model", None) == model]
+
+    def index(self, kind: str, model: str, **fields: Any) -> int:
+        for i, e in enumerate(list(self.events)):
+            if e.kind == kind and e.model == model and all(getattr(e, k) == v for k, v in fields.items()):
+                return i
+        raise AssertionError(f"no {kind} event for {model} {fields or ''} in {list(self.events)}")
+
+    def requests(self) -> list[Any]:
+        return [e for e in list(self.events) if e.kind in ("request_started", "request_finished")]

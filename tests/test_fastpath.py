@@ -14,7 +14,7 @@ import fake_llama_server as fake
 from llama_host.fastpath import FastPath
 from llama_host.testing import serve_host
 from test_fault_matrix import Recorder
-from test_faults import wait_until
+from llama_host.testing import wait_until
 
 KEY = "fast-key"
 LIMIT = 4096

@@ -18,24 +18,13 @@ import httpx
 import pytest
 
 import fake_llama_server as fake
-from llama_host import hookimpl
-from llama_host.testing import serve_host
-from test_faults import wait_until
+from llama_host.testing import EventRecorder, serve_host, wait_until
 
 PLUGINS = ["openai_api", "ollama_api", "lmstudio_api", "llama_server", "whisper_server", "metrics"]
 TOKENS = 4
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    @hookimpl
-    def track_event(self, event: Any) -> None:
-        self.events.append(event)
-
-    def requests(self) -> list[Any]:
-        return [e for e in list(self.events) if e.kind in ("request_started", "request_finished")]
+Recorder = EventRecorder  # the test kit's (llama_host.testing)
 
 
 @dataclass(frozen=True)

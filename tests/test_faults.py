@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,10 +26,9 @@ import pytest
 import yaml
 
 import fake_llama_server as fake
-from llama_host import hookimpl
 from llama_host.errors import QueueTimeout
 from llama_host.process import free_port
-from llama_host.testing import serve_host
+from llama_host.testing import EventRecorder, serve_host, wait_until
 
 PLUGINS = ["openai_api", "llama_server"]
 HELLO = [{"role": "user", "content": "hello"}]
@@ -39,35 +37,7 @@ HELLO = [{"role": "user", "content": "hello"}]
 # --- helpers ---------------------------------------------------------------------------------------------------------
 
 
-class Recorder:
-    """An in-process plugin that keeps every event, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    @hookimpl
-    def track_event(self, event: Any) -> None:
-        self.events.append(event)
-
-    def kinds(self, model: str | None = None) -> list[tuple[str, str]]:
-        return [(e.kind, e.model) for e in list(self.events) if model is None or getattr(e, "model", None) == model]
-
-    def index(self, kind: str, model: str, **fields: Any) -> int:
-        for i, e in enumerate(list(self.events)):
-            if e.kind == kind and e.model == model and all(getattr(e, k) == v for k, v in fields.items()):
-                return i
-        raise AssertionError(f"no {kind} event for {model} {fields or ''} in {list(self.events)}")
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    """Poll ``predicate`` until it is true; a bound against hangs, not a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+Recorder = EventRecorder  # the test kit's (llama_host.testing)
 
 
 def gone(pid: int) -> bool:

@@ -32,24 +32,13 @@ import yaml
 
 from llama_host import hookimpl
 from llama_host.process import free_port
-from llama_host.testing import RunningHost, serve_host, write_site
+from llama_host.testing import EventRecorder, RunningHost, serve_host, wait_until, write_site
 
 PLUGINS = ["openai_api", "llama_server", "remote_runtime"]
 HELLO = [{"role": "user", "content": "hello"}]
 
 
-class Recorder:
-    """An in-process plugin keeping every event."""
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    @hookimpl
-    def track_event(self, event: Any) -> None:
-        self.events.append(event)
-
-    def of(self, kind: str) -> list[Any]:
-        return [e for e in list(self.events) if e.kind == kind]
+Recorder = EventRecorder  # the test kit's (llama_host.testing)
 
 
 class Tuner:
@@ -74,14 +63,6 @@ class Tuner:
         return True
 
 
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from llama_host.testing import serve_host, tiny_site
-from test_faults import Recorder
+from llama_host.testing import EventRecorder as Recorder
 
 pytestmark = pytest.mark.real
 NODE_DIR = Path(__file__).resolve().parent.parent / "node-dialects"

@@ -4,27 +4,18 @@ runner, a changed flag restarts it (issue 19). The runner is the fake llama-serv
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import yaml
 
 from llama_host.atomic import write_atomic
-from llama_host.testing import serve_host
+from llama_host.testing import serve_host, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fake_llama_server as fake
 
 
-def wait_until(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_an_edit_of_discovered_yaml_applies_at_once(tmp_path, gguf_files):
