@@ -114,7 +114,7 @@ def serve_host(config: dict[str, Any], plugins: Iterable[str] | None = None, *,
     state: dict[str, Any] = {}
 
     def run() -> None:
-        factory = loop_factory(host.site.event_loop)  # the loop the CLI would serve on (uvloop by default)
+        factory = loop_factory(host.site.event_loop)  # the loop the CLI would serve on
         loop = factory() if factory is not None else asyncio.new_event_loop()
         stop = asyncio.Event()
         state["running"] = RunningHost(host, loop, stop)

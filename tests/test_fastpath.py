@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 import fake_llama_server as fake
+from llama_host.eventloop import loop_name
 from llama_host.fastpath import FastPath
-from llama_host.testing import serve_host
+from llama_host.testing import serve_host, wait_until
 from test_fault_matrix import Recorder
-from llama_host.testing import wait_until
 
 KEY = "fast-key"
 LIMIT = 4096
@@ -48,11 +48,11 @@ CASES: list[tuple[str, str, dict[str, str], Any]] = [
 VOLATILE = {"date", "content-length"}
 
 
-def answers(tmp_path: Path, fast: bool) -> tuple[list[tuple[Any, ...]], list[Any]]:
+def answers(tmp_path: Path, fast: bool, loop: str = "asyncio") -> tuple[list[tuple[Any, ...]], list[Any]]:
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF" + bytes(60))
     wrapper = fake.write_wrapper(tmp_path)
-    config = {"log_dir": str(tmp_path / "logs"), "api_keys": [KEY],
+    config = {"log_dir": str(tmp_path / "logs"), "api_keys": [KEY], "event_loop": loop,
               "plugins": {"openai_api": {"fast_path": fast, "max_body_bytes": LIMIT}},
               "scheduler": {"max_loaded": 1, "startup_timeout": 30},
               "models": {"m": {"path": str(gguf), "binary": str(wrapper)}}}
@@ -61,6 +61,7 @@ def answers(tmp_path: Path, fast: bool) -> tuple[list[tuple[Any, ...]], list[Any
     with serve_host(config, PLUGINS, extra=[("recorder", recorder)]) as rh, \
             httpx.Client(base_url=rh.url(), timeout=30) as client:
         assert isinstance(rh.host.build_apps()[rh.port()].asgi_handler, FastPath) is fast
+        assert loop_name(rh.loop) == loop
         for name, path, headers, body in CASES:
             if isinstance(body, dict):
                 r = client.post(path, json=body, headers=headers)
@@ -79,9 +80,10 @@ def answers(tmp_path: Path, fast: bool) -> tuple[list[tuple[Any, ...]], list[Any
     return out, records
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fast", "litestar"])
-def test_fast_path_answers(tmp_path: Path, fast: bool) -> None:
-    got, records = answers(tmp_path, fast)
+@pytest.mark.parametrize("fast, loop", [(True, "asyncio"), (True, "uvloop"), (False, "asyncio")],
+                         ids=["fast", "fast-uvloop", "litestar"])
+def test_fast_path_answers(tmp_path: Path, fast: bool, loop: str) -> None:
+    got, records = answers(tmp_path, fast, loop)
     statuses = {name: status for name, status, _, _ in got}
     assert statuses == {
         "no key": 401, "wrong key": 401, "x-api-key": 200, "chat": 200, "chat stream": 200, "completions": 200,
