@@ -207,11 +207,7 @@ class ManagedModels:
         if parameters:
             entry["parameters"] = {**(entry.get("parameters") or {}), **parameters}
         entry["created_at"] = round(time.time(), 3)
-        async with self.lock:
-            self.catalogue.set_variant(name, entry)
-            await self._save()
-        await self.host.refresh_models()
-        return self.host.scheduler.get(name, "core")
+        return await self._add_variant(name, entry)
 
     async def copy(self, source: str, destination: str) -> ModelSpec:
         spec = self.host.scheduler.get(source, "core")
@@ -219,6 +215,10 @@ class ManagedModels:
         entry = self._entry_of(spec)
         entry["parent"] = spec.name
         entry["created_at"] = round(time.time(), 3)
+        return await self._add_variant(name, entry)
+
+    async def _add_variant(self, name: str, entry: dict[str, Any]) -> ModelSpec:
+        """Keep variant ``name`` (written to the managed catalogue) and serve it at once."""
         async with self.lock:
             self.catalogue.set_variant(name, entry)
             await self._save()

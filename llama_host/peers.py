@@ -349,7 +349,6 @@ class PeerRunner(RunnerBase):
         self.headers: dict[str, str] = {}
         self.logs = LogBuffer(200)
         self._pool = pool
-        self._stopped = asyncio.Event()
 
     @property
     def base_url(self) -> str:
@@ -362,14 +361,8 @@ class PeerRunner(RunnerBase):
         if not serving:
             raise self._pool.unavailable(self.model.name)
         self.logs.append(f"served by peer(s): {', '.join(serving)}")
-        self._stopped.clear()
+        self.stopped.clear()
 
-    async def stop(self, grace: float) -> None:
-        self._stopped.set()
-
-    async def wait(self) -> int | None:
-        await self._stopped.wait()
-        return None
 
     async def open_upstream(self, session: aiohttp.ClientSession, method: str, path: str, *, data: Any,
                             headers: Mapping[str, str]) -> Upstream:

@@ -5,6 +5,8 @@ Everything a hook returns or receives is declared here, so a plugin author reads
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -182,6 +184,19 @@ class RunnerBase:
         return None
 
     def kill_now(self) -> None:
+        return None
+
+    @functools.cached_property
+    def stopped(self) -> asyncio.Event:
+        """Set by :meth:`stop`; a subclass's ``start`` clears it (a runner may be started again)."""
+        return asyncio.Event()
+
+    async def stop(self, grace: float) -> None:
+        self.stopped.set()
+
+    async def wait(self) -> int | None:
+        """Returns once stopped: the runner has no process whose exit could end it sooner."""
+        await self.stopped.wait()
         return None
 
 

@@ -3,7 +3,6 @@ llama-server, Ollama, vLLM on another machine). No process; health checked; coun
 
 from __future__ import annotations
 
-import asyncio
 
 import aiohttp
 
@@ -29,7 +28,6 @@ class RemoteRunner(RunnerBase):
         #: read by the relay: the name the remote server knows this model by
         self.upstream_model = spec.upstream_model
         self.logs = LogBuffer(200)
-        self._stopped = asyncio.Event()
 
     def health_paths(self) -> list[str]:
         """The configured path; the default one falls back to llama-host's own health path."""
@@ -56,14 +54,8 @@ class RemoteRunner(RunnerBase):
         if not ok:
             raise RunnerStartError(f"model '{self.model.name}': remote server {self.base_url} is not healthy",
                                    log_tail=self.logs.tail())
-        self._stopped.clear()
+        self.stopped.clear()
 
-    async def stop(self, grace: float) -> None:
-        self._stopped.set()
-
-    async def wait(self) -> int | None:
-        await self._stopped.wait()
-        return None
 
 
 def check(spec: ModelSpec) -> list[str]:

@@ -7,7 +7,6 @@ with the last user message (prefixed by ``plugins.hello.echo_prefix``), streamed
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
@@ -47,7 +46,6 @@ class EchoRunner(RunnerBase):
         self.headers: dict[str, str] = {}
         self.logs = LogBuffer(200)
         self._app_runner: web.AppRunner | None = None
-        self._stopped = asyncio.Event()
 
     async def start(self, timeout: float) -> None:
         app = web.Application()
@@ -66,7 +64,7 @@ class EchoRunner(RunnerBase):
             raise RunnerStartError(f"model '{self.model.name}': echo server cannot listen: {exc}") from None
         self._app_runner = runner
         self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self._stopped.clear()
+        self.stopped.clear()
         self.logs.append(f"echo server for {self.model.name} listening on {self.base_url}")
 
     async def stop(self, grace: float) -> None:
@@ -74,10 +72,10 @@ class EchoRunner(RunnerBase):
             runner, self._app_runner = self._app_runner, None
             await runner.cleanup()
             self.logs.append("echo server stopped")
-        self._stopped.set()
+        await super().stop(grace)
 
     async def wait(self) -> int | None:
-        await self._stopped.wait()
+        await self.stopped.wait()
         return 0
 
     # --- the tiny OpenAI-compatible server ----------------------------------------------------------------------
