@@ -7,6 +7,7 @@ tests/multinode runs real llama-servers across network namespaces.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import signal
 import subprocess
@@ -178,10 +179,13 @@ def test_replicas_are_balanced_by_requests_in_flight(tmp_path, nodes):
         assert wait_for(lambda: all(p["models"].get("shared") == "loaded" for p in peer_stats(front).values()))
 
         def ask(_: int) -> str:
+            """A stream: the fake runner paces streamed tokens only, so the eight requests overlap."""
             r = httpx.post(front.url() + "/v1/chat/completions", timeout=30,
-                           json={"model": "shared", "messages": HELLO, "max_tokens": 6})
+                           json={"model": "shared", "messages": HELLO, "max_tokens": 6, "stream": True})
             assert r.status_code == 200, r.text
-            return r.json()["choices"][0]["message"]["content"]
+            events = [json.loads(line[6:]) for line in r.text.splitlines()
+                      if line.startswith("data: {")]
+            return "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             replies = list(pool.map(ask, range(8)))
