@@ -1,9 +1,11 @@
-"""The connection to the runners: one shared aiohttp session with keep-alive pools per runner (``Relay.open``), the
-runner's response (``Upstream``) and the request meter. The request lifecycle on top of them is
-:mod:`llama_host.request`.
+"""The connection to the runners: keep-alive pools per runner (``Relay.open``), the runner's response (``Upstream``)
+and the request meter. The request lifecycle on top of them is :mod:`llama_host.request`.
 
-aiohttp rather than httpx on this path: reading with ``iter_any()`` forwards whatever SSE bytes are already buffered as
-one downstream write, which measured ~1.0x direct throughput where httpx ``aiter_raw()`` gave 0.5-0.6x (bench/).
+Requests with a whole body to a plain-http runner go through the lean client (:mod:`llama_host.http1`); streamed
+bodies (uploads), TLS and runners that pick their own server (peers) go through one shared aiohttp session.
+aiohttp rather than httpx there: reading with ``iter_any()`` forwards whatever SSE bytes are already buffered as one
+downstream write, which measured ~1.0x direct throughput where httpx ``aiter_raw()`` gave 0.5-0.6x (bench/); the lean
+client reads the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
+from llama_host import http1
 from llama_host.errors import RunnerCrashed, UpstreamError
 from llama_host.filters import apply_filters
 from llama_host.types import ModelSpec, RequestFinished, RequestStarted
@@ -29,9 +32,10 @@ _encode = msgspec.json.Encoder().encode
 
 
 class Upstream:
-    """One response from a runner. Closing it before the end drops the connection, which stops generation."""
+    """One response from a runner (through aiohttp). Closing it before the end drops the connection, which stops
+    generation."""
 
-    def __init__(self, response: aiohttp.ClientResponse, model: str) -> None:
+    def __init__(self, response: aiohttp.ClientResponse | http1.Response, model: str) -> None:
         self._r = response
         self._model = model
         self.status = response.status
@@ -79,25 +83,45 @@ class Upstream:
         raise UpstreamError(payload, self.status)
 
     async def iter_chunks(self) -> AsyncGenerator[bytes, None]:
+        r = self._r
+        assert isinstance(r, aiohttp.ClientResponse)
         try:
-            async for chunk in self._r.content.iter_any():
+            async for chunk in r.content.iter_any():
                 yield chunk
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise self._crashed(exc) from None
-        if self._r.content.exception() is not None:
-            raise self._crashed(self._r.content.exception())
+        if r.content.exception() is not None:
+            raise self._crashed(r.content.exception())
 
     def close(self) -> None:
-        if self._r.content.at_eof():
-            self._r.release()
+        r = self._r
+        assert isinstance(r, aiohttp.ClientResponse)
+        if r.content.at_eof():
+            r.release()
         else:
-            self._r.close()
+            r.close()
 
     async def __aenter__(self) -> Upstream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+class LeanUpstream(Upstream):
+    """One response from a runner through the lean client (:mod:`llama_host.http1`)."""
+
+    _r: http1.Response
+
+    async def iter_chunks(self) -> AsyncGenerator[bytes, None]:
+        try:
+            async for chunk in self._r.chunks():
+                yield chunk
+        except ConnectionError as exc:
+            raise self._crashed(exc) from None
+
+    def close(self) -> None:
+        self._r.close()
 
 
 class RequestMeter:
@@ -171,6 +195,7 @@ class Relay:
     def __init__(self, host: Host) -> None:
         self.host = host
         self._session: aiohttp.ClientSession | None = None
+        self._pool = http1.Pool()
 
     async def __aenter__(self) -> Relay:
         self._session = aiohttp.ClientSession(
@@ -180,6 +205,7 @@ class Relay:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._pool.close()
         if self._session is not None:
             await self._session.close()
 
@@ -188,6 +214,24 @@ class Relay:
         if self._session is None:
             raise RuntimeError("the relay is not running (use it inside Host.running())")
         return self._session
+
+    async def _send(self, method: str, url: str, path: str, payload: Any, headers: Mapping[str, str], model: str,
+                    fresh: bool) -> Upstream:
+        """One attempt: through the lean client where it can (a whole body, plain http; on a new connection when
+        ``fresh``), else through aiohttp, whose errors are told apart as the lean client's are
+        (:mod:`llama_host.http1`)."""
+        if (payload is None or isinstance(payload, bytes)) and method != "HEAD" and http1.supports(url):
+            return LeanUpstream(await self._pool.request(method, url, path, payload, headers, fresh=fresh), model)
+        try:
+            return Upstream(await self.session.request(method, url + path, data=payload, headers=headers), model)
+        except aiohttp.ClientConnectorError as exc:
+            raise http1.ConnectFailed(exc.os_error) from None
+        except aiohttp.ServerDisconnectedError as exc:
+            raise http1.Disconnected(str(exc)) from None
+        except aiohttp.ClientOSError as exc:
+            raise http1.Reset(str(exc)) from None
+        except aiohttp.ClientError as exc:
+            raise http1.ProtocolError(str(exc)) from None
 
     async def open(self, lease: Lease, method: str, path: str, *, json: Any = None, body: bytes | None = None,
                    headers: Mapping[str, str] | None = None, data: Any = None) -> Upstream:
@@ -230,16 +274,15 @@ class Relay:
                 return code is not None and (not maybe_read or code == -signal.SIGKILL)
 
             try:
-                response = await self.session.request(method, runner.base_url + path, data=payload,
-                                                       headers={**runner.headers, **hdrs})
-                return Upstream(response, lease.model.name)
-            except aiohttp.ClientConnectorError as exc:  # nothing listens: the runner is gone
+                return await self._send(method, runner.base_url, path, payload, {**runner.headers, **hdrs},
+                                        lease.model.name, fresh=retryable and not fresh_connection)
+            except http1.ConnectFailed as exc:  # nothing listens: the runner is gone
                 if new_runner and runner.local and (not maybe_read or await died(1.0)):
                     new_runner = False
                     await scheduler.reacquire(lease, f"refused a connection ({exc.os_error})")
                     continue
                 error: Exception = exc
-            except aiohttp.ServerDisconnectedError as exc:  # closed once the request was out
+            except http1.Disconnected as exc:  # closed once the request was out
                 maybe_read = True
                 if new_runner and runner.local and await died(0):
                     new_runner = False
@@ -249,7 +292,7 @@ class Relay:
                     fresh_connection = False
                     continue
                 error = exc
-            except aiohttp.ClientOSError as exc:  # reset: the request lay unread
+            except http1.Reset as exc:  # reset: the request lay unread
                 if new_runner and runner.local and await died(0 if fresh_connection else 1.0):
                     new_runner = False
                     await scheduler.reacquire(lease, f"exited (connection reset: {exc})")
@@ -258,6 +301,6 @@ class Relay:
                     fresh_connection = False
                     continue
                 error = exc
-            except aiohttp.ClientError as exc:
+            except http1.ProtocolError as exc:
                 error = exc
             raise RunnerCrashed(f"model '{lease.model.name}': runner unreachable ({error})") from None
