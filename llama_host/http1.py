@@ -276,7 +276,11 @@ class Pool:
         conn = None if fresh else self._acquire(key)
         if conn is None:
             conn = await self._connect(key)
-        return await conn.send(data)
+        try:
+            return await conn.send(data)
+        except BaseException:  # cancelled (the client went away) or failed before the answer: drop the connection,
+            conn._close()      # which also tells the runner to stop
+            raise
 
     def _acquire(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(key)

@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import aiohttp
-
+from llama_host import http1
 from llama_host.errors import RunnerStartError
 from llama_host.types import RunnerBase
 
@@ -339,20 +338,23 @@ class ProcessRunner(RunnerBase):
         request), then back off for slow loads; one kept connection."""
         delay = 0.005
         fast_until = time.monotonic() + 0.5
-        url = self.base_url + self._health_path
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1),
-                                         timeout=aiohttp.ClientTimeout(total=5)) as session:
+        pool = http1.Pool()
+        try:
             while True:
                 try:
-                    async with session.get(url, headers=self.headers) as r:
+                    async with asyncio.timeout(5):
+                        r = await pool.request("GET", self.base_url, self._health_path, None, self.headers)
                         await r.read()
-                        if r.status == 200:
-                            return
-                except (TimeoutError, aiohttp.ClientError):
+                        r.close()
+                    if r.status == 200:
+                        return
+                except (TimeoutError, ConnectionError):
                     pass
                 await asyncio.sleep(delay)
                 if time.monotonic() > fast_until:
                     delay = min(delay * 1.3, 0.25)
+        finally:
+            await pool.close()
 
     async def _read_output(self, stream: asyncio.StreamReader) -> None:
         partial = b""

@@ -222,3 +222,19 @@ async def test_a_slow_reader_pauses_the_server_and_closing_early_drops_the_conne
         r.close()  # before the end: the connection is dropped, which ends the server's writes
         await asyncio.wait_for(server.closed.wait(), 5)
         await pool.close()
+
+
+async def test_a_request_cancelled_before_its_answer_drops_the_connection():
+    async def handler(reader, writer):
+        await server.head(reader)
+        await reader.read()  # no answer: returns when the client closes
+
+    pool = http1.Pool()
+    async with Server(handler) as server:
+        task = asyncio.create_task(pool.request("POST", server.url, "/", b"{}", {}))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(server.closed.wait(), 5)  # the server saw the connection closed
+        await pool.close()
