@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="llama-server --threads, both sides")
     p.add_argument("--model", type=Path, help="GGUF to start (default: a generated tiny model)")
     p.add_argument("--llama-server", help="llama-server binary (default: PATH or scripts/get-llama-server's cache)")
+    p.add_argument("--event-loop", choices=["asyncio", "uvloop", "auto"], default="asyncio", help="the host's loop")
     p.add_argument("--poll-ms", type=float, default=5.0, help="bare side: health poll interval")
     p.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
                    help="enable the metrics plugin (plugins.metrics.enabled)")
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model or tiny_model(tmp / "tiny.gguf")
         site = host_site(binary, {"tiny": model}, args.ctx_size, metrics=args.metrics, all_plugins=args.all_plugins,
                          threads=args.threads)
+        site["event_loop"] = args.event_loop
         bare: list[float] = []
         bare_healthy: list[float] = []
         hosted: list[float] = []

@@ -1,10 +1,10 @@
-"""The event loop the host serves on: asyncio's own by default, uvloop on request.
+"""The event loop the host serves on: uvloop when installed, else asyncio's own.
 
-``event_loop`` in the site file chooses: ``asyncio`` (the default), ``uvloop`` (an error when it is not installed),
-``auto`` (uvloop when importable). uvloop lowers host CPU per relayed request by ~10%, but libuv starts a runner by
-fork()ing the whole host with the loop blocked (~10 ms at 70 MB, more with many open streams; asyncio's subprocess
-uses vfork), which adds ~20 ms to a cold start (bench/README.md, "Hot path" and "Cold start"). Everything the host
-does on its loop works on both; the tests run the fast path on both.
+``event_loop`` in the site file chooses: ``auto`` (the default: uvloop when importable), ``uvloop`` (an error when it
+is not installed), ``asyncio``. uvloop lowers host CPU per relayed request by ~13% (bench/README.md, "The runner
+hop"). Runners are not started through the loop's own spawn (libuv forks the whole host with the loop blocked) but
+with ``subprocess.Popen`` on either loop (:class:`llama_host.process._Process`), so a cold start costs the same on
+both. Everything the host does on its loop works on both; the tests run the fast path on both.
 """
 
 from __future__ import annotations

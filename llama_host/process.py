@@ -10,7 +10,9 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -231,17 +233,39 @@ def flag_args(params: Mapping[str, object]) -> list[str]:
     return out
 
 
-class _RunnerProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """Tells when the process itself has ended. ``Process.wait()`` also waits until every pipe is closed, which a
-    child the runner left behind (holding its stdout) can put off forever."""
+class _Process:
+    """A runner's process, started with ``subprocess.Popen`` (vfork on Linux) rather than the loop's own spawn, on
+    either loop: uvloop's (libuv) forks the whole host with the loop blocked, ~5 ms more per start and growing with
+    the host's memory (bench/README.md, "Cold start"). Its output is read through the loop; a thread waits for its
+    end, as asyncio's own ThreadedChildWatcher does. ``ended`` is set when the process itself has ended (waiting for
+    the pipe's end instead can take forever when a child it left behind holds its stdout)."""
 
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=limit, loop=loop)
+    def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self._popen = popen
+        self.pid = popen.pid
         self.ended = asyncio.Event()
+        self.stdout = asyncio.StreamReader(limit=2**16, loop=loop)
+        self._output: asyncio.BaseTransport | None = None
+        threading.Thread(target=self._wait, args=(loop,), name=f"runner-{popen.pid}", daemon=True).start()
 
-    def process_exited(self) -> None:
-        super().process_exited()
-        self.ended.set()
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    def _wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._popen.wait()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(self.ended.set)
+
+    async def connect(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._popen.stdout is not None
+        self._output, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(self.stdout, loop=loop),
+                                                       self._popen.stdout)
+
+    def close_output(self) -> None:
+        """Close the output pipe (uvloop keeps a pipe open after its end)."""
+        if self._output is not None:
+            self._output.close()
 
 
 class ProcessRunner(RunnerBase):
@@ -263,7 +287,7 @@ class ProcessRunner(RunnerBase):
         self.pid: int | None = None
         self.port = 0
         self.base_url = ""
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: _Process | None = None
         self._ended = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._stopping = False
@@ -301,18 +325,17 @@ class ProcessRunner(RunnerBase):
                                        f"executable")
             spawn = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         try:
-            transport, protocol = await loop.subprocess_exec(
-                lambda: _RunnerProtocol(2**16, loop), *spawn, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
-                preexec_fn=None if SETPRIV else _die_with_parent)
+            popen = subprocess.Popen(spawn, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True,
+                                     preexec_fn=None if SETPRIV else _die_with_parent)
         except OSError as exc:
             raise RunnerStartError(f"model '{self.model.name}': cannot start {argv[0]}: "
                                    f"{exc.strerror or exc}") from None
-        self._proc = asyncio.subprocess.Process(transport, protocol, loop)
-        self._ended = protocol.ended
+        self._proc = _Process(popen, loop)
+        self._ended = self._proc.ended
         self.pid = self._proc.pid
-        assert self._proc.stdout is not None  # stdout=PIPE
-        self._reader = asyncio.create_task(self._read_output(self._proc.stdout))
+        await self._proc.connect(loop)
+        self._reader = asyncio.create_task(self._read_output(self._proc))
         exited = asyncio.create_task(self._ended.wait())
         healthy = asyncio.create_task(self._poll_health())
         try:
@@ -356,22 +379,25 @@ class ProcessRunner(RunnerBase):
         finally:
             await pool.close()
 
-    async def _read_output(self, stream: asyncio.StreamReader) -> None:
+    async def _read_output(self, process: _Process) -> None:
         partial = b""
-        while True:
-            chunk = await stream.read(65536)
-            if not chunk:
-                break
-            partial += chunk
-            *lines, partial = partial.split(b"\n")
-            if len(partial) > MAX_LINE:
-                lines.append(partial[:MAX_LINE] + b" [...]")
-                partial = b""
-            stamp = _stamp()  # one per chunk read: lines read together are stamped together
-            for raw in lines:
-                self._note(raw[:MAX_LINE].decode("utf-8", "replace").rstrip("\r"), stamp)
-        if partial:
-            self._note(partial[:MAX_LINE].decode("utf-8", "replace").rstrip("\r"))
+        try:
+            while True:
+                chunk = await process.stdout.read(65536)
+                if not chunk:
+                    break
+                partial += chunk
+                *lines, partial = partial.split(b"\n")
+                if len(partial) > MAX_LINE:
+                    lines.append(partial[:MAX_LINE] + b" [...]")
+                    partial = b""
+                stamp = _stamp()  # one per chunk read: lines read together are stamped together
+                for raw in lines:
+                    self._note(raw[:MAX_LINE].decode("utf-8", "replace").rstrip("\r"), stamp)
+            if partial:
+                self._note(partial[:MAX_LINE].decode("utf-8", "replace").rstrip("\r"))
+        finally:
+            process.close_output()
 
     def _note(self, line: str, stamp: str | None = None) -> None:
         """One line of the runner's log: the recent-lines buffer (API, dashboard) and the runner's log file."""
