@@ -16,12 +16,15 @@ a lost connection is an error of the response's body (:class:`Reset` or :class:`
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncGenerator, Mapping
 from urllib.parse import urlsplit
 
 import httptools
 from multidict import CIMultiDict
 
+#: what would split a request's head (a space, too, in the path: it would end the request line)
+_UNSAFE = re.compile(r"[\r\n\0]")
 #: a stream's unread bytes past this pause reading from the runner (backpressure from a slow client)
 HIGH_WATER = 256 * 1024
 #: an idle pooled connection older than this is closed when the pool is next used
@@ -267,6 +270,8 @@ class Pool:
         key, prefix, host_header = self._target(base_url)
         lines = [f"{method} {prefix}{path} HTTP/1.1\r\nHost: {host_header}\r\n"]
         lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
+        if " " in path or any(_UNSAFE.search(part) for part in (path, *headers.keys(), *headers.values())):
+            raise ValueError(f"refused: the path or a header of a request to {base_url} has a line break or space")
         if body is not None or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body) if body else 0}\r\n")
         lines.append("\r\n")

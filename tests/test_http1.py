@@ -238,3 +238,17 @@ async def test_a_request_cancelled_before_its_answer_drops_the_connection():
             await task
         await asyncio.wait_for(server.closed.wait(), 5)  # the server saw the connection closed
         await pool.close()
+
+
+async def test_a_line_break_in_a_header_or_the_path_is_refused_before_anything_is_sent():
+    async def handler(reader, writer):
+        await server.head(reader)
+
+    pool = http1.Pool()
+    async with Server(handler) as server:
+        for path, headers in (("/", {"X-A": "1\r\nX-Injected: 2"}), ("/ HTTP/1.0\r\n", {}), ("/a b", {}),
+                              ("/", {"X\nB": "1"})):
+            with pytest.raises(ValueError):
+                await pool.request("POST", server.url, path, b"{}", headers)
+        assert server.connections == 0
+        await pool.close()
