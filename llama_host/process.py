@@ -290,6 +290,7 @@ class ProcessRunner(RunnerBase):
         self._proc: _Process | None = None
         self._ended = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        self._spoke = asyncio.Event()  # the runner wrote output since the last health poll
         self._stopping = False
         self._attempts = port_attempts
         self._log_file = RunnerLogFile(Path(log_dir) / "runners" / f"{model.name}.log", model.name,
@@ -358,7 +359,9 @@ class ProcessRunner(RunnerBase):
 
     async def _poll_health(self) -> None:
         """Poll every 5 ms for the first half second (a small model is ready in ~30 ms; a late poll adds to the first
-        request), then back off for slow loads; one kept connection."""
+        request), then back off for slow loads; one kept connection. A runner's output often says its state changed
+        (llama-server writes "server is listening" as it becomes ready), so a poll also follows each output, at most
+        one per millisecond."""
         delay = 0.005
         fast_until = time.monotonic() + 0.5
         pool = http1.Pool()
@@ -373,7 +376,11 @@ class ProcessRunner(RunnerBase):
                         return
                 except (TimeoutError, ConnectionError):
                     pass
-                await asyncio.sleep(delay)
+                self._spoke.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._spoke.wait()
+                        await asyncio.sleep(0.001)
                 if time.monotonic() > fast_until:
                     delay = min(delay * 1.3, 0.25)
         finally:
@@ -391,6 +398,7 @@ class ProcessRunner(RunnerBase):
                 if len(partial) > MAX_LINE:
                     lines.append(partial[:MAX_LINE] + b" [...]")
                     partial = b""
+                self._spoke.set()
                 stamp = _stamp()  # one per chunk read: lines read together are stamped together
                 for raw in lines:
                     self._note(raw[:MAX_LINE].decode("utf-8", "replace").rstrip("\r"), stamp)
