@@ -234,9 +234,10 @@ def flag_args(params: Mapping[str, object]) -> list[str]:
 
 
 class _Process:
-    """A runner's process, started with ``subprocess.Popen`` (vfork on Linux) rather than the loop's own spawn, on
-    either loop: uvloop's (libuv) forks the whole host with the loop blocked, ~5 ms more per start and growing with
-    the host's memory (bench/README.md, "Cold start"). Its output is read through the loop; a thread waits for its
+    """A runner's process, started with ``subprocess.Popen`` (vfork on Linux; the same call asyncio's own
+    ``subprocess_exec`` makes on the loop) rather than the loop's own spawn, on either loop: uvloop's (libuv) forks
+    the whole host with the loop blocked, ~5 ms more per start and growing with the host's memory (bench/README.md,
+    "The runner hop"). Its output is read through the loop; a thread waits for its
     end, as asyncio's own ThreadedChildWatcher does. ``ended`` is set when the process itself has ended (waiting for
     the pipe's end instead can take forever when a child it left behind holds its stdout)."""
 
