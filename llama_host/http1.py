@@ -53,8 +53,9 @@ class ProtocolError(ConnectionError):
 
 
 def supports(base_url: str) -> bool:
-    """Whether this client can reach ``base_url`` (plain http)."""
-    return base_url.startswith("http://")
+    """Whether this client can reach ``base_url``: plain http, without credentials in the URL (aiohttp sends those as
+    Basic auth)."""
+    return base_url.startswith("http://") and "@" not in base_url[7:].partition("/")[0]
 
 
 class Response:

@@ -252,3 +252,9 @@ async def test_a_line_break_in_a_header_or_the_path_is_refused_before_anything_i
                 await pool.request("POST", server.url, path, b"{}", headers)
         assert server.connections == 0
         await pool.close()
+
+
+def test_what_the_lean_client_leaves_to_aiohttp():
+    assert http1.supports("http://127.0.0.1:8080") and http1.supports("http://runner:80/base")
+    assert not http1.supports("https://api.example.com")  # TLS
+    assert not http1.supports("http://user:secret@10.0.0.2:8080")  # credentials in the URL (Basic auth)
