@@ -312,8 +312,9 @@ class PeerPool:
                     node.failures += 1
                     errors.append(f"{node.name}: HTTP {response.status} {body[:200].decode('utf-8', 'replace')}")
                     break
-                if response.status < 400 and model in node.models:
+                if response.status < 400 and model in node.models and node.models[model].state != "loaded":
                     node.models[model].state = "loaded"  # until the next poll says otherwise
+                    node.wake.set()  # the poller confirms at once, and the catalogue (model metadata) shows it
                 return PeerUpstream(response, model, node)
 
 
