@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 import httptools
 from multidict import CIMultiDict
 
-#: what would split a request's head (a space, too, in the path: it would end the request line)
+#: what would split a request's head (a space, too, in the path: it would end the request line; header fields are
+#: checked by counting their line breaks)
 _UNSAFE = re.compile(r"[\r\n\0]")
 #: a stream's unread bytes past this pause reading from the runner (backpressure from a slow client)
 HIGH_WATER = 256 * 1024
@@ -145,7 +146,6 @@ class _Connection(asyncio.Protocol):
         self._response: Response | None = None
         self._headers: list[tuple[str, str]] = []
         self._paused = False
-        self.closed = False
         self.idle_since = 0.0
         self._keep_alive = False
         self._complete = False
@@ -166,11 +166,14 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False
 
+    @property
+    def closed(self) -> bool:
+        return self.gone.done()
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._pool.forget(self)
         if not self.gone.done():
             self.gone.set_result(None)
+        self._pool.forget(self)
         self._lost(Reset(str(exc) or type(exc).__name__) if exc is not None else Disconnected(
             "the server closed the connection"))
 
@@ -265,14 +268,13 @@ class Pool:
         """Send one request on an idle connection to ``base_url`` (or a new one, always when ``fresh``) and wait for
         the answer's head."""
         key, prefix, host_header = self._target(base_url)
-        lines = [f"{method} {prefix}{path} HTTP/1.1\r\nHost: {host_header}\r\n"]
-        lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
-        if " " in path or any(_UNSAFE.search(part) for part in (path, *headers.keys(), *headers.values())):
+        fields = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        if (" " in path or _UNSAFE.search(path) or "\0" in fields
+                or fields.count("\n") != len(headers) or fields.count("\r") != len(headers)):
             raise ValueError(f"refused: the path or a header of a request to {base_url} has a line break or space")
-        if body is not None or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body) if body else 0}\r\n")
-        lines.append("\r\n")
-        data = "".join(lines).encode("latin-1")
+        length = f"Content-Length: {len(body) if body else 0}\r\n" if body is not None or method in (
+            "POST", "PUT", "PATCH") else ""
+        data = f"{method} {prefix}{path} HTTP/1.1\r\nHost: {host_header}\r\n{fields}{length}\r\n".encode("latin-1")
         if body:
             data += body
         conn = None if fresh else self._acquire(key)
