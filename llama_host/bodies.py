@@ -81,11 +81,15 @@ def _field(value: Any, key: str) -> Any:
 
 
 def _check_minimums(value: Any, minimums: Mapping[str, int]) -> None:
+    flat = isinstance(value, dict)
     for key, least in minimums.items():
-        number = value
-        for part in key.split("."):  # "options.num_ctx": a key inside an object
-            number = _field(number, part)
-            if number is None:
-                break
-        if isinstance(number, int | float) and not isinstance(number, bool) and number < least:
+        if flat and "." not in key:  # the common case: a key of the body object
+            number = value.get(key)
+        else:
+            number = value
+            for part in key.split("."):  # "options.num_ctx": a key inside an object
+                number = _field(number, part)
+                if number is None:
+                    break
+        if number is not None and type(number) is not bool and isinstance(number, int | float) and number < least:
             raise BadRequest(f"'{key}' must be at least {least} (got {number})", param=key)

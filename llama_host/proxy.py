@@ -40,13 +40,10 @@ class Upstream:
         self._model = model
         self.status = response.status
         self.headers = response.headers
-
-    @property
-    def content_type(self) -> str:
-        """The media type, lower case, without parameters (aiohttp's own parses the parameters into a dict that
-        each response keeps: ~0.9 KB per open stream)."""
-        raw = self.headers.get("Content-Type")
-        return raw.partition(";")[0].strip().lower() if raw else "application/octet-stream"
+        raw = response.headers.get("Content-Type")
+        #: The media type, lower case, without parameters (aiohttp's own parses the parameters into a dict that
+        #: each response keeps: ~0.9 KB per open stream).
+        self.content_type = raw.partition(";")[0].strip().lower() if raw else "application/octet-stream"
 
     @property
     def is_sse(self) -> bool:

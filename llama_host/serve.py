@@ -104,11 +104,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._arm_header_timer()
 
     def on_url(self, url: bytes) -> None:
-        self._count(len(url), 0)
+        self._header_bytes += len(url)
+        if self._header_bytes > self.max_header_bytes:
+            self._refuse()
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4, 1)
+        self._header_bytes += len(name) + len(value) + 4
+        self._header_count += 1
+        if self._header_bytes > self.max_header_bytes or self._header_count > self.max_headers:
+            self._refuse()
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
@@ -116,12 +121,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._partial = False
         super().on_headers_complete()
 
-    def _count(self, size: int, fields: int) -> None:
-        self._header_bytes += size
-        self._header_count += fields
-        if self._header_bytes > self.max_header_bytes or self._header_count > self.max_headers:
-            self._refused = True
-            raise ValueError("header limit")  # stops the parser: data_received answers 431
+    def _refuse(self) -> None:
+        self._refused = True
+        raise ValueError("header limit")  # stops the parser: data_received answers 431
 
     def _arm_header_timer(self) -> None:
         if self._header_timer is None:
@@ -184,6 +186,9 @@ async def serve(host: Host, *, stop: asyncio.Event | None = None,
             limits = host.site.limits
             servers = {port: _Server(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False,
                                                     http=protocol_class(limits),
+                                                    # no client may rename itself with X-Forwarded-For (uvicorn
+                                                    # trusts it from 127.0.0.1, i.e. from every local user)
+                                                    proxy_headers=False,
                                                     # seconds, used as float timeouts; uvicorn annotates them int
                                                     timeout_graceful_shutdown=host.site.shutdown_grace,  # type: ignore[arg-type]
                                                     timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]
