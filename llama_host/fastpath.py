@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from llama_host.host import ApiKeys, Host
 
 FastHandler = Callable[["Host", bytes], Awaitable[Response[Any]]]
+Route = tuple[ASGIApp, ExceptionHandlersMap]  # a route's guarded handler and its surface's exception handlers
 _STARTED = "llama_host.started"  # scope key: the reply began (an error can no longer be sent as a reply)
 
 
@@ -140,22 +141,32 @@ class FastPath:
     def __init__(self, app: ASGIApp, host: Host, routes: Mapping[str, tuple[FastRoute, ExceptionHandlersMap, bool]],
                  guard: Callable[[ASGIApp], ASGIApp], keys: ApiKeys | None) -> None:
         self._app, self._host, self._keys = app, host, keys
-        self._routes = {path: (guard(self._inner(route, public)), handlers)
+        self._routes: dict[str, Route] = {path: (guard(self._inner(route, public)), handlers)
                         for path, (route, handlers, public) in routes.items()}
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             entry = self._routes.get(scope["path"])
             if entry is not None:
-                guarded, handlers = entry
-                try:
-                    await guarded(scope, receive, send)
-                except Exception as exc:
-                    if scope.get(_STARTED):
-                        raise
-                    await self._error(scope, receive, send, handlers, exc)
+                await self.serve(entry, scope, receive, send)
                 return
         await self._app(scope, receive, send)
+
+    @property
+    def routes(self) -> dict[bytes, Route]:
+        """The fast routes by raw path, for a server that serves them itself (``llama_host.serve``): pass an entry to
+        :meth:`serve` with a scope as Litestar would hold it."""
+        return {path.encode("ascii"): entry for path, entry in self._routes.items()}
+
+    async def serve(self, entry: Route, scope: Any, receive: Receive, send: Send) -> None:
+        """``POST`` to the route of ``entry``: every check, the handler, errors shaped by the surface."""
+        guarded, handlers = entry
+        try:
+            await guarded(scope, receive, send)
+        except Exception as exc:
+            if scope.get(_STARTED):
+                raise
+            await self._error(scope, receive, send, handlers, exc)
 
     def _inner(self, route: FastRoute, public: bool) -> ASGIApp:
         host, keys, handler, limit = self._host, self._keys, route.handler, route.max_body_bytes

@@ -17,9 +17,10 @@ from typing import Any
 
 import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
 
 from llama_host.config import LimitSettings
+from llama_host.fastpath import FastPath, Route
 from llama_host.host import Host
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_count = self._header_bytes = 0
         self._refused = self._partial = False
+        handler = getattr(self.app, "asgi_handler", None)
+        self._fast: FastPath | None = handler if isinstance(handler, FastPath) else None
+        self._fast_routes = self._fast.routes if self._fast is not None else {}
         super().connection_made(transport)
         self._arm_header_timer()
 
@@ -119,7 +123,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
         self._partial = False
-        super().on_headers_complete()
+        route = self._fast_routes.get(self.url) if self._fast_routes else None
+        if (route is None or self.parser.get_method() != b"POST" or self.parser.get_http_version() != "1.1"
+                or self.parser.should_upgrade() or (self.cycle is not None and not self.cycle.response_complete)):
+            super().on_headers_complete()  # uvicorn's own cycle (pipelined requests queue there)
+            return
+        assert self._fast is not None
+        scope = self.scope
+        scope["method"] = "POST"
+        scope["path"] = self.url.decode("ascii")
+        scope["raw_path"] = self.url
+        scope["query_string"] = b""
+        scope["app"] = scope["litestar_app"] = self.app  # type: ignore[typeddict-unknown-key]  # as Litestar sets them
+        self.cycle = FastCycle(self, route, self.parser.should_keep_alive())  # type: ignore[assignment]
+        self._start_asgi_task(self.cycle, self.app)
 
     def _refuse(self) -> None:
         self._refused = True
@@ -158,6 +175,136 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.loop.call_later(1.0, self.transport.close)
         else:
             self.transport.close()
+
+
+class FastCycle:
+    """One request to a fast route (``Surface.fast_routes``), served on uvicorn's connection without uvicorn's
+    per-request ASGI cycle (its message checks, the app's middleware stack and Litestar's entry): the route's
+    :meth:`FastPath.serve` gets ``receive`` and ``send`` that read the request body and write the reply on the
+    transport themselves. It is a drop-in for uvicorn's ``RequestResponseCycle`` as the protocol uses it — ``body``,
+    ``more_body``, ``message_event`` (fed by the parser), ``disconnected``, ``keep_alive`` (cleared by a graceful
+    shutdown), ``response_complete`` — so keep-alive, pipelining, flow control, disconnects and shutdown stay
+    uvicorn's. HTTP/1.0, upgrades and pipelined requests behind an unfinished one take uvicorn's cycle instead."""
+
+    __slots__ = ("_protocol", "_route", "scope", "_started", "_chunked", "_length", "body", "more_body",
+                 "message_event", "disconnected", "keep_alive", "response_complete", "_continue", "on_response")
+
+    def __init__(self, protocol: LimitedHttpToolsProtocol, route: Route, keep_alive: bool) -> None:
+        self._protocol, self._route = protocol, route
+        self.scope = protocol.scope  # the protocol's moves on to a pipelined request's
+        self.body = bytearray()
+        self.more_body = True
+        self.message_event = asyncio.Event()
+        self.disconnected = self.response_complete = self._started = self._chunked = False
+        self.keep_alive = keep_alive
+        self._continue = protocol.expect_100_continue
+        self._length = 0
+        self.on_response: Callable[[], None] = protocol.on_response_complete
+
+    async def run_asgi(self, app: Any) -> None:
+        protocol = self._protocol
+        assert protocol._fast is not None
+        try:
+            await protocol._fast.serve(self._route, self.scope, self.receive, self.send)
+        except BaseException as exc:
+            protocol.logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not self._started:
+                await self._internal_error()
+            else:
+                protocol.transport.close()
+        else:
+            if not self._started and not self.disconnected:
+                protocol.logger.error("ASGI callable returned without starting response.")
+                await self._internal_error()
+            elif not self.response_complete and not self.disconnected:
+                protocol.logger.error("ASGI callable returned without completing response.")
+                protocol.transport.close()
+        finally:
+            self.on_response = _nothing
+
+    async def _internal_error(self) -> None:
+        await self.send({"type": "http.response.start", "status": 500, "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21"), (b"connection", b"close")]})
+        await self.send({"type": "http.response.body", "body": b"Internal Server Error"})
+
+    async def receive(self) -> Any:
+        transport = self._protocol.transport
+        if self._continue and not transport.is_closing():
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._continue = False
+        if not self.disconnected and not self.response_complete:
+            self._protocol.flow.resume_reading()
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        body, self.body = bytes(self.body), bytearray()
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
+
+    async def send(self, message: Any) -> None:
+        protocol = self._protocol
+        if protocol.flow.write_paused and not self.disconnected:
+            await protocol.flow.drain()
+        if self.disconnected:
+            return
+        if not self._started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(f"expected 'http.response.start', got '{message['type']}'")
+            self._started = True
+            self._continue = False
+            headers = [*protocol.server_state.default_headers, *message.get("headers", ())]
+            # one scan of all names and one of all values for what would break the head (uvicorn: two per field)
+            if HEADER_RE.search(b"-".join(name for name, _ in headers)) or HEADER_VALUE_RE.search(
+                    b"\t".join(value for _, value in headers)):
+                raise RuntimeError("invalid HTTP header name or value")
+            content = [STATUS_LINE[message["status"]]]
+            length: int | None = None
+            close = False
+            for name, value in headers:
+                name = name.lower()
+                if name == b"content-length" and length is None:
+                    length = int(value)
+                elif name == b"connection" and b"close" in value.lower():
+                    close = True
+                content += (name, b": ", value, b"\r\n")
+            if close:
+                self.keep_alive = False
+            elif not self.keep_alive:
+                content.append(b"connection: close\r\n")
+            if length is None:
+                self._chunked = True
+                content.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self._length = length
+            content.append(b"\r\n")
+            protocol.transport.write(b"".join(content))
+            return
+        if self.response_complete:
+            raise RuntimeError(f"unexpected '{message['type']}' after the response completed")
+        if message["type"] != "http.response.body":
+            raise RuntimeError(f"expected 'http.response.body', got '{message['type']}'")
+        body = message.get("body", b"")
+        more = message.get("more_body", False)
+        if self._chunked:
+            protocol.transport.write(b"".join((b"%x\r\n" % len(body), body, b"\r\n0\r\n\r\n" if not more else b"\r\n"))
+                                     if body else b"0\r\n\r\n" if not more else b"")
+        else:
+            self._length -= len(body)
+            if self._length < 0:
+                raise RuntimeError("response content longer than Content-Length")
+            protocol.transport.write(body)
+        if not more:
+            if self._length:
+                raise RuntimeError("response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                protocol.transport.close()
+            self.on_response()
+
+
+def _nothing() -> None:
+    pass
 
 
 def protocol_class(limits: LimitSettings) -> type[LimitedHttpToolsProtocol]:

@@ -1,0 +1,195 @@
+"""The server's own cycle for the fast routes (llama_host.serve.FastCycle) on uvicorn's connections, over raw sockets:
+keep-alive and ``Connection: close``, ``Expect: 100-continue``, pipelined requests, chunked request bodies, HTTP/1.0
+(uvicorn's cycle), streamed replies, and a failure inside the route. What the replies say is compared with the
+Litestar routes in tests/test_fastpath.py; here: that the HTTP around them holds."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from http.client import HTTPResponse
+from typing import Any
+
+import pytest
+
+import fake_llama_server as fake
+from llama_host import serve as serve_module
+from llama_host.fastpath import FastPath
+from llama_host.testing import RunningHost, serve_host
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHost]:
+    tmp = tmp_path_factory.mktemp("fastcycle")
+    gguf = tmp / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    config = {"log_dir": str(tmp / "logs"), "models": {"m": {"path": str(gguf), "binary": str(fake.write_wrapper(tmp))}}}
+    with serve_host(config, ["openai_api", "llama_server"]) as rh:
+        yield rh
+
+
+@pytest.fixture
+def cycles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths each FastCycle served, in order."""
+    served: list[str] = []
+    original = serve_module.FastCycle.run_asgi
+
+    async def counted(self: Any, app: Any) -> None:
+        served.append(self.scope["path"])
+        await original(self, app)
+
+    monkeypatch.setattr(serve_module.FastCycle, "run_asgi", counted)
+    return served
+
+
+def request(body: bytes, *, headers: dict[str, str] | None = None, version: str = "1.1",
+            path: str = "/v1/chat/completions") -> bytes:
+    fields = {"Host": "127.0.0.1", "Content-Type": "application/json", "Content-Length": str(len(body)),
+              **(headers or {})}
+    head = f"POST {path} HTTP/{version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+    return head.encode() + body
+
+
+class _Unclosed:
+    """A reader HTTPResponse may "close" at the end of each response: the next one reads on."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+    def close(self) -> None:
+        pass
+
+
+class Replies:
+    """Responses read one after another from one connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.file = sock.makefile("rb")
+
+    def makefile(self, *args: Any, **kwargs: Any) -> Any:  # what HTTPResponse asks of a socket
+        return _Unclosed(self.file)
+
+    def next(self) -> tuple[HTTPResponse, bytes]:
+        response = HTTPResponse(self)  # type: ignore[arg-type]
+        response.begin()
+        return response, response.read()
+
+
+def connect(rh: RunningHost) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", rh.port()), timeout=30)
+
+
+def closed_by_server(replies: Replies) -> bool:
+    return replies.file.read(1) == b""
+
+
+def test_keep_alive_then_close(host: RunningHost, cycles: list[str]) -> None:
+    body = json.dumps(CHAT).encode()
+    with connect(host) as sock:
+        replies = Replies(sock)
+        for _ in range(2):
+            sock.sendall(request(body))
+            response, data = replies.next()
+            assert response.status == 200 and json.loads(data)["choices"][0]["message"]["content"] == " t0 t1 t2"
+            assert response.getheader("connection") is None and response.getheader("date")
+        sock.sendall(request(body, headers={"Connection": "close"}))
+        response, data = replies.next()
+        assert response.status == 200 and response.getheader("connection") == "close"
+        assert closed_by_server(replies)
+    assert cycles == ["/v1/chat/completions"] * 3
+
+
+def test_expect_100_continue(host: RunningHost, cycles: list[str]) -> None:
+    body = json.dumps(CHAT).encode()
+    head, _, _ = request(body, headers={"Expect": "100-continue"}).partition(b"\r\n\r\n")
+    with connect(host) as sock:
+        sock.sendall(head + b"\r\n\r\n")
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # asked for the body before it was sent
+        sock.sendall(body)
+        response, data = Replies(sock).next()
+    assert response.status == 200 and json.loads(data)["object"] == "chat.completion"
+    assert cycles == ["/v1/chat/completions"]
+
+
+def test_pipelined_requests_answer_in_order(host: RunningHost, cycles: list[str]) -> None:
+    first = json.dumps({**CHAT, "max_tokens": 2}).encode()
+    second = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 1}).encode()
+    with connect(host) as sock:
+        sock.sendall(request(first) + request(second, path="/v1/completions"))
+        replies = Replies(sock)
+        a, a_data = replies.next()
+        b, b_data = replies.next()
+    assert (a.status, json.loads(a_data)["object"]) == (200, "chat.completion")
+    assert (b.status, json.loads(b_data)["object"]) == (200, "text_completion")
+    assert cycles[0] == "/v1/chat/completions"  # the second may wait in uvicorn's queue and take its cycle
+
+
+def test_chunked_request_body(host: RunningHost, cycles: list[str]) -> None:
+    body = json.dumps(CHAT).encode()
+    parts = [body[:10], body[10:]]
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    with connect(host) as sock:
+        sock.sendall(head)
+        sock.sendall(chunked)
+        response, data = Replies(sock).next()
+    assert response.status == 200 and json.loads(data)["usage"]["completion_tokens"] == 3
+    assert cycles == ["/v1/chat/completions"]
+
+
+def test_http_1_0_takes_uvicorns_cycle(host: RunningHost, cycles: list[str]) -> None:
+    with connect(host) as sock:
+        sock.sendall(request(json.dumps(CHAT).encode(), version="1.0"))
+        replies = Replies(sock)
+        response, data = replies.next()
+        assert response.status == 200 and json.loads(data)["object"] == "chat.completion"
+        assert closed_by_server(replies)
+    assert cycles == []
+
+
+def test_streamed_reply_is_chunked(host: RunningHost, cycles: list[str]) -> None:
+    with connect(host) as sock:
+        sock.sendall(request(json.dumps({**CHAT, "stream": True}).encode()))
+        response, data = Replies(sock).next()  # http.client undoes the chunked framing
+    assert response.status == 200 and response.getheader("transfer-encoding") == "chunked"
+    assert response.getheader("content-type").startswith("text/event-stream")
+    events = [line[6:] for line in data.decode().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1]
+                   if json.loads(e)["choices"]) == " t0 t1 t2"
+    assert cycles == ["/v1/chat/completions"]
+
+
+def test_failure_inside_the_route_is_a_plain_500(host: RunningHost, cycles: list[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(self: FastPath, *args: Any) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(FastPath, "serve", broken)
+    with connect(host) as sock:
+        sock.sendall(request(json.dumps(CHAT).encode()))
+        replies = Replies(sock)
+        response, data = replies.next()
+        assert (response.status, data) == (500, b"Internal Server Error")
+        assert response.getheader("connection") == "close" and closed_by_server(replies)
+    assert cycles == ["/v1/chat/completions"]
+
+
+def test_other_routes_and_methods_take_uvicorns_cycle(host: RunningHost, cycles: list[str]) -> None:
+    with connect(host) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        replies = Replies(sock)
+        response, data = replies.next()
+        assert response.status == 200 and json.loads(data)["data"][0]["id"] == "m"
+        sock.sendall(request(json.dumps(CHAT).encode(), path="/v1/chat/completions?x=1"))
+        response, data = replies.next()
+        assert response.status == 200 and json.loads(data)["object"] == "chat.completion"
+    assert cycles == []
