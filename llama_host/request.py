@@ -42,6 +42,35 @@ log = logging.getLogger(__name__)
 LOADING_EVERY = 1.0
 _decode_any = msgspec.json.Decoder().decode
 _validate = msgspec.json.Decoder(msgspec.Raw).decode
+
+
+class _Choice(msgspec.Struct):
+    finish_reason: Any = None
+
+
+class _Metered(msgspec.Struct):
+    """What metering reads of a whole reply: msgspec passes over every other field (the text, the embedding vectors)
+    without building it."""
+
+    usage: Any = None
+    timings: Any = None
+    choices: list[_Choice] | None = None
+
+
+_decode_metered = msgspec.json.Decoder(_Metered).decode
+
+
+def _metered(data: bytes) -> Any:
+    """The parts of a JSON reply that :meth:`RequestMeter.observe` reads. Measured (msgspec 0.23): an embeddings
+    reply of 8 × 768 floats (125 KB) 189 → 78 µs; a short chat reply is decoded whole, which is a little faster."""
+    if len(data) < 4096:
+        return _decode_any(data)
+    try:
+        m = _decode_metered(data)
+    except msgspec.ValidationError:  # JSON of another shape: read it whole
+        return _decode_any(data)
+    return {"usage": m.usage, "timings": m.timings,
+            "choices": [{"finish_reason": c.finish_reason} for c in m.choices or ()]}
 _encode = msgspec.json.Encoder().encode
 #: what makes an event need a closer look: an error, and (when metering) usage, timings or a stop reason
 _ERROR = (b'"error"',)
@@ -408,7 +437,7 @@ class ModelCall:
                 if ex.raw:
                     if up.content_type == "application/json" and up.status < 400:
                         try:
-                            self.meter.observe(_decode_any(data))
+                            self.meter.observe(_metered(data))
                         except msgspec.DecodeError:
                             pass
                     self.end(up.status, None if up.status < 400 else data[:300].decode("utf-8", "replace"))

@@ -99,3 +99,24 @@ def test_a_read_of_plain_events_then_an_error_keeps_the_plain_ones():
     parser = SSEParser()
     assert parser.events(plain + b'data: {"n": oops}\n\n') == [{"n": n} for n in range(50)]
     assert isinstance(parser.error, BadUpstreamEvent)
+
+
+@pytest.mark.parametrize("size", [10, 5000], ids=["short", "long"])
+def test_a_whole_reply_gives_the_meter_the_same_facts_short_or_long(size):
+    import json
+
+    from llama_host.request import _metered
+
+    reply = {"id": "x", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "w" * size}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7}, "timings": {"predicted_per_second": 12.5}}
+    facts = _metered(json.dumps(reply).encode())
+    assert facts["usage"] == reply["usage"] and facts["timings"] == reply["timings"]
+    assert [c["finish_reason"] for c in facts["choices"]] == ["stop"]
+    embeddings = {"data": [{"embedding": [0.5] * (size // 4 + 1), "index": i} for i in range(3)],
+                  "usage": {"prompt_tokens": 9, "total_tokens": 9}}
+    assert _metered(json.dumps(embeddings).encode())["usage"] == embeddings["usage"]
+    odd = [1, 2, 3] * size  # JSON, but not an object: nothing to meter, no error
+    assert _metered(json.dumps(odd).encode()) == odd
+    odd_choices = {"choices": ["not an object"] * size, "usage": {"prompt_tokens": 1}}
+    assert _metered(json.dumps(odd_choices).encode())["usage"] == {"prompt_tokens": 1}
