@@ -149,9 +149,10 @@ class HostProcess:
     """``llama-host serve --config site.yaml`` in a subprocess; ``url``, ``pid``, ``rss()``, ``cpu_seconds()``."""
 
     def __init__(self, site: dict[str, Any], workdir: Path, pythonpath: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, prefix: Iterable[str] = ()) -> None:
         self.site = dict(site)
         self.pythonpath = pythonpath
+        self.prefix = list(prefix)  # a command the host runs under (valgrind ...)
         self.env = dict(env or {})
         self.site.setdefault("host", "127.0.0.1")
         self.site.setdefault("port", free_port())
@@ -171,7 +172,8 @@ class HostProcess:
         if self.pythonpath:  # e.g. a patched copy of llama_host to compare against the checkout
             env["PYTHONPATH"] = self.pythonpath + os.pathsep + env.get("PYTHONPATH", "")
         # cwd is the work folder, so ``-m`` imports the installed llama_host (or the one on ``pythonpath``)
-        self.proc = subprocess.Popen([sys.executable, "-m", "llama_host.cli", "serve", "--config", str(self.config)],
+        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "llama_host.cli", "serve", "--config",
+                                      str(self.config)],
                                      stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=subprocess.STDOUT,
                                      cwd=str(self.workdir), env=env)
         self._ps = psutil.Process(self.proc.pid)
