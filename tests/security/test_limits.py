@@ -90,6 +90,20 @@ def test_headers_sent_slowly_are_cut_off(host):
     assert 0.9 < elapsed < 3
 
 
+def test_the_headers_deadline_counts_from_each_request_on_a_kept_alive_connection(host):
+    """The second request's headers get their full second, though the connection's timer was set before it."""
+    with connect(host.port()) as sock:
+        sock.sendall(request([]))
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        time.sleep(0.6)  # under keep_alive_timeout; the first request's deadline has 0.4 s left
+        started = time.monotonic()
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ... and never the end of the headers
+        reply = read_until_closed(sock)
+        elapsed = time.monotonic() - started
+    assert reply.startswith(b"HTTP/1.1 408 "), reply[:100]
+    assert 0.9 < elapsed < 3
+
+
 def test_a_connection_that_sends_nothing_is_closed(host):
     with connect(host.port()) as sock:
         started = time.monotonic()
