@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 LOADING_EVERY = 1.0
 _decode_any = msgspec.json.Decoder().decode
 _validate = msgspec.json.Decoder(msgspec.Raw).decode
+_encode = msgspec.json.Encoder().encode
+#: what makes an event need a closer look: an error, and (when metering) usage, timings or a stop reason
+_ERROR = (b'"error"',)
+_METERED = (*_ERROR, b'"usage"', b'"timings"', b'"finish_reason":"', b'"finish_reason": "')
 
 
 class _Choice(msgspec.Struct):
@@ -71,10 +75,6 @@ def _metered(data: bytes) -> Any:
         return _decode_any(data)
     return {"usage": m.usage, "timings": m.timings,
             "choices": [{"finish_reason": c.finish_reason} for c in m.choices or ()]}
-_encode = msgspec.json.Encoder().encode
-#: what makes an event need a closer look: an error, and (when metering) usage, timings or a stop reason
-_ERROR = (b'"error"',)
-_METERED = (*_ERROR, b'"usage"', b'"timings"', b'"finish_reason":"', b'"finish_reason": "')
 
 
 class BadUpstreamEvent(HostError):

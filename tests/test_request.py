@@ -1,11 +1,13 @@
-"""The core request primitive's parts that need no server: the one SSE parser."""
+"""The core request primitive's parts that need no server: the one SSE parser, what a whole reply is metered from."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from llama_host.errors import UpstreamError
-from llama_host.request import BadUpstreamEvent, SSEParser
+from llama_host.request import BadUpstreamEvent, SSEParser, _metered
 
 
 def parse(*reads: bytes) -> tuple[list, SSEParser]:
@@ -103,10 +105,6 @@ def test_a_read_of_plain_events_then_an_error_keeps_the_plain_ones():
 
 @pytest.mark.parametrize("size", [10, 5000], ids=["short", "long"])
 def test_a_whole_reply_gives_the_meter_the_same_facts_short_or_long(size):
-    import json
-
-    from llama_host.request import _metered
-
     reply = {"id": "x", "object": "chat.completion", "choices": [
         {"index": 0, "message": {"role": "assistant", "content": "w" * size}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 7}, "timings": {"predicted_per_second": 12.5}}
