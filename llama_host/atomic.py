@@ -7,7 +7,6 @@ import errno
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -44,28 +43,82 @@ def write_atomic(path: str | Path, text: str, *, backups: int = 0) -> None:
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-_renameat2: Callable[..., int] | Literal[False] | None = None  # None: not looked up yet; False: not available
+
+
+class _HeldLibc:
+    """libc's ``renameat2``, ``open``, ``read`` and ``close`` called through ``ctypes.PyDLL``: the calling thread keeps
+    the GIL, so no other thread of the host runs between two of them. :func:`write_if_unchanged` swaps its version in,
+    checks what it displaced and swaps a newer save back with them: a thread of this process (a test's editor, a
+    plugin) never reads the interim file. (``ctypes.CDLL`` calls, and Python's own I/O, release the GIL at each system
+    call, and reacquiring it can take a switch interval, 5 ms, under load: a thread reading the file then could see
+    the host's version in place of the save being put back.)"""
+
+    def __init__(self) -> None:
+        libc = ctypes.PyDLL(None, use_errno=True)
+        self.renameat2 = libc.renameat2  # glibc >= 2.28; AttributeError elsewhere
+        self.renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+        self.open = libc.open
+        self.open.argtypes = (ctypes.c_char_p, ctypes.c_int)
+        self.read = libc.read
+        self.read.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
+        self.read.restype = ctypes.c_ssize_t
+        self.close = libc.close
+        self.close.argtypes = (ctypes.c_int,)
+
+
+_libc: _HeldLibc | Literal[False] | None = None  # None: not looked up yet; False: not available
+
+
+def _held_libc() -> _HeldLibc | None:
+    global _libc
+    if _libc is None:
+        try:
+            _libc = _HeldLibc()
+        except (OSError, AttributeError):  # not glibc >= 2.28 (or not Linux)
+            _libc = False
+    return _libc or None
 
 
 def _exchange(a: Path, b: Path) -> bool:
-    """Swap the files at ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
-    platform or the file system cannot."""
-    global _renameat2
-    if _renameat2 is None:
-        try:
-            fn = ctypes.CDLL(None, use_errno=True).renameat2
-            fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
-            _renameat2 = fn
-        except (OSError, AttributeError):  # not glibc >= 2.28 (or not Linux)
-            _renameat2 = False
-    if not _renameat2:
+    """Swap the files at ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``, the GIL kept); False
+    where the platform or the file system cannot."""
+    libc = _held_libc()
+    if libc is None:
         return False
-    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    if libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # not on this file system or kernel
         return False
     raise OSError(err, os.strerror(err), str(b))
+
+
+def _read_held(path: Path) -> str | None:
+    """:func:`_read` with the GIL kept throughout (after a successful :func:`_exchange`, so libc is there)."""
+    libc = _held_libc()
+    assert libc is not None
+    fd = libc.open(os.fsencode(path), os.O_RDONLY | os.O_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        if err == errno.ENOENT:
+            return None
+        raise OSError(err, os.strerror(err), str(path))
+    parts = []
+    buf = ctypes.create_string_buffer(1 << 16)
+    try:
+        while True:
+            n = libc.read(fd, buf, len(buf))
+            if n == 0:
+                break
+            if n < 0:
+                err = ctypes.get_errno()
+                if err == errno.EINTR:
+                    continue
+                raise OSError(err, os.strerror(err), str(path))
+            parts.append(buf.raw[:n])
+    finally:
+        libc.close(fd)
+    return b"".join(parts).decode("utf-8", "surrogateescape")
 
 
 def _read(path: Path) -> str | None:
@@ -108,13 +161,13 @@ def write_if_unchanged(path: str | Path, text: str, expected: str | None, *,
                 swapped = _exchange(tmp, path)
             except FileNotFoundError:  # the file was deleted meanwhile
                 return False, None
-            if swapped:
-                displaced = _read(tmp)
+            if swapped:  # from here until the file is settled, the GIL is kept (see _HeldLibc)
+                displaced = _read_held(tmp)
                 if displaced != expected:
                     # Someone saved since ``expected`` was read: give the file back. Whatever the swap-back brings
                     # out is ours, or an even newer save, which then goes back in its turn.
                     _exchange(tmp, path)
-                    back = _read(tmp)
+                    back = _read_held(tmp)
                     if back != text:
                         _exchange(tmp, path)
                         return False, back

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import threading
 import time
 from pathlib import Path
@@ -150,3 +151,52 @@ def test_write_if_unchanged(tmp_path):
     path.unlink()
     assert write_if_unchanged(path, "three\n", "two\n") == (False, None)  # deleted meanwhile
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_a_save_landing_during_the_swap_is_put_back_and_no_thread_sees_the_swap(tmp_path, monkeypatch):
+    """A user's save lands right after the check and before the swap (injected): the swap displaces it, it goes back,
+    and a thread woken in between reads the user's file, never the host's version, because the GIL is kept until the
+    file is settled. (With the GIL released in between, the woken thread gets it first only now and then: the second
+    assertion catches that regression sometimes, the first one always checks the swap back.)"""
+    from llama_host import atomic
+
+    path = tmp_path / "f.yaml"
+    path.write_text("old\n")
+    go = threading.Event()
+    seen: list[str] = []
+
+    def reader() -> None:
+        go.wait(10)
+        seen.append(path.read_text())
+
+    real_read, real_read_held = atomic._read, atomic._read_held
+
+    def read_then_user_saves(p: Path) -> str | None:
+        text = real_read(p)
+        if p == path:  # the check before the swap; then the user's editor saves by rename
+            user = tmp_path / "user.tmp"
+            user.write_text("user\n")
+            os.replace(user, path)
+        return text
+
+    def read_held(p: Path) -> str | None:
+        if not go.is_set():  # the host's version is in place now: the reader wakes and waits for the GIL
+            go.set()
+            until = time.perf_counter() + 0.002
+            while time.perf_counter() < until:  # time for it to be waiting, the GIL kept
+                pass
+        return real_read_held(p)
+
+    monkeypatch.setattr(atomic, "_read", read_then_user_saves)
+    monkeypatch.setattr(atomic, "_read_held", read_held)
+    thread = threading.Thread(target=reader)
+    thread.start()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)  # no forced switch (5 ms by default) in the middle: only a released GIL lets it run
+    try:
+        assert atomic.write_if_unchanged(path, "host\n", "old\n") == (False, "user\n")
+    finally:
+        sys.setswitchinterval(interval)
+    thread.join(10)
+    assert path.read_text() == "user\n" and seen == ["user\n"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.yaml"]
