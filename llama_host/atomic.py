@@ -115,7 +115,7 @@ def _read_held(path: Path) -> str | None:
                 if err == errno.EINTR:
                     continue
                 raise OSError(err, os.strerror(err), str(path))
-            parts.append(buf.raw[:n])
+            parts.append(ctypes.string_at(buf, n))
     finally:
         libc.close(fd)
     return b"".join(parts).decode("utf-8", "surrogateescape")

@@ -136,13 +136,16 @@ async def _stream(response: Stream, iterator: AsyncIterator[str | bytes], scope:
 class FastPath:
     """The ASGI handler of one app with its fast routes in front (see the module docstring)."""
 
-    __slots__ = ("_app", "_host", "_keys", "_routes")
+    __slots__ = ("_app", "_host", "_keys", "_routes", "routes")
 
     def __init__(self, app: ASGIApp, host: Host, routes: Mapping[str, tuple[FastRoute, ExceptionHandlersMap, bool]],
                  guard: Callable[[ASGIApp], ASGIApp], keys: ApiKeys | None) -> None:
         self._app, self._host, self._keys = app, host, keys
         self._routes: dict[str, Route] = {path: (guard(self._inner(route, public)), handlers)
-                        for path, (route, handlers, public) in routes.items()}
+                                          for path, (route, handlers, public) in routes.items()}
+        #: The fast routes by raw path, for a server that serves them itself (``llama_host.serve``): pass an entry to
+        #: :meth:`serve` with a scope as Litestar would hold it.
+        self.routes: dict[bytes, Route] = {path.encode("ascii"): entry for path, entry in self._routes.items()}
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -151,12 +154,6 @@ class FastPath:
                 await self.serve(entry, scope, receive, send)
                 return
         await self._app(scope, receive, send)
-
-    @property
-    def routes(self) -> dict[bytes, Route]:
-        """The fast routes by raw path, for a server that serves them itself (``llama_host.serve``): pass an entry to
-        :meth:`serve` with a scope as Litestar would hold it."""
-        return {path.encode("ascii"): entry for path, entry in self._routes.items()}
 
     async def serve(self, entry: Route, scope: Any, receive: Receive, send: Send) -> None:
         """``POST`` to the route of ``entry``: every check, the handler, errors shaped by the surface."""

@@ -295,8 +295,11 @@ class FastCycle:
         body = message.get("body", b"")
         more = message.get("more_body", False)
         if self._chunked:
-            protocol.transport.write(b"".join((b"%x\r\n" % len(body), body, b"\r\n0\r\n\r\n" if not more else b"\r\n"))
-                                     if body else b"0\r\n\r\n" if not more else b"")
+            frame = [b"%x\r\n" % len(body), body, b"\r\n"] if body else []
+            if not more:
+                frame.append(b"0\r\n\r\n")
+            if frame:
+                protocol.transport.write(b"".join(frame))
         else:
             self._length -= len(body)
             if self._length < 0:

@@ -70,7 +70,6 @@ class Replies:
     """Responses read one after another from one connection."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
         self.file = sock.makefile("rb")
 
     def makefile(self, *args: Any, **kwargs: Any) -> Any:  # what HTTPResponse asks of a socket
