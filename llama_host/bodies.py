@@ -8,7 +8,6 @@ wrong type for the surface's typed view, and count fields below the minimum a su
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, TypeVar, overload
 
@@ -21,7 +20,10 @@ from llama_host.errors import BadRequest
 MAX_DEPTH = 64
 
 T = TypeVar("T")
-_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+#: digits to b"9", every other byte to b" ": a run of 20 digits is then a plain substring search (a regular expression
+#: for it tries a match at every byte: ~12x slower, 2 ms for a 100 KB chat)
+_DIGITS = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_RUN = b"9" * 20
 _INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
 _decode_any = msgspec.json.Decoder().decode
 
@@ -54,7 +56,7 @@ def decode_json(raw: bytes, type: Any = None, *, minimums: Mapping[str, int] | N
     except RecursionError:
         raise BadRequest(f"the request body is nested more than {MAX_DEPTH} levels deep") from None
     deep = raw.count(b"[") + raw.count(b"{") > MAX_DEPTH  # only then can the value be too deep
-    huge = _LONG_DIGITS.search(raw) is not None  # only then can an integer be out of range (msgspec keeps big ints)
+    huge = _LONG_RUN in raw.translate(_DIGITS)  # only then can an integer be out of range (msgspec keeps big ints)
     if deep or huge:  # most bodies skip the walk
         _check_tree(value if type is None else msgspec.to_builtins(value))
     if minimums:
