@@ -194,7 +194,7 @@ class FastCycle:
     shutdown), ``response_complete`` — so keep-alive, pipelining, flow control, disconnects and shutdown stay
     uvicorn's. HTTP/1.0, upgrades and pipelined requests behind an unfinished one take uvicorn's cycle instead."""
 
-    __slots__ = ("_protocol", "_route", "scope", "_started", "_chunked", "_length", "body", "more_body",
+    __slots__ = ("_protocol", "_route", "scope", "_started", "_chunked", "_length", "_head", "body", "more_body",
                  "message_event", "disconnected", "keep_alive", "response_complete", "_continue", "on_response")
 
     def __init__(self, protocol: LimitedHttpToolsProtocol, route: Route, keep_alive: bool) -> None:
@@ -207,6 +207,7 @@ class FastCycle:
         self.keep_alive = keep_alive
         self._continue = protocol.expect_100_continue
         self._length = 0
+        self._head = b""
         self.on_response: Callable[[], None] = protocol.on_response_complete
 
     async def run_asgi(self, app: Any) -> None:
@@ -286,7 +287,10 @@ class FastCycle:
             else:
                 self._length = length
             content.append(b"\r\n")
-            protocol.transport.write(b"".join(content))
+            if self._chunked:
+                protocol.transport.write(b"".join(content))
+            else:  # written with the body: one segment for a whole reply
+                self._head = b"".join(content)
             return
         if self.response_complete:
             raise RuntimeError(f"unexpected '{message['type']}' after the response completed")
@@ -304,6 +308,8 @@ class FastCycle:
             self._length -= len(body)
             if self._length < 0:
                 raise RuntimeError("response content longer than Content-Length")
+            if self._head:
+                body, self._head = self._head + body, b""
             protocol.transport.write(body)
         if not more:
             if self._length:

@@ -105,6 +105,32 @@ def test_keep_alive_then_close(host: RunningHost, cycles: list[str]) -> None:
     assert cycles == ["/v1/chat/completions"] * 3
 
 
+def test_a_whole_reply_is_written_in_one_piece(host: RunningHost, cycles: list[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head waits for the body: one write, one segment (a client reads it at once, the kernel sends it once)."""
+    writes: list[bytes] = []
+
+    class Recording:
+        def __init__(self, transport: Any) -> None:
+            self._transport = transport
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._transport, name)
+
+        def write(self, data: bytes) -> None:
+            writes.append(bytes(data))
+            self._transport.write(data)
+
+    made = serve_module.LimitedHttpToolsProtocol.connection_made
+    monkeypatch.setattr(serve_module.LimitedHttpToolsProtocol, "connection_made",
+                        lambda self, transport: made(self, Recording(transport)))
+    with connect(host) as sock:
+        sock.sendall(request(json.dumps(CHAT).encode()))
+        response, data = Replies(sock).next()
+    assert response.status == 200 and cycles == ["/v1/chat/completions"]
+    assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(data)
+
+
 def test_expect_100_continue(host: RunningHost, cycles: list[str]) -> None:
     body = json.dumps(CHAT).encode()
     head, _, _ = request(body, headers={"Expect": "100-continue"}).partition(b"\r\n\r\n")
