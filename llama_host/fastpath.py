@@ -37,6 +37,25 @@ Route = tuple[ASGIApp, ExceptionHandlersMap]  # a route's guarded handler and it
 _STARTED = "llama_host.started"  # scope key: the reply began (an error can no longer be sent as a reply)
 
 
+class Reply(Response[bytes]):
+    """Litestar's ``Response`` for a reply already in bytes, made without the generic work of its constructor (two
+    ``typing.Mapping`` instance checks and three new containers: ~3 µs of a relayed request). It is a ``Response``
+    in every way Litestar and :class:`FastPath` use one; ``tests/test_fastpath.py`` checks that it sets every slot
+    Litestar's constructor sets."""
+
+    __slots__ = ()
+
+    def __init__(self, content: bytes, status_code: int, media_type: str) -> None:  # no super().__init__: its work
+        self.content = content
+        self.status_code = status_code
+        self.media_type = media_type
+        self.background = None
+        self.cookies = []
+        self.encoding = "utf-8"
+        self.headers = {}
+        self.response_type_encoders = {}
+
+
 @dataclass(frozen=True)
 class FastRoute:
     """``POST path`` served by ``handler(host, body)``; bodies over ``max_body_bytes`` get 413."""
@@ -175,8 +194,10 @@ class FastPath:
             response = await handler(host, await read_body(scope, receive, limit))
             scope[_STARTED] = True
             content, status = response.content, response.status_code
-            if (type(response) is Response and isinstance(content, bytes) and status is not None and status >= 200
-                    and status not in (204, 304) and not response.cookies and response.background is None):
+            kind = type(response)
+            if ((kind is Reply or kind is Response) and isinstance(content, bytes) and status is not None
+                    and status >= 200 and status not in (204, 304) and not response.cookies
+                    and response.background is None):
                 await send(_head(response, status, len(content)))
                 await send({"type": "http.response.body", "body": content, "more_body": False})
                 return

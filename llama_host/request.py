@@ -30,6 +30,7 @@ from litestar import Response
 from litestar.response import Stream
 
 from llama_host.errors import HostError, UpstreamError
+from llama_host.fastpath import Reply
 from llama_host.proxy import SSE_HEADERS, RequestMeter, Upstream
 
 if TYPE_CHECKING:
@@ -443,8 +444,7 @@ class ModelCall:
                     self.end(up.status, None if up.status < 400 else data[:300].decode("utf-8", "replace"))
                     body = ex.reply(data, up)
                     if isinstance(body, bytes):
-                        return Response(content=body, status_code=up.status,
-                                        media_type=up.headers.get("Content-Type") or ex.media_type)
+                        return Reply(body, up.status, up.headers.get("Content-Type") or ex.media_type)
                     return body
                 reply = _decode_any(data)
                 self.meter.observe(reply)
@@ -457,7 +457,7 @@ class ModelCall:
             raise err from None
         if isinstance(body, Response):
             return body
-        return Response(content=body, status_code=200, media_type=ex.media_type)
+        return Reply(body, 200, ex.media_type)
 
     async def events(self, opening: bytes = b"", progress: bool = False) -> AsyncIterator[bytes]:
         """The reply as a stream: the exchange's bytes as the runner's events arrive (raw: the runner's bytes;

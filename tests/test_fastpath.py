@@ -9,10 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
+from litestar import Response
 
 import fake_llama_server as fake
 from llama_host.eventloop import loop_name
-from llama_host.fastpath import FastPath
+from llama_host.fastpath import FastPath, Reply
 from llama_host.testing import serve_host, wait_until
 from test_fault_matrix import Recorder
 
@@ -107,3 +108,10 @@ def test_fast_path_same_as_litestar(tmp_path: Path) -> None:
     for a, b in zip(fast, slow, strict=True):
         assert a == b
     assert fast_records == slow_records
+
+
+def test_a_reply_sets_every_slot_litestars_response_sets() -> None:
+    made, reply = Response(content=b"{}", status_code=201, media_type="application/json"), Reply(b"{}", 201,
+                                                                                                 "application/json")
+    slots = {name for cls in type(made).__mro__ for name in getattr(cls, "__slots__", ())}
+    assert slots and {name: getattr(reply, name) for name in slots} == {name: getattr(made, name) for name in slots}
