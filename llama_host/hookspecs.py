@@ -156,7 +156,8 @@ def resolve_model(host: Host, requested: str, surface: str) -> ModelSpec | None:
     :param requested: the name as the client sent it (``qwen:latest``, an alias, an LM Studio id).
     :param surface: the surface asking (``openai_api``, ``ollama_api``, ...).
     :returns: the spec, or ``None`` to let the next implementation (finally the core's case-insensitive,
-        alias- and ``:latest``-aware default) decide.
+        alias- and ``:latest``-aware default) decide. While no plugin implements this hook, the core answers
+        without a pluggy call (it is on every request's path); a plugin registered later is asked from then on.
 
     Example::
 

@@ -37,7 +37,7 @@ from llama_host.plugins import (
     plugin_schemas,
 )
 from llama_host.proxy import Relay, RequestMeter
-from llama_host.scheduler import Scheduler
+from llama_host.scheduler import CORE_RESOLVER, Scheduler
 from llama_host.security import BrowserPolicy, browser_guard
 from llama_host.types import Event, ModelSpec, RuntimeInfo, Surface
 
@@ -96,14 +96,16 @@ class Host:
         #: set when the host begins to stop: long-lived streams (logs, events) should end then
         self.stopping = asyncio.Event()
         self._settings: dict[tuple[str, type], Any] = {}
-        pm.register(_CoreResolver(), name="llama_host.core")
+        pm.register(_CoreResolver(), name=CORE_RESOLVER)
         from llama_host.peers import PeerPool  # imports this module
 
         #: other llama-host nodes (``peers:``): their models join the catalogue through the normal hooks
         self.peers = PeerPool(self, site.peers)
         if site.peers:
             pm.register(self.peers, name="llama_host.peers")
-        if os.environ.get(TRACE_ENV, "") not in ("", "0"):
+        #: every hook call is logged (``LLAMA_HOST_TRACE_HOOKS``): the core then never answers in a hook's place
+        self.hooks_traced = os.environ.get(TRACE_ENV, "") not in ("", "0")
+        if self.hooks_traced:
             trace_hooks(pm)
         self._track_event = pm.hook.track_event
         self.runtimes = self._collect_runtimes()

@@ -134,6 +134,27 @@ def test_trace_switch_logs_every_hook_call(tmp_path, monkeypatch, caplog) -> Non
     assert any("returned" in m for m in traced)
 
 
+class Renamer:
+    @hookimpl
+    def resolve_model(self, host: Host, requested: str) -> ModelSpec | None:
+        return host.scheduler.models.get("bare-model") if requested == "gpt-4o" else None
+
+
+def test_resolve_model_is_asked_as_soon_as_a_plugin_implements_it(tmp_path) -> None:
+    """Without a plugin implementing it the core answers alone (no pluggy call per request); a plugin registered
+    while the host runs is asked from its first request on, and stops being asked once it is gone."""
+    with serve_host({"log_dir": str(tmp_path)}, ["openai_api"], extra=[("ordered", Ordered())]) as rh:
+        scheduler = rh.host.scheduler
+        scheduler.set_models({}, [ModelSpec(name="bare-model", runtime="bare-echo", source="config")])
+        assert scheduler.resolve("gpt-4o") is None and scheduler.resolve("BARE-model").name == "bare-model"
+        renamer = Renamer()
+        rh.host.pm.register(renamer, name="renamer")
+        assert scheduler.resolve("gpt-4o").name == "bare-model"
+        assert scheduler.resolve("BARE-model").name == "bare-model"  # the plugin passes: the core answers
+        rh.host.pm.unregister(renamer)
+        assert scheduler.resolve("gpt-4o") is None
+
+
 class Clash:
     @hookimpl
     def register_surfaces(self) -> list[Surface]:
