@@ -124,9 +124,19 @@ class MetricsPlugin:
 _instances: weakref.WeakKeyDictionary[Host, MetricsPlugin] = weakref.WeakKeyDictionary()
 
 
+#: the last host asked for and its instance: every event of a request asks (a WeakKeyDictionary lookup makes a weak
+#: reference each time)
+_last: tuple[weakref.ref[Host], MetricsPlugin] | None = None
+
+
 def plugin_for(host: Host) -> MetricsPlugin:
     """The metrics instance of ``host`` (created on first use)."""
+    global _last
+    last = _last
+    if last is not None and last[0]() is host:
+        return last[1]
     plugin = _instances.get(host)
     if plugin is None:
         plugin = _instances[host] = MetricsPlugin(host)
+    _last = (weakref.ref(host), plugin)
     return plugin

@@ -161,19 +161,19 @@ class EventHub:
     def __init__(self, buffer: int) -> None:
         self.buffer = buffer
         self.dropped = 0
+        #: connected clients (a plain attribute: read for every event)
+        self.clients = 0
         self._queues: set[asyncio.Queue[tuple[str, Any]]] = set()
-
-    @property
-    def clients(self) -> int:
-        return len(self._queues)
 
     def subscribe(self) -> asyncio.Queue[tuple[str, Any]]:
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(self.buffer)
         self._queues.add(queue)
+        self.clients = len(self._queues)
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[tuple[str, Any]]) -> None:
         self._queues.discard(queue)
+        self.clients = len(self._queues)
 
     def publish(self, kind: str, payload: Any) -> None:
         for queue in self._queues:
@@ -189,6 +189,7 @@ class EventHub:
                 queue.get_nowait()
             queue.put_nowait(self.CLOSED)
         self._queues.clear()
+        self.clients = 0
 
 
 class Recorder:
@@ -243,11 +244,17 @@ class Recorder:
         return stats
 
     def _request_started(self, event: RequestStarted) -> None:
-        self._stats(self._model(event.model)).in_flight += 1
+        stats = self.models.get(event.model)  # a model seen before (the hot path: no calls)
+        if stats is None:
+            stats = self._stats(self._model(event.model))
+        stats.in_flight += 1
 
     def _request_finished(self, event: RequestFinished) -> None:
-        model = self._model(event.model)
-        stats = self._stats(model)
+        model = event.model
+        stats = self.models.get(model)
+        if stats is None:
+            model = self._model(model)
+            stats = self._stats(model)
         if stats.in_flight > 0:
             stats.in_flight -= 1
         stats.last_request_at = event.ts
