@@ -68,6 +68,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
+        self._keep_alive_timer: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None  # when the last response ended, until data comes
         self._header_count = self._header_bytes = 0
         self._refused = self._partial = self._began = False
         handler = getattr(self.app, "asgi_handler", None)
@@ -79,13 +81,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        if self._keep_alive_timer is not None:
+            self._keep_alive_timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's own, with a 431 (instead of its 400 and warning) when a header limit stopped the parser.
         if self._refused:
             return
-        self._unset_keepalive_if_required()
+        self._idle_since = None  # not idle: the keep-alive timer, when it fires, finds nothing to do
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -145,6 +149,30 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         scope["app"] = scope["litestar_app"] = self.app  # type: ignore[typeddict-unknown-key]  # as Litestar sets them
         self.cycle = FastCycle(self, route, self.parser.should_keep_alive())  # type: ignore[assignment]
         self._start_asgi_task(self.cycle, self.app)
+
+    def on_response_complete(self) -> None:
+        # uvicorn's own (0.55), with one keep-alive timer per connection instead of a new one per response
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self._keep_alive_timer is None:
+            self._keep_alive_timer = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_expired)
+
+    def _keep_alive_expired(self) -> None:
+        self._keep_alive_timer = None
+        if self._idle_since is None or self.transport.is_closing():
+            return  # busy again: the next response arms the timer
+        left = self._idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:  # a later response moved the deadline
+            self._keep_alive_timer = self.loop.call_later(left, self._keep_alive_expired)
+        else:
+            self.transport.close()
 
     def _refuse(self) -> None:
         self._refused = True
