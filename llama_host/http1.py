@@ -98,7 +98,7 @@ class Response:
                 waiter.set_result(None)
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._conn.loop.create_future()
         await self._waiter
 
     def _take(self) -> bytes:
@@ -149,7 +149,9 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._keep_alive = False
         self._complete = False
-        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # done once the connection is lost
+        #: the running loop, kept: each ``asyncio.get_running_loop()`` is a ``getpid`` system call on Python 3.11
+        self.loop = asyncio.get_running_loop()
+        self.gone: asyncio.Future[None] = self.loop.create_future()  # done once the connection is lost
         self._until_eof = False  # the answer has neither a length nor chunks: its body ends with the connection
 
     # asyncio protocol
@@ -214,7 +216,7 @@ class _Connection(asyncio.Protocol):
     # used by the pool and the response
     def send(self, data: bytes) -> asyncio.Future[Response]:
         assert self.transport is not None
-        self._head = asyncio.get_running_loop().create_future()
+        self._head = self.loop.create_future()
         self._response = None
         self._complete = False
         self.transport.write(data)
@@ -290,7 +292,7 @@ class Pool:
         idle = self._idle.get(key)
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
+        now = idle[-1].loop.time()
         while idle and now - idle[0].idle_since > IDLE_TIMEOUT:
             idle.pop(0)._close()
         while idle:
@@ -312,7 +314,7 @@ class Pool:
         return conn
 
     def release(self, conn: _Connection) -> None:
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = conn.loop.time()
         self._idle.setdefault(conn.key, []).append(conn)
 
     def forget(self, conn: _Connection) -> None:

@@ -110,7 +110,9 @@ class Entry:
         self.pending = 0  # requests waiting for this model's start to finish
         self.memory = 0  # estimated bytes, see estimate_memory
         self.drainers = 0  # requests waiting for this model's in-flight requests to end before evicting it
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the idle timer (one per idle model, see _schedule_idle)
+        self.timer_deadline = 0.0  # when it fires (time.monotonic)
+        self.idle_deadline = 0.0  # when the model, idle, is unloaded (time.monotonic)
         self.logs = LogBuffer()
         #: the spec the current runner was started with (before load parameters)
         self.started_spec: ModelSpec | None = None
@@ -347,8 +349,7 @@ class Scheduler:
                 self._waiting -= 1
         entry.in_flight += 1
         entry.last_used = time.time()
-        entry.expires_at = None
-        self._cancel_timer(entry)
+        entry.expires_at = None  # a pending idle timer stays: it finds the model busy (or idle for less) and re-arms
         waited = time.monotonic() - started
         return Lease(self, entry, waited, waited if entry.loaded_at != loaded_at else 0.0, ttl)
 
@@ -635,24 +636,38 @@ class Scheduler:
         return None if ttl <= 0 else float(ttl)
 
     def _schedule_idle(self, entry: Entry) -> None:
-        self._cancel_timer(entry)
         if entry.in_flight or entry.state != "loaded" or self._closed:
+            self._cancel_timer(entry)
             return
         seconds = self._idle_for(entry)
         if seconds is None:
+            self._cancel_timer(entry)
             entry.expires_at = None
             return
         entry.expires_at = time.time() + seconds
         if seconds == 0:
+            self._cancel_timer(entry)
             entry.ttl_override = None
             self._begin_unload(entry, "ttl")
-        else:
+            return
+        entry.idle_deadline = deadline = time.monotonic() + seconds
+        # One timer per idle model, not one per request: a pending timer that fires no later is kept (when it fires
+        # it re-arms for what is left); a shorter ttl (an override, a reload) replaces it.
+        if entry.timer is None or entry.timer_deadline > deadline:
+            self._cancel_timer(entry)
             entry.timer = asyncio.get_running_loop().call_later(seconds, self._expire, entry)
+            entry.timer_deadline = deadline
 
     def _expire(self, entry: Entry) -> None:
         entry.timer = None
-        if entry.state == "loaded" and entry.in_flight == 0:
-            self._begin_unload(entry, "ttl")
+        if entry.state != "loaded" or entry.in_flight or entry.expires_at is None:
+            return  # busy (its release schedules again) or not loaded
+        left = entry.idle_deadline - time.monotonic()
+        if left > 0:  # used since the timer was set
+            entry.timer = asyncio.get_running_loop().call_later(left, self._expire, entry)
+            entry.timer_deadline = entry.idle_deadline
+            return
+        self._begin_unload(entry, "ttl")
 
     @staticmethod
     def _cancel_timer(entry: Entry) -> None:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -402,6 +403,31 @@ def test_memory_budget_evicts_lru_idle_and_never_the_pinned(tmp_path, model):
         assert evictions == ["b", "a"]
         assert all(e.reason == "evicted" for e in recorder.events if e.kind == "model_unloaded")
         assert len(starts(tmp_path, "pinned")) == 1
+
+
+def test_the_idle_time_counts_from_the_last_request(tmp_path, model):
+    """One idle timer per model (set when the first request ended): a later request moves the deadline, the timer
+    finds it moved and waits for the rest, and a shorter per-request ttl replaces it."""
+    config = site(tmp_path, {"m": {**model("m"), "ttl": 1.2}})
+    with serve_host(config, PLUGINS) as rh, client_for(rh.url()) as client:
+        status = rh.host.scheduler.status
+        chat(client, "m")
+        time.sleep(0.8)
+        chat(client, "m")
+        last = time.monotonic()
+        time.sleep(0.8)  # past the first request's deadline, within the second's
+        assert status("m").state == "loaded"
+        wait_until(lambda: status("m").state == "unloaded", timeout=10, what="idle unload")
+        assert time.monotonic() - last > 1.1
+
+        async def hold(ttl: float | None) -> None:
+            (await rh.host.scheduler.acquire("m", ttl=ttl)).release()
+
+        rh.call(hold(None))  # loaded again, unloaded 1.2 s after this ...
+        rh.call(hold(0.2))  # ... unless a shorter per-request ttl (LM Studio's, Ollama's keep_alive) says sooner
+        shorter = time.monotonic()
+        wait_until(lambda: status("m").state == "unloaded", timeout=10, what="idle unload")
+        assert time.monotonic() - shorter < 1.0
 
 
 def test_model_larger_than_the_budget_is_a_clear_error(tmp_path, model):
