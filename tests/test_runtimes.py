@@ -10,6 +10,8 @@ import pytest
 from llama_host.errors import ConfigError
 from llama_host.host import Host
 from llama_host.testing import serve_host
+from llama_host.types import ModelSpec
+from llama_host_llama_server import HTTP_THREADS, build_argv
 
 FAKE = str(Path(__file__).with_name("fake_llama_server.py"))
 HELLO = [{"role": "user", "content": "hi"}]
@@ -55,3 +57,16 @@ def test_remote_runtime_routes_to_another_server_with_its_key(tmp_path):
             assert info.value.status_code == 503 and "not healthy" in info.value.body["message"]
             config = httpx.get(front.url() + "/api/v1/config").json()
             assert config["models"]["far"]["api_key"] == "***"
+
+
+def test_llama_server_runners_get_http_threads_unless_a_model_sets_them():
+    """llama-server's default HTTP threads leave a burst of new connections waiting 5 s (see HTTP_THREADS)."""
+    spec = ModelSpec(name="m", path="/m.gguf")
+
+    def threads(argv: list[str]) -> list[str]:
+        return [argv[i + 1] for i, arg in enumerate(argv) if arg == "--threads-http"]
+
+    assert threads(build_argv("llama-server", spec, 1234, {})) == [str(HTTP_THREADS)]
+    assert threads(build_argv("llama-server", spec, 1234, {"threads_http": 8})) == ["8"]  # the plugin's params
+    for own in ({"params": {"threads_http": 4}}, {"params": {"threads-http": 4}}, {"args": ["--threads-http", "4"]}):
+        assert threads(build_argv("llama-server", ModelSpec(name="m", path="/m.gguf", **own), 1234, {})) == ["4"]

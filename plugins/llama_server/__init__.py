@@ -29,6 +29,12 @@ from .rpc import RpcWorkers
 NAME = "llama_server"
 log = logging.getLogger(__name__)
 
+#: ``--threads-http`` unless a model's ``params`` set it. With llama-server's default (about ``--parallel`` + 2
+#: threads) a burst of new connections (32 clients at once; the host's pool after the runner closed idle ones) left
+#: some requests unread until a kept-alive connection had been idle for cpp-httplib's 5 s: stalls of 5 or 10 s, also
+#: for clients that connect directly. 128 threads cost the runner ~3 MB.
+HTTP_THREADS = 128
+
 #: Flags the runner's lockdown needs that an older llama-server may not know (it then exits at once naming one).
 NEWER_FLAGS = ("--api-key-file", "--cors-origins", "--no-cors-credentials", "--no-ui")
 
@@ -62,6 +68,8 @@ def build_argv(binary: str, spec: ModelSpec, port: int, defaults: dict[str, Any]
     workers = spec.rpc if rpc is None else rpc
     if workers and "rpc" not in params:
         argv += ["--rpc", ",".join(workers)]
+    if not {"threads_http", "threads-http"} & params.keys() and "--threads-http" not in spec.args:
+        argv += ["--threads-http", str(HTTP_THREADS)]
     return argv + list(lockdown or []) + flag_args(params) + list(spec.args)
 
 
