@@ -4,7 +4,9 @@ Starts ``bench/fake_upstream.py`` (as fast as the socket allows) once and one ``
 pointing at it (remote runtime, metrics plugin on unless a variant turns it off). Every round runs each workload once
 against the upstream directly and once through each variant, in an order that rotates round by round, so the noise of
 a shared machine falls on every side alike. Each run is printed (requests or events per second, the host's CPU per
-request or per event); the summary gives every run's value per side, then the median.
+request or per event); the summary gives every run's value per side, then the median, and the median CPU per request
+(or event) of the client (this process) and of the fake upstream on each side: the three share the machine's cores, so
+what the host makes the others spend (more wakeups, less batching) counts too.
 
 A variant is ``NAME`` or ``NAME:key=value,key=value``: dotted site keys (``event_loop=asyncio``,
 ``plugins.metrics.enabled=false``; values read as YAML) and ``pythonpath=DIR`` (run that host from a patched copy).
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -94,20 +97,31 @@ async def main_async(args: argparse.Namespace) -> int:
             for side in sides:
                 await measure(urls[side] + "/v1/chat/completions", body, 4 * c, c, stream=stream, warmup=c)
         results: dict[tuple[str, str], list[tuple[float, float | None]]] = {}
+        others: dict[tuple[str, str], list[tuple[float, float]]] = {}  # client and fake CPU per unit
+        client, fake = psutil.Process(), psutil.Process(upstream.pid)
+
+        def cpu_of(p: psutil.Process) -> float:
+            t = p.cpu_times()
+            return t.user + t.system
+
         for i in range(args.rounds):
             order = sides[i % len(sides):] + sides[:i % len(sides)]
             for label, body, n, c, stream in chosen:
                 line = []
                 for side in order:
                     host = hosts.get(side)
+                    before = cpu_of(client), cpu_of(fake)
                     run = await measure(urls[side] + "/v1/chat/completions", body, n, c, stream=stream, warmup=0,
                                         host=host)
+                    spent = cpu_of(client) - before[0], cpu_of(fake) - before[1]
                     if run.errors:
                         raise SystemExit(f"{side}: {run.errors} requests failed")
                     rate = run.eps if stream else run.rps
                     units = run.events if stream else len(run.latencies)
                     cpu = run.cpu / units * 1e6 if run.cpu is not None and units else None
                     results.setdefault((label, side), []).append((rate, cpu))
+                    others.setdefault((label, side), []).append((spent[0] / max(units, 1) * 1e6,
+                                                                 spent[1] / max(units, 1) * 1e6))
                     line.append(f"{side} {rate:,.0f}/s" + (f" {cpu:.0f}us" if cpu is not None else ""))
                 print(f"round {i + 1} {label}: " + " | ".join(line), flush=True)
         print("\n== summary: each run, then the median ==")
@@ -122,7 +136,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 cpu_text = (f"; host CPU us per {unit[:-1]}: " + " / ".join(f"{c:.0f}" for c in cpus)
                             + f" (median {median(cpus):.0f})") if cpus else ""
                 print(f"{label} {side}: {unit}/s {rates} (median {median([r for r, _ in runs]):,.0f}); "
-                      f"vs direct {ratios}{cpu_text}")
+                      f"vs direct {ratios}{cpu_text}; client / fake CPU us per {unit[:-1]}: "
+                      f"{median([c for c, _ in others[(label, side)]]):.0f} / "
+                      f"{median([f for _, f in others[(label, side)]]):.0f} (medians)")
     return 0
 
 
