@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import deque
 from collections.abc import AsyncGenerator, Mapping
 from urllib.parse import urlsplit
 
@@ -246,12 +247,16 @@ class _Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Keep-alive connections per (host, port), most recently used first; the requests of one relay."""
+    """Keep-alive connections per (host, port), most recently used first; the requests of one relay. A request may
+    bound the connections to its server (``limit``: a server that serves only so many at once leaves the others'
+    requests unread): past it, it waits for one of them to come back or close."""
 
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._targets: dict[str, tuple[tuple[str, int], str, str]] = {}
         self._open: set[_Connection] = set()
+        self._counts: dict[tuple[str, int], int] = {}  # connections open or opening, per server
+        self._waiters: dict[tuple[str, int], deque[asyncio.Future[None]]] = {}
 
     def _target(self, base_url: str) -> tuple[tuple[str, int], str, str]:
         target = self._targets.get(base_url)
@@ -266,9 +271,9 @@ class Pool:
         return target
 
     async def request(self, method: str, base_url: str, path: str, body: bytes | None,
-                      headers: Mapping[str, str], fresh: bool = False) -> Response:
-        """Send one request on an idle connection to ``base_url`` (or a new one, always when ``fresh``) and wait for
-        the answer's head."""
+                      headers: Mapping[str, str], fresh: bool = False, limit: int | None = None) -> Response:
+        """Send one request on an idle connection to ``base_url`` (or a new one, always when ``fresh``; at most
+        ``limit`` connections to that server) and wait for the answer's head."""
         key, prefix, host_header = self._target(base_url)
         fields = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         if (" " in path or _UNSAFE.search(path) or "\0" in fields
@@ -280,8 +285,15 @@ class Pool:
         if body:
             data += body
         conn = None if fresh else self._acquire(key)
-        if conn is None:
-            conn = await self._connect(key)
+        while conn is None:
+            if limit is None or self._counts.get(key, 0) < limit:
+                conn = await self._connect(key)
+                break
+            idle = self._idle.get(key)
+            if fresh and idle:  # room for a new connection: the oldest idle one goes
+                idle.pop(0)._close()
+            await self._wait_turn(key)
+            conn = None if fresh else self._acquire(key)
         try:
             return await conn.send(data)
         except BaseException:  # cancelled (the client went away) or failed before the answer: drop the connection,
@@ -303,21 +315,64 @@ class Pool:
 
     async def _connect(self, key: tuple[str, int]) -> _Connection:
         loop = asyncio.get_running_loop()
+        self._counts[key] = self._counts.get(key, 0) + 1  # counted while connecting: a limit holds for bursts too
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 _, conn = await loop.create_connection(lambda: _Connection(self, key), *key)
-        except TimeoutError:
-            raise ConnectFailed(f"no connection to {key[0]}:{key[1]} within {CONNECT_TIMEOUT:.0f} s") from None
-        except OSError as exc:
-            raise ConnectFailed(exc) from None
+        except BaseException as exc:
+            self._uncount(key)
+            if isinstance(exc, TimeoutError):
+                raise ConnectFailed(f"no connection to {key[0]}:{key[1]} within {CONNECT_TIMEOUT:.0f} s") from None
+            if isinstance(exc, OSError):
+                raise ConnectFailed(exc) from None
+            raise
         self._open.add(conn)
         return conn
+
+    async def _wait_turn(self, key: tuple[str, int]) -> None:
+        """Until a connection to ``key`` comes back to the pool or closes."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(key, deque())
+        waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._wake(key)  # woken, then cancelled: the turn goes to the next
+            raise
+        finally:
+            if not waiter.done() or waiter.cancelled():
+                try:
+                    waiters.remove(waiter)
+                except ValueError:
+                    pass
+            if not waiters:
+                self._waiters.pop(key, None)
+
+    def _wake(self, key: tuple[str, int]) -> None:
+        waiters = self._waiters.get(key)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _uncount(self, key: tuple[str, int]) -> None:
+        left = self._counts.get(key, 0) - 1
+        if left > 0:
+            self._counts[key] = left
+        else:
+            self._counts.pop(key, None)
+        self._wake(key)
 
     def release(self, conn: _Connection) -> None:
         conn.idle_since = conn.loop.time()
         self._idle.setdefault(conn.key, []).append(conn)
+        self._wake(conn.key)
 
     def forget(self, conn: _Connection) -> None:
+        if conn in self._open:
+            self._uncount(conn.key)
         self._open.discard(conn)
         idle = self._idle.get(conn.key)
         if idle is not None:

@@ -213,12 +213,13 @@ class Relay:
         return self._session
 
     async def _send(self, method: str, url: str, path: str, payload: Any, headers: Mapping[str, str], model: str,
-                    fresh: bool) -> Upstream:
+                    fresh: bool, limit: int | None = None) -> Upstream:
         """One attempt: through the lean client where it can (a whole body, plain http; on a new connection when
         ``fresh``), else through aiohttp, whose errors are told apart as the lean client's are
         (:mod:`llama_host.http1`)."""
         if (payload is None or isinstance(payload, bytes)) and method != "HEAD" and http1.supports(url):
-            return LeanUpstream(await self._pool.request(method, url, path, payload, headers, fresh=fresh), model)
+            return LeanUpstream(await self._pool.request(method, url, path, payload, headers, fresh=fresh,
+                                                         limit=limit), model)
         try:
             return Upstream(await self.session.request(method, url + path, data=payload, headers=headers), model)
         except aiohttp.ClientConnectorError as exc:
@@ -272,7 +273,8 @@ class Relay:
 
             try:
                 return await self._send(method, runner.base_url, path, payload, {**runner.headers, **hdrs},
-                                        lease.model.name, fresh=retryable and not fresh_connection)
+                                        lease.model.name, fresh=retryable and not fresh_connection,
+                                        limit=getattr(runner, "max_connections", None))
             except http1.ConnectFailed as exc:  # nothing listens: the runner is gone
                 if new_runner and runner.local and (not maybe_read or await died(1.0)):
                     new_runner = False

@@ -127,7 +127,9 @@ class Runner(Protocol):
     its own, when it knows: the scheduler puts it in the model's error), ``upstream_model`` (the name its server knows
     the model by: JSON request bodies go out with it as ``model``) and ``open_upstream`` (``async (session, method,
     path, *, data, headers) -> Upstream``: the runner sends a request itself, choosing among several servers, instead
-    of ``base_url + path``; ``None`` for the usual way).
+    of ``base_url + path``; ``None`` for the usual way). Optional, read when present: ``max_connections`` (the
+    connections its server serves at once; the host opens no more, requests past them wait for one; ``None``: no
+    bound).
     """
 
     model: ModelSpec
@@ -172,6 +174,7 @@ class RunnerBase:
     exit_reason: str | None = None
     upstream_model: str | None = None
     open_upstream: Callable[..., Awaitable[Upstream]] | None = None
+    max_connections: int | None = None
 
     @property
     def details(self) -> Mapping[str, Any]:

@@ -258,3 +258,43 @@ def test_what_the_lean_client_leaves_to_aiohttp():
     assert http1.supports("http://127.0.0.1:8080") and http1.supports("http://runner:80/base")
     assert not http1.supports("https://api.example.com")  # TLS
     assert not http1.supports("http://user:secret@10.0.0.2:8080")  # credentials in the URL (Basic auth)
+
+
+async def test_a_limit_bounds_the_connections_to_a_server_and_the_rest_wait_their_turn():
+    """A server that serves only so many connections at once (llama-server: its HTTP threads) gets no more: the
+    other requests wait for a connection to come back, a cancelled one gives its turn away, and a request that needs
+    a fresh connection makes room by closing an idle one."""
+    open_now = peak = 0
+    gate = asyncio.Event()
+
+    async def handler(reader, writer):
+        nonlocal open_now, peak
+        open_now += 1
+        peak = max(peak, open_now)
+        try:
+            while True:
+                await server.head(reader)
+                await gate.wait()
+                writer.write(answer(b"ok"))
+        finally:
+            open_now -= 1
+
+    async def one() -> bytes:
+        r = await pool.request("POST", server.url, "/x", b"{}", {}, limit=2)
+        data = await r.read()
+        r.close()
+        return data
+
+    pool = http1.Pool()
+    async with Server(handler) as server:
+        tasks = [asyncio.create_task(one()) for _ in range(6)]
+        await asyncio.sleep(0.2)
+        tasks[5].cancel()  # waiting its turn
+        assert server.connections == 2 and len(server.requests) == 2
+        gate.set()
+        assert await asyncio.gather(*tasks[:5]) == [b"ok"] * 5
+        assert tasks[5].cancelled() and server.connections == 2 and peak == 2
+        r = await pool.request("POST", server.url, "/x", b"{}", {}, fresh=True, limit=2)  # both idle: one goes
+        assert await r.read() == b"ok" and server.connections == 3
+        r.close()
+        await pool.close()

@@ -11,7 +11,7 @@ from llama_host.errors import ConfigError
 from llama_host.host import Host
 from llama_host.testing import serve_host
 from llama_host.types import ModelSpec
-from llama_host_llama_server import HTTP_THREADS, build_argv
+from llama_host_llama_server import HTTP_THREADS, build_argv, http_threads
 
 FAKE = str(Path(__file__).with_name("fake_llama_server.py"))
 HELLO = [{"role": "user", "content": "hi"}]
@@ -69,4 +69,8 @@ def test_llama_server_runners_get_http_threads_unless_a_model_sets_them():
     assert threads(build_argv("llama-server", spec, 1234, {})) == [str(HTTP_THREADS)]
     assert threads(build_argv("llama-server", spec, 1234, {"threads_http": 8})) == ["8"]  # the plugin's params
     for own in ({"params": {"threads_http": 4}}, {"params": {"threads-http": 4}}, {"args": ["--threads-http", "4"]}):
-        assert threads(build_argv("llama-server", ModelSpec(name="m", path="/m.gguf", **own), 1234, {})) == ["4"]
+        model = ModelSpec(name="m", path="/m.gguf", **own)
+        assert threads(build_argv("llama-server", model, 1234, {})) == ["4"]
+        assert http_threads(model, {}) == 4  # the relay opens no more connections than that
+    assert http_threads(spec, {}) == HTTP_THREADS and http_threads(spec, {"threads_http": 8}) == 8
+    assert http_threads(spec, {"threads_http": -1}) is None  # llama-server's own choice: no bound known

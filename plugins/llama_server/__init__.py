@@ -68,9 +68,38 @@ def build_argv(binary: str, spec: ModelSpec, port: int, defaults: dict[str, Any]
     workers = spec.rpc if rpc is None else rpc
     if workers and "rpc" not in params:
         argv += ["--rpc", ",".join(workers)]
-    if not {"threads_http", "threads-http"} & params.keys() and "--threads-http" not in spec.args:
+    if _configured_http_threads(spec, defaults) is _UNSET:
         argv += ["--threads-http", str(HTTP_THREADS)]
     return argv + list(lockdown or []) + flag_args(params) + list(spec.args)
+
+
+_UNSET = object()
+
+
+def _configured_http_threads(spec: ModelSpec, defaults: dict[str, Any]) -> Any:
+    """``--threads-http`` as the model's ``args`` (the last one) or ``params`` (or the plugin's) set it, else _UNSET."""
+    args = list(spec.args)
+    if "--threads-http" in args:
+        at = len(args) - 1 - args[::-1].index("--threads-http")
+        return args[at + 1] if at + 1 < len(args) else None
+    params = {**defaults, **spec.params}
+    for key in ("threads_http", "threads-http"):
+        if key in params:
+            return params[key]
+    return _UNSET
+
+
+def http_threads(spec: ModelSpec, defaults: dict[str, Any]) -> int | None:
+    """The runner's HTTP threads: :data:`HTTP_THREADS` unless configured; ``None`` when configured as llama-server's
+    own choice (``-1``) or as something unreadable (the host then does not bound its connections)."""
+    value = _configured_http_threads(spec, defaults)
+    if value is _UNSET:
+        return HTTP_THREADS
+    try:
+        threads = int(value)
+    except (TypeError, ValueError):
+        return None
+    return threads if threads > 0 else None
 
 
 _CTX_KEYS = ("ctx_size", "c", "ctx-size", "n_ctx")
@@ -140,6 +169,8 @@ class LlamaServerRunner(ProcessRunner):
         self._legacy_key = False  # an old llama-server: the key goes on the command line
         #: read by the relay: requests name the model as its ``--alias`` does
         self.upstream_model = spec.upstream_model
+        #: read by the relay: the host opens no more connections than the runner has HTTP threads
+        self.max_connections = http_threads(spec, settings.params)
         super().__init__(spec, lambda port: build_argv(self._binary or "llama-server", spec, port, settings.params,
                                                        self._lockdown(port), rpc=self._rpc.used if self._rpc else None),
                          env=spec.env, log_dir=host.site.log_dir,
