@@ -70,7 +70,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._keep_alive_timer: asyncio.TimerHandle | None = None
         self._idle_since: float | None = None  # when the last response ended, until data comes
-        self._header_count = self._header_bytes = 0
+        self._header_bytes = 0
         self._refused = self._partial = self._began = False
         handler = getattr(self.app, "asgi_handler", None)
         self._fast: FastPath | None = handler if isinstance(handler, FastPath) else None
@@ -108,7 +108,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_count = self._header_bytes = 0
+        self._header_bytes = 0
         self._partial = self._began = True
         # one timer per connection at a time: a request that begins while it is pending moves the deadline only
         self._header_deadline = self.loop.time() + self.header_timeout
@@ -122,16 +122,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        self._header_count += 1
-        if self._header_bytes > self.max_header_bytes or self._header_count > self.max_headers:
+        headers = self.headers  # the fields so far: their count is the limit's
+        size = self._header_bytes = self._header_bytes + len(name) + len(value) + 4
+        if size > self.max_header_bytes or len(headers) >= self.max_headers:
             self._refuse()
         # uvicorn's own (0.55), here to spare a call per header
         name = name.lower()
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, which RFC 9110 excludes from the value
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
-        self.headers.append((name, value))
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._partial = False  # the header timer, when it fires, finds nothing to do
