@@ -220,7 +220,7 @@ class _Connection(asyncio.Protocol):
         self._head = self.loop.create_future()
         self._response = None
         self._complete = False
-        self.transport.write(data)
+        self._pool.write_soon(self.loop, self.transport, data)
         return self._head
 
     def pause(self) -> None:
@@ -256,6 +256,7 @@ class Pool:
         self._targets: dict[str, tuple[tuple[str, int], str, str]] = {}
         self._open: set[_Connection] = set()
         self._counts: dict[tuple[str, int], int] = {}  # connections open or opening, per server
+        self._writes: list[tuple[asyncio.Transport, bytes]] = []  # requests of this turn of the loop, not sent yet
         self._waiters: dict[tuple[str, int], deque[asyncio.Future[None]]] = {}
 
     def _target(self, base_url: str) -> tuple[tuple[str, int], str, str]:
@@ -299,6 +300,20 @@ class Pool:
         except BaseException:  # cancelled (the client went away) or failed before the answer: drop the connection,
             conn._close()      # which also tells the runner to stop
             raise
+
+    def write_soon(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, data: bytes) -> None:
+        """Send ``data`` once the callbacks ready now have run, with the other requests they send: the runner wakes
+        once for all of them instead of once each (with the client and the runner on the same cores, each wakeup
+        costs them CPU: bench/README.md, "The hot path, third pass")."""
+        if not self._writes:
+            loop.call_soon(self._flush)
+        self._writes.append((transport, data))
+
+    def _flush(self) -> None:
+        writes, self._writes = self._writes, []
+        for transport, data in writes:
+            if not transport.is_closing():
+                transport.write(data)
 
     def _acquire(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(key)

@@ -298,3 +298,28 @@ async def test_a_limit_bounds_the_connections_to_a_server_and_the_rest_wait_thei
         assert await r.read() == b"ok" and server.connections == 3
         r.close()
         await pool.close()
+
+
+async def test_requests_sent_in_one_turn_of_the_loop_are_written_together_in_order():
+    written: list[bytes] = []
+
+    class Transport:
+        def __init__(self, closing: bool = False) -> None:
+            self.closing = closing
+
+        def is_closing(self) -> bool:
+            return self.closing
+
+        def write(self, data: bytes) -> None:
+            written.append(data)
+
+    pool, loop = http1.Pool(), asyncio.get_running_loop()
+    for data in (b"a", b"b"):
+        pool.write_soon(loop, Transport(), data)  # type: ignore[arg-type]
+    pool.write_soon(loop, Transport(closing=True), b"gone")  # type: ignore[arg-type]  # closed meanwhile: dropped
+    assert written == []  # nothing yet: the other callbacks of this turn may add theirs
+    await asyncio.sleep(0)
+    assert written == [b"a", b"b"]
+    pool.write_soon(loop, Transport(), b"c")  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert written == [b"a", b"b", b"c"]
