@@ -32,3 +32,50 @@ def loop_factory(choice: EventLoopChoice) -> Callable[[], asyncio.AbstractEventL
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+class Deadline:
+    """One timer for a deadline that moves, instead of a new timer each time it moves (a keep-alive or idle deadline
+    moves with every request). :meth:`at` sets the deadline (loop time) and arms the timer only when none is pending
+    or the pending one would fire later; a timer that fires before the deadline re-arms for the rest; once the
+    deadline has passed, ``expired()`` is called. :meth:`drop` forgets the deadline and leaves the timer to find
+    nothing when it fires; :meth:`cancel` cancels the timer too."""
+
+    __slots__ = ("loop", "when", "_expired", "_handle", "_armed_for")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, expired: Callable[[], object]) -> None:
+        self.loop = loop
+        self.when: float | None = None
+        self._expired = expired
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_for = 0.0
+
+    def at(self, when: float) -> None:
+        self.when = when
+        if self._handle is None or self._armed_for > when:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle, self._armed_for = self.loop.call_at(when, self._fire), when
+
+    def after(self, seconds: float) -> None:
+        self.at(self.loop.time() + seconds)
+
+    def drop(self) -> None:
+        self.when = None
+
+    def cancel(self) -> None:
+        self.when = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        when = self.when
+        if when is None:
+            return
+        if when > self.loop.time():  # moved since the timer was set
+            self._handle, self._armed_for = self.loop.call_at(when, self._fire), when
+            return
+        self.when = None
+        self._expired()

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from llama_host.config import SchedulerSettings, parse_size
+from llama_host.eventloop import Deadline
 from llama_host.errors import (
     HostError,
     ModelNotFound,
@@ -110,9 +112,7 @@ class Entry:
         self.pending = 0  # requests waiting for this model's start to finish
         self.memory = 0  # estimated bytes, see estimate_memory
         self.drainers = 0  # requests waiting for this model's in-flight requests to end before evicting it
-        self.timer: asyncio.TimerHandle | None = None  # the idle timer (one per idle model, see _schedule_idle)
-        self.timer_deadline = 0.0  # when it fires (time.monotonic)
-        self.idle_deadline = 0.0  # when the model, idle, is unloaded (time.monotonic)
+        self.idle: Deadline | None = None  # when the model, idle, is unloaded (see _schedule_idle)
         self.logs = LogBuffer()
         #: the spec the current runner was started with (before load parameters)
         self.started_spec: ModelSpec | None = None
@@ -349,7 +349,9 @@ class Scheduler:
                 self._waiting -= 1
         entry.in_flight += 1
         entry.last_used = time.time()
-        entry.expires_at = None  # a pending idle timer stays: it finds the model busy (or idle for less) and re-arms
+        entry.expires_at = None
+        if entry.idle is not None:
+            entry.idle.drop()  # its timer stays: the release sets the deadline again
         waited = time.monotonic() - started
         return Lease(self, entry, waited, waited if entry.loaded_at != loaded_at else 0.0, ttl)
 
@@ -650,30 +652,19 @@ class Scheduler:
             entry.ttl_override = None
             self._begin_unload(entry, "ttl")
             return
-        entry.idle_deadline = deadline = time.monotonic() + seconds
-        # One timer per idle model, not one per request: a pending timer that fires no later is kept (when it fires
-        # it re-arms for what is left); a shorter ttl (an override, a reload) replaces it.
-        if entry.timer is None or entry.timer_deadline > deadline:
-            self._cancel_timer(entry)
-            entry.timer = asyncio.get_running_loop().call_later(seconds, self._expire, entry)
-            entry.timer_deadline = deadline
+        if entry.idle is None:  # one timer per idle model, moved by each release (not a new one per request)
+            entry.idle = Deadline(asyncio.get_running_loop(), functools.partial(self._expire, entry))
+        entry.idle.after(seconds)
 
     def _expire(self, entry: Entry) -> None:
-        entry.timer = None
-        if entry.state != "loaded" or entry.in_flight or entry.expires_at is None:
-            return  # busy (its release schedules again) or not loaded
-        left = entry.idle_deadline - time.monotonic()
-        if left > 0:  # used since the timer was set
-            entry.timer = asyncio.get_running_loop().call_later(left, self._expire, entry)
-            entry.timer_deadline = entry.idle_deadline
-            return
-        self._begin_unload(entry, "ttl")
+        if entry.state == "loaded" and entry.in_flight == 0:
+            self._begin_unload(entry, "ttl")
 
     @staticmethod
     def _cancel_timer(entry: Entry) -> None:
-        if entry.timer is not None:
-            entry.timer.cancel()
-            entry.timer = None
+        if entry.idle is not None:
+            entry.idle.cancel()
+            entry.idle = None
 
     def _notify(self) -> None:
         self._changed.set()

@@ -20,6 +20,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
 
 from llama_host.config import LimitSettings
+from llama_host.eventloop import Deadline
 from llama_host.fastpath import FastPath, Route
 from llama_host.host import Host
 
@@ -67,29 +68,28 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     max_header_bytes = 64 * 2**10
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._keep_alive_timer: asyncio.TimerHandle | None = None
-        self._idle_since: float | None = None  # when the last response ended, until data comes
         self._header_bytes = 0
-        self._refused = self._partial = self._began = False
+        self._refused = self._partial = False
         handler = getattr(self.app, "asgi_handler", None)
         self._fast: FastPath | None = handler if isinstance(handler, FastPath) else None
         self._fast_routes = self._fast.routes if self._fast is not None else {}
         super().connection_made(transport)
-        self._header_deadline = self.loop.time() + self.header_timeout
-        self._header_timer = self.loop.call_later(self.header_timeout, self._header_timeout_expired)
+        # each request's line and headers (and the first request itself) within header_timeout
+        self._header_deadline = Deadline(self.loop, self._header_timeout_expired)
+        self._header_deadline.after(self.header_timeout)
+        # an idle kept-alive connection closed after timeout_keep_alive (uvicorn sets a new timer per response)
+        self._idle_deadline = Deadline(self.loop, self._keep_alive_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_timer()
-        if self._keep_alive_timer is not None:
-            self._keep_alive_timer.cancel()
+        self._header_deadline.cancel()
+        self._idle_deadline.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's own, with a 431 (instead of its 400 and warning) when a header limit stopped the parser.
         if self._refused:
             return
-        self._idle_since = None  # not idle: the keep-alive timer, when it fires, finds nothing to do
+        self._idle_deadline.drop()  # not idle
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -109,11 +109,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = 0
-        self._partial = self._began = True
-        # one timer per connection at a time: a request that begins while it is pending moves the deadline only
-        self._header_deadline = self.loop.time() + self.header_timeout
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout, self._header_timeout_expired)
+        self._partial = True
+        self._header_deadline.after(self.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._header_bytes += len(url)
@@ -134,7 +131,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._partial = False  # the header timer, when it fires, finds nothing to do
+        self._partial = False
+        self._header_deadline.drop()
         route = self._fast_routes.get(self.url) if self._fast_routes else None
         if (route is None or self.parser.get_method() != b"POST" or self.parser.get_http_version() != "1.1"
                 or self.parser.should_upgrade() or (self.cycle is not None and not self.cycle.response_complete)):
@@ -160,36 +158,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
             return
-        self._idle_since = self.loop.time()
-        if self._keep_alive_timer is None:
-            self._keep_alive_timer = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_expired)
+        self._idle_deadline.after(self.timeout_keep_alive)
 
     def _keep_alive_expired(self) -> None:
-        self._keep_alive_timer = None
-        if self._idle_since is None or self.transport.is_closing():
-            return  # busy again: the next response arms the timer
-        left = self._idle_since + self.timeout_keep_alive - self.loop.time()
-        if left > 0:  # a later response moved the deadline
-            self._keep_alive_timer = self.loop.call_later(left, self._keep_alive_expired)
-        else:
+        if not self.transport.is_closing():
             self.transport.close()
 
     def _refuse(self) -> None:
         self._refused = True
         raise ValueError("header limit")  # stops the parser: data_received answers 431
 
-    def _disarm_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
     def _header_timeout_expired(self) -> None:
-        self._header_timer = None
-        if self.transport.is_closing() or (self._began and not self._partial):
-            return  # the last request's headers are in: the next request arms the timer again
-        left = self._header_deadline - self.loop.time()
-        if left > 0:  # a request began after the timer was set
-            self._header_timer = self.loop.call_later(left, self._header_timeout_expired)
+        if self.transport.is_closing():
             return
         if self._partial:  # a request began but its headers never completed
             log.debug("closing a connection from %s: request headers not received within %.0fs",
