@@ -161,19 +161,19 @@ class EventHub:
     def __init__(self, buffer: int) -> None:
         self.buffer = buffer
         self.dropped = 0
-        #: connected clients (a plain attribute: read for every event)
-        self.clients = 0
         self._queues: set[asyncio.Queue[tuple[str, Any]]] = set()
+
+    @property
+    def clients(self) -> int:
+        return len(self._queues)
 
     def subscribe(self) -> asyncio.Queue[tuple[str, Any]]:
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(self.buffer)
         self._queues.add(queue)
-        self.clients = len(self._queues)
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[tuple[str, Any]]) -> None:
         self._queues.discard(queue)
-        self.clients = len(self._queues)
 
     def publish(self, kind: str, payload: Any) -> None:
         for queue in self._queues:
@@ -189,7 +189,6 @@ class EventHub:
                 queue.get_nowait()
             queue.put_nowait(self.CLOSED)
         self._queues.clear()
-        self.clients = 0
 
 
 class Recorder:
@@ -243,18 +242,19 @@ class Recorder:
             stats = self.models[name] = ModelStats(self.settings)
         return stats
 
+    def _stats_of(self, name: str) -> tuple[str, ModelStats]:
+        """The label and stats a request's model counts under (a model seen before: one lookup)."""
+        stats = self.models.get(name)
+        if stats is not None:
+            return name, stats
+        name = self._model(name)
+        return name, self._stats(name)
+
     def _request_started(self, event: RequestStarted) -> None:
-        stats = self.models.get(event.model)  # a model seen before (the hot path: no calls)
-        if stats is None:
-            stats = self._stats(self._model(event.model))
-        stats.in_flight += 1
+        self._stats_of(event.model)[1].in_flight += 1
 
     def _request_finished(self, event: RequestFinished) -> None:
-        model = event.model
-        stats = self.models.get(model)
-        if stats is None:
-            model = self._model(model)
-            stats = self._stats(model)
+        model, stats = self._stats_of(event.model)
         if stats.in_flight > 0:
             stats.in_flight -= 1
         stats.last_request_at = event.ts
