@@ -155,6 +155,63 @@ def test_resolve_model_is_asked_as_soon_as_a_plugin_implements_it(tmp_path) -> N
         assert scheduler.resolve("gpt-4o") is None
 
 
+class Observer:
+    def __init__(self, name: str, seen: list[str], fail: bool = False) -> None:
+        self.name, self.seen, self.fail = name, seen, fail
+
+    @hookimpl
+    def track_event(self, event: Any) -> None:
+        self.seen.append(f"{self.name} {event.kind}")
+        if self.fail:
+            raise RuntimeError("observer broke")
+
+
+class EventWrapper:
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    @hookimpl(wrapper=True)
+    def track_event(self, host: Host, event: Any):
+        self.seen.append("wrapper before")
+        yield
+        self.seen.append("wrapper after")
+
+
+def test_events_reach_every_observer_in_pluggy_order_even_past_a_failing_one(tmp_path, caplog) -> None:
+    """Events skip the pluggy call but keep its contract: pluggy's order (the last registered first, ``tryfirst``
+    before), each implementation given only what it names, plugins that come or go while the host runs taken into
+    account at the next event. One failing observer is logged by name and the next ones still get the event; with a
+    wrapper the call goes through pluggy again."""
+    seen: list[str] = []
+    with serve_host({"log_dir": str(tmp_path)}, ["openai_api"],
+                     extra=[("bare", Bare()), ("first", Observer("first", seen, fail=True))]) as rh:
+        host: Host = rh.host
+        pluggy_order = [i.plugin_name for i in reversed(host.pm.hook.track_event.get_hookimpls())]
+        CALLS.clear()
+        with caplog.at_level(logging.ERROR, logger="llama_host.host"):
+            host.emit(ModelsChanged(added=["x"]))
+        assert seen == ["first models_changed"] and CALLS == ["track_event"]  # the argument-less Bare too
+        assert any("plugin 'first' failed in track_event (models_changed)" in r.getMessage() for r in caplog.records)
+        assert pluggy_order.index("first") < pluggy_order.index("bare")  # so Bare was called after the failure
+
+        second = Observer("second", seen)
+        host.pm.register(second, name="second")
+        seen.clear()
+        host.emit(ModelsChanged(added=["x"]))
+        assert seen == ["second models_changed", "first models_changed"]  # the last registered first
+
+        host.pm.unregister(second)
+        wrapper = EventWrapper(seen)
+        host.pm.register(wrapper, name="wrapper")
+        seen.clear()
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="llama_host.host"):
+            host.emit(ModelsChanged(added=["x"]))
+        # pluggy's call: the wrapper sees the failure come out of its yield, and the call ends there
+        assert seen == ["wrapper before", "first models_changed"]
+        assert any("a plugin failed in track_event" in r.getMessage() for r in caplog.records)
+
+
 class Clash:
     @hookimpl
     def register_surfaces(self) -> list[Surface]:
