@@ -174,9 +174,10 @@ def track_event(host: Host, event: Event) -> None:
 
     :param host: the host.
     :param event: one of the Structs of :mod:`llama_host.types` (``event.kind`` names it).
-    :returns: nothing. Called on the event loop in the request path (one pluggy call per event): it must only
-        record (microseconds), never block or await. An exception is logged and swallowed; the observers pluggy
-        would have called after the failing one miss that event.
+    :returns: nothing. Called on the event loop in the request path (twice per request): it must only record
+        (microseconds), never block or await. The implementations are called in pluggy's order; an exception is
+        logged with the plugin's name and swallowed, and the other observers still get the event (with a
+        ``wrapper`` implementation, or hooks traced, it is one pluggy call, which ends at the first exception).
 
     Example::
 
