@@ -13,6 +13,8 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Iterator
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import httptools
@@ -68,8 +70,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     max_header_bytes = 64 * 2**10
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._header_bytes = 0
         self._refused = self._partial = False
+        self._pending: int | None = None
         handler = getattr(self.app, "asgi_handler", None)
         self._fast: FastPath | None = handler if isinstance(handler, FastPath) else None
         self._fast_routes = self._fast.routes if self._fast is not None else {}
@@ -94,9 +96,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             if self._refused:
-                log.warning("request refused with 431 from %s: more than %d header fields or %d bytes of headers",
-                            self.client[0] if self.client else "?", self.max_headers, self.max_header_bytes)
-                self._reply_and_close(431, "request header fields too large")
+                self._refuse_headers()
                 return
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
@@ -105,34 +105,53 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
+        else:
+            if self._partial:  # a request line and headers over several reads: the limits after each one
+                # a read in which no field completed holds only the field the parser is still buffering
+                self._pending = 0 if self._pending is None else self._pending + len(data)
+                if self._over_header_limits():
+                    self._refuse_headers()
+
+    def _refuse_headers(self) -> None:
+        self._refused = True
+        log.warning("request refused with 431 from %s: more than %d header fields or %d bytes of headers",
+                    self.client[0] if self.client else "?", self.max_headers, self.max_header_bytes)
+        self._reply_and_close(431, "request header fields too large")
+
+    # The header limits are checked when the headers are complete and after each read that ends before: not per
+    # field (a read holds at most a few hundred KB, so the list stays bounded). What the parser buffers of a field
+    # not complete yet is counted by the reads in which no field completed (``_pending``; ``None``: one did).
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_bytes = 0
         self._partial = True
+        self._pending = None
         self._header_deadline.after(self.header_timeout)
 
     def on_url(self, url: bytes) -> None:
-        self._header_bytes += len(url)
-        if self._header_bytes > self.max_header_bytes:
-            self._refuse()
-        super().on_url(url)
+        self.url += url
+        self._pending = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self.headers  # the fields so far: their count is the limit's
-        size = self._header_bytes = self._header_bytes + len(name) + len(value) + 4
-        if size > self.max_header_bytes or len(headers) >= self.max_headers:
-            self._refuse()
-        # uvicorn's own (0.55), here to spare a call per header
-        name = name.lower()
-        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, which RFC 9110 excludes from the value
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_100_continue = True
-        headers.append((name, value))
+        # uvicorn's own (0.55) without its per-field work (the limits; ``Expect`` once the headers are complete).
+        # llhttp keeps trailing whitespace, which RFC 9110 excludes from the value.
+        self.headers.append((name.lower(), value.rstrip(b" \t")))
+        self._pending = None
+
+    def _over_header_limits(self) -> bool:
+        headers = self.headers
+        return len(headers) > self.max_headers or (
+            len(self.url) + 4 * len(headers) + sum(map(len, chain.from_iterable(headers))) + (self._pending or 0)
+            > self.max_header_bytes)
 
     def on_headers_complete(self) -> None:
         self._partial = False
         self._header_deadline.drop()
+        if self._over_header_limits():
+            self._refused = True
+            raise ValueError("header limit")  # stops the parser: data_received answers 431
+        if b"expect" in map(itemgetter(0), self.headers):
+            self.expect_100_continue = any(n == b"expect" and v.lower() == b"100-continue" for n, v in self.headers)
         route = self._fast_routes.get(self.url) if self._fast_routes else None
         if (route is None or self.parser.get_method() != b"POST" or self.parser.get_http_version() != "1.1"
                 or self.parser.should_upgrade() or (self.cycle is not None and not self.cycle.response_complete)):
@@ -163,10 +182,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _keep_alive_expired(self) -> None:
         if not self.transport.is_closing():
             self.transport.close()
-
-    def _refuse(self) -> None:
-        self._refused = True
-        raise ValueError("header limit")  # stops the parser: data_received answers 431
 
     def _header_timeout_expired(self) -> None:
         if self.transport.is_closing():

@@ -131,9 +131,10 @@ def test_a_whole_reply_is_written_in_one_piece(host: RunningHost, cycles: list[s
     assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(data)
 
 
-def test_expect_100_continue(host: RunningHost, cycles: list[str]) -> None:
+@pytest.mark.parametrize("expect", ["100-continue", "100-Continue "])  # a token: any case, trailing space dropped
+def test_expect_100_continue(host: RunningHost, cycles: list[str], expect: str) -> None:
     body = json.dumps(CHAT).encode()
-    head, _, _ = request(body, headers={"Expect": "100-continue"}).partition(b"\r\n\r\n")
+    head, _, _ = request(body, headers={"Expect": expect}).partition(b"\r\n\r\n")
     with connect(host) as sock:
         sock.sendall(head + b"\r\n\r\n")
         assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # asked for the body before it was sent

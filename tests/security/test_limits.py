@@ -64,6 +64,41 @@ def test_too_many_or_too_large_headers_get_431(host, surface):
         assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
 
 
+@pytest.mark.parametrize("pieces", [
+    [b"X-%d: v\r\n" % i for i in range(40)],  # too many fields
+    [b"X-Big: " + b"a" * 3000 + b"\r\n"] * 4,  # too many bytes in fields
+    [b"X-Endless: "] + [b"a" * 1000] * 12,  # one field that never ends: what the parser buffers counts too
+    [b"X-Big: " + b"a" * 1000 + b"\r\nX-Endless: "] + [b"a" * 1000] * 8,  # both
+])
+def test_headers_over_the_limits_across_many_reads_get_431_before_they_complete(host, pieces):
+    """The limits are checked after each read, not only once the headers are complete: headers that trickle in
+    are refused as soon as they pass a limit (the header deadline would answer 408), and a field the parser is still
+    buffering cannot grow without bound."""
+    with connect(host.port("core")) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        for piece in pieces:
+            try:
+                sock.sendall(piece)
+            except ConnectionError:
+                break  # refused and closed already
+            time.sleep(0.005)  # separate reads
+        reply = read_until_closed(sock)  # never sent the blank line: only a refusal can end this
+    assert reply.startswith(b"HTTP/1.1 431 "), reply[:100]
+
+
+def test_headers_just_under_the_limits_across_many_reads_are_served(host):
+    """The count over several reads is exact: a field the parser buffered over reads is not counted twice."""
+    with connect(host.port("core")) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+        for _ in range(7):
+            sock.sendall(b"a" * 1000)
+            time.sleep(0.005)
+        sock.sendall(b"\r\nConnection: close\r\n")
+        time.sleep(0.005)
+        sock.sendall(b"\r\n")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+
+
 def test_headers_sent_slowly_are_cut_off(host):
     """Slowloris: a header every 0.3 s keeps the connection busy, but the headers' deadline (1 s) still ends it."""
     with connect(host.port()) as sock:
