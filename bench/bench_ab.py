@@ -12,7 +12,10 @@ A variant is ``NAME`` or ``NAME:key=value,key=value``: dotted site keys (``event
 ``plugins.metrics.enabled=false``; values read as YAML) and ``pythonpath=DIR`` (run that host from a patched copy).
 
 Run: ``.venv/bin/python bench/bench_ab.py --variant asyncio:event_loop=asyncio --variant uvloop:event_loop=uvloop``
-(``--workload nonstream`` / ``stream`` / ``both``, ``--rounds``, ``-n``, ``--concurrency``).
+(``--workload nonstream`` / ``stream`` / ``both``, ``--rounds``, ``-n``, ``--concurrency``). ``--floor`` adds
+bench_floor.py's bare relay (an ``asyncio.Protocol`` on uvloop through the same runner client, none of the host's work)
+as one more side and gives each host's CPU as a multiple of the floor's in the same round: what the host's own work
+costs, measured under the same state of the machine as the floor.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,18 +34,24 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_floor import Cpu  # noqa: E402
 from bench_relay import CORE_PLUGINS, MODEL, measure, start_upstream  # noqa: E402
 from bench_relay import parse_args as relay_defaults  # noqa: E402
 from common import (  # noqa: E402
+    BENCH_DIR,
     HostProcess,
     chat_body,
+    free_port,
     host_python_info,
     machine_line,
     median,
     plugin_flags,
     stop_process,
+    wait_http,
     workdir,
 )
+
+FLOOR = "floor"  # the side of ``--floor``
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any], str | None]:
@@ -88,6 +98,15 @@ async def main_async(args: argparse.Namespace) -> int:
                 async with s.post(f"{host.url}/api/v1/models/{MODEL}/load") as r:
                     assert r.status == 200, await r.text()
         urls = {"direct": upstream_url, **{n: h.url for n, h in hosts.items()}}
+        meters: dict[str, Any] = dict(hosts)  # what measure() reads the CPU of, per side
+        if args.floor:  # bench_floor.py's bare relay (an asyncio.Protocol on uvloop), a side like the hosts
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, str(BENCH_DIR / "bench_floor.py"), "--serve", "raw", "uvloop",
+                                     upstream_url, str(port)])
+            stack.callback(stop_process, proc)
+            wait_http(f"http://127.0.0.1:{port}/health", 30, proc)
+            urls[FLOOR] = f"http://127.0.0.1:{port}"
+            meters[FLOOR] = Cpu(proc.pid)
         sides = list(urls)
         workloads = {"nonstream": ("nonstream", chat_body(MODEL, max_tokens=1), args.n, args.concurrency, False),
                      "stream": ("stream", chat_body(MODEL, stream=True, max_tokens=args.stream_events), args.streams,
@@ -109,7 +128,7 @@ async def main_async(args: argparse.Namespace) -> int:
             for label, body, n, c, stream in chosen:
                 line = []
                 for side in order:
-                    host = hosts.get(side)
+                    host = meters.get(side)
                     before = cpu_of(client), cpu_of(fake)
                     run = await measure(urls[side] + "/v1/chat/completions", body, n, c, stream=stream, warmup=0,
                                         host=host)
@@ -139,6 +158,12 @@ async def main_async(args: argparse.Namespace) -> int:
                       f"vs direct {ratios}{cpu_text}; client / fake CPU us per {unit[:-1]}: "
                       f"{median([c for c, _ in others[(label, side)]]):.0f} / "
                       f"{median([f for _, f in others[(label, side)]]):.0f} (medians)")
+            if FLOOR in meters:
+                floor = [c for _, c in results[(label, FLOOR)]]
+                for side in hosts:
+                    times = [c / f for (_, c), f in zip(results[(label, side)], floor, strict=True) if c and f]
+                    print(f"{label} {side}: host CPU per {unit[:-1]} = " + " / ".join(f"{t:.2f}" for t in times)
+                          + f" x the floor's in the same round (median {median(times):.2f}x)")
     return 0
 
 
@@ -153,6 +178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=16, help="streams per run")
     p.add_argument("--stream-events", type=int, default=1000)
     p.add_argument("--stream-concurrency", type=int, default=8)
+    p.add_argument("--floor", action="store_true",
+                   help="also run bench_floor.py's bare relay as a side: each host's CPU as a multiple of its CPU")
     p.add_argument("--keep", action="store_true")
     return p.parse_args(argv)
 
