@@ -282,8 +282,6 @@ class FastCycle:
         if not self._started:
             if message["type"] != "http.response.start":
                 raise RuntimeError(f"expected 'http.response.start', got '{message['type']}'")
-            self._started = True
-            self._continue = False
             content = [STATUS_LINE[message["status"]]]
             names, values = [], []
             length: int | None = None
@@ -299,7 +297,9 @@ class FastCycle:
                 content += (name, b": ", value, b"\r\n")
             # one scan of all names and one of all values for what would break the head (uvicorn: two per field)
             if HEADER_RE.search(b"-".join(names)) or HEADER_VALUE_RE.search(b"\t".join(values)):
-                raise RuntimeError("invalid HTTP header name or value")
+                raise RuntimeError("invalid HTTP header name or value")  # nothing written: the caller may answer 500
+            self._started = True
+            self._continue = False
             if close:
                 self.keep_alive = False
             elif not self.keep_alive:

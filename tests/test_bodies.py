@@ -56,6 +56,9 @@ def test_counts_below_their_minimum_are_refused_by_name():
         decode_json(b'{"n": 0}', minimums={"n": 1})
     counts = {"max_tokens": -1, "stream": 0}
     assert decode_json(b'{"max_tokens": -1, "stream": true}', minimums=counts)["max_tokens"] == -1  # -1: no limit
+    for body in (b'{"n": 0, "max_tokens": -2}', b'{"max_tokens": -2, "n": 0}'):  # two below: the first of minimums
+        with pytest.raises(BadRequest, match="'max_tokens' must be at least -1"):
+            decode_json(body, minimums={"max_tokens": -1, "n": 1})
 
 
 def test_integers_beyond_64_bits_are_refused():

@@ -209,6 +209,25 @@ def test_failure_inside_the_route_is_a_plain_500(host: RunningHost, cycles: list
     assert cycles == ["/v1/chat/completions"]
 
 
+@pytest.mark.parametrize("field", [(b"x-evil", b"a\r\nset-cookie: b"), (b"x evil", b"a"), (b"x-evil", b"a\0")])
+def test_a_reply_field_that_would_break_the_head_is_a_plain_500(host: RunningHost, cycles: list[str],
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                field: tuple[bytes, bytes]) -> None:
+    """Names and values are checked before a byte of the head goes out (a line break would split the reply)."""
+    async def injecting(self: FastPath, entry: Any, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": iter([(b"content-length", b"2"), field])})  # any iterable, as ASGI allows
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    monkeypatch.setattr(FastPath, "serve", injecting)
+    with connect(host) as sock:
+        sock.sendall(request(json.dumps(CHAT).encode()))
+        replies = Replies(sock)
+        response, data = replies.next()
+        assert (response.status, data) == (500, b"Internal Server Error") and response.getheader("x-evil") is None
+    assert cycles == ["/v1/chat/completions"]
+
+
 def test_other_routes_and_methods_take_uvicorns_cycle(host: RunningHost, cycles: list[str]) -> None:
     with connect(host) as sock:
         sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
