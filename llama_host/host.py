@@ -238,9 +238,9 @@ class Host:
         """Pass an event to every ``track_event`` hook; a failing observer is logged, never raised.
 
         Two events per request: the implementations are called directly, in pluggy's order, without a pluggy call
-        (~13k instructions each, bench/README.md "The hot path, fourth pass"), and each failing observer is logged on its own while
-        the others still get the event. With a wrapper among them, or hooks traced, it is one pluggy call, which
-        ends at the first exception."""
+        (~13k instructions each, bench/README.md "The hot path, fourth pass"), and each failing observer is logged
+        on its own while the others still get the event. With a wrapper among them, or hooks traced, it is one
+        pluggy call, which ends at the first exception."""
         impls = self._track_event.get_hookimpls()
         if impls != self._observed:  # a plugin came or went: take the implementations again
             self._observed = impls
