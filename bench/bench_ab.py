@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,20 +33,17 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_floor import Cpu  # noqa: E402
+from bench_floor import start_relay  # noqa: E402
 from bench_relay import CORE_PLUGINS, MODEL, measure, start_upstream  # noqa: E402
 from bench_relay import parse_args as relay_defaults  # noqa: E402
 from common import (  # noqa: E402
-    BENCH_DIR,
     HostProcess,
     chat_body,
-    free_port,
     host_python_info,
     machine_line,
     median,
     plugin_flags,
     stop_process,
-    wait_http,
     workdir,
 )
 
@@ -100,13 +96,7 @@ async def main_async(args: argparse.Namespace) -> int:
         urls = {"direct": upstream_url, **{n: h.url for n, h in hosts.items()}}
         meters: dict[str, Any] = dict(hosts)  # what measure() reads the CPU of, per side
         if args.floor:  # bench_floor.py's bare relay (an asyncio.Protocol on uvloop), a side like the hosts
-            port = free_port()
-            proc = subprocess.Popen([sys.executable, str(BENCH_DIR / "bench_floor.py"), "--serve", "raw", "uvloop",
-                                     upstream_url, str(port)])
-            stack.callback(stop_process, proc)
-            wait_http(f"http://127.0.0.1:{port}/health", 30, proc)
-            urls[FLOOR] = f"http://127.0.0.1:{port}"
-            meters[FLOOR] = Cpu(proc.pid)
+            urls[FLOOR], meters[FLOOR] = start_relay("raw", "uvloop", upstream_url, stack)
         sides = list(urls)
         workloads = {"nonstream": ("nonstream", chat_body(MODEL, max_tokens=1), args.n, args.concurrency, False),
                      "stream": ("stream", chat_body(MODEL, stream=True, max_tokens=args.stream_events), args.streams,

@@ -120,6 +120,15 @@ def serve(kind: str, loop: str, upstream: str, port: int) -> None:
         asyncio.run(main())
 
 
+def start_relay(kind: str, loop: str, upstream: str, stack: contextlib.ExitStack) -> tuple[str, Cpu]:
+    """One bare relay process (stopped with ``stack``): its URL and its CPU meter."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, loop, upstream, str(port)])
+    stack.callback(stop_process, proc)
+    wait_http(f"http://127.0.0.1:{port}/health", 30, proc)  # relayed to the fake's /health
+    return f"http://127.0.0.1:{port}", Cpu(proc.pid)
+
+
 async def main_async(args: argparse.Namespace) -> int:
     print(machine_line())
     with workdir(False) as tmp, contextlib.ExitStack() as stack:
@@ -129,11 +138,7 @@ async def main_async(args: argparse.Namespace) -> int:
         relays: dict[str, tuple[str, Cpu]] = {}
         for variant in VARIANTS:
             kind, loop = variant.split("-")
-            port = free_port()
-            proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, loop, url, str(port)])
-            stack.callback(stop_process, proc)
-            wait_http(f"http://127.0.0.1:{port}/health", 30, proc)  # relayed to the fake's /health
-            relays[variant] = (f"http://127.0.0.1:{port}", Cpu(proc.pid))
+            relays[variant] = start_relay(kind, loop, url, stack)
         body = chat_body(MODEL, max_tokens=1)
         sides = ["direct", *relays]
         for side in sides:
