@@ -120,7 +120,7 @@ def _host(args: argparse.Namespace) -> Host:
 def cmd_serve(args: argparse.Namespace, level: str | None) -> int:
     from llama_host import logs
     from llama_host.eventloop import loop_factory
-    from llama_host.serve import ListenError, bind_sockets, serve
+    from llama_host.serve import ListenError, bind_sockets, freeze_startup_objects, serve, tune_gc
 
     host = _host(args)
     logs.configure(level or host.site.log_level, host.site.log_dir)
@@ -129,9 +129,15 @@ def cmd_serve(args: argparse.Namespace, level: str | None) -> int:
     except ListenError as exc:
         print(f"llama-host: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    tune_gc()
+
+    def ready(ports: dict[int, int]) -> None:
+        _announce(host)
+        freeze_startup_objects()
+
     try:
         with asyncio.Runner(loop_factory=loop_factory(host.site.event_loop)) as runner:
-            runner.run(serve(host, sockets=sockets, on_ready=lambda ports: _announce(host)))
+            runner.run(serve(host, sockets=sockets, on_ready=ready))
     except ListenError as exc:
         logging.getLogger("llama_host").error("%s", exc)
         return 1

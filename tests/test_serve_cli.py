@@ -144,3 +144,30 @@ def test_sigterm_ends_live_streams_at_once(tmp_path, ports):
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
+
+
+def test_serving_process_raises_gc_thresholds_and_freezes_startup_objects(tmp_path, ports):
+    """The served process itself (not a test's in-process host): its collector settings once it answers."""
+    probe = f"""
+import gc, os, signal, sys, threading, time, httpx
+from llama_host.cli import main
+def look():
+    while True:
+        try:
+            if httpx.get("http://127.0.0.1:{ports['main']}/api/v1/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    time.sleep(0.2)  # the ready callback runs once every listener answers
+    print("GC", *gc.get_threshold(), gc.get_freeze_count(), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=look, daemon=True).start()
+sys.exit(main(["serve", "--config", {str(site(tmp_path, ports))!r}]))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("GC "))
+    first, second, third, frozen = map(int, line.split()[1:])
+    from llama_host.serve import GC_THRESHOLDS
+    assert (first, second, third) == GC_THRESHOLDS and first > 700
+    assert frozen > 10_000  # modules, classes, plugins and config: out of every later collection's reach
