@@ -192,6 +192,7 @@ class Scheduler:
         self._changes: set[asyncio.Task[None]] = set()
         self._names = NameIndex()
         self._changed = asyncio.Event()
+        self._watching = 0  # tasks in _change()
         self._stops: set[asyncio.Task[None]] = set()
         self._waiting = 0
         self._closed = False
@@ -361,7 +362,7 @@ class Scheduler:
             await self._ensure_loaded(entry, load_params)
             if can_admit(entry.in_flight, entry.spec.max_concurrent):
                 return
-            await self._changed.wait()
+            await self._change()
 
     def lease(self, name: str, *, ttl: float | None = None,
               load_params: Mapping[str, Any] | None = None) -> contextlib.AbstractAsyncContextManager[Lease]:
@@ -435,7 +436,7 @@ class Scheduler:
                     return
                 continue
             if entry.state == "loaded" and entry.drainers:
-                await self._changed.wait()  # a swap waits for this model to drain: queue behind it
+                await self._change()  # a swap waits for this model to drain: queue behind it
                 continue
             if entry.state == "loaded":
                 if not entry.stale and (not load_params or self._params_match(entry, load_params)):
@@ -466,7 +467,7 @@ class Scheduler:
             for e in drain:
                 e.drainers += 1
             try:
-                await self._changed.wait()
+                await self._change()
             finally:
                 for e in drain:
                     e.drainers -= 1
@@ -603,7 +604,7 @@ class Scheduler:
 
     async def _unload(self, entry: Entry, reason: UnloadReason) -> None:
         while entry.in_flight > 0:  # never cut an in-flight request
-            await self._changed.wait()
+            await self._change()
         self._cancel_timer(entry)
         runner = entry.runner
         if runner is not None:
@@ -666,9 +667,18 @@ class Scheduler:
             entry.idle.cancel()
             entry.idle = None
 
+    async def _change(self) -> None:
+        """Until the next change of a model's state or load (:meth:`_notify`)."""
+        self._watching += 1
+        try:
+            await self._changed.wait()
+        finally:
+            self._watching -= 1
+
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._watching:  # a new event only when a task waits: each release notifies, and mostly none does
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     # --- views and shutdown -------------------------------------------------------------------------------------
 

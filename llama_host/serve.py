@@ -219,14 +219,19 @@ class FastCycle:
     uvicorn's. HTTP/1.0, upgrades and pipelined requests behind an unfinished one take uvicorn's cycle instead."""
 
     __slots__ = ("_protocol", "_route", "scope", "_started", "_chunked", "_length", "_head", "body", "more_body",
-                 "message_event", "disconnected", "keep_alive", "response_complete", "_continue", "on_response")
+                 "message_event", "disconnected", "keep_alive", "response_complete", "_continue", "on_response",
+                 "_message", "_waiter")
 
     def __init__(self, protocol: LimitedHttpToolsProtocol, route: Route, keep_alive: bool) -> None:
         self._protocol, self._route = protocol, route
         self.scope = protocol.scope  # the protocol's moves on to a pipelined request's
         self.body = bytearray()
         self.more_body = True
-        self.message_event = asyncio.Event()
+        # uvicorn's protocol calls ``message_event.set()`` when body bytes come or the connection goes: the cycle is
+        # that event itself (:meth:`set`), instead of an asyncio.Event per request
+        self.message_event = self
+        self._message = False
+        self._waiter: asyncio.Future[None] | None = None
         self.disconnected = self.response_complete = self._started = self._chunked = False
         self.keep_alive = keep_alive
         self._continue = protocol.expect_100_continue
@@ -260,6 +265,12 @@ class FastCycle:
             (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21"), (b"connection", b"close")]})
         await self.send({"type": "http.response.body", "body": b"Internal Server Error"})
 
+    def set(self) -> None:
+        """``message_event.set()``: body bytes came, the request ended or the connection went; wakes :meth:`receive`."""
+        self._message = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
     async def receive(self) -> Any:
         transport = self._protocol.transport
         if self._continue and not transport.is_closing():
@@ -267,8 +278,13 @@ class FastCycle:
         self._continue = False
         if not self.disconnected and not self.response_complete:
             self._protocol.flow.resume_reading()
-            await self.message_event.wait()
-            self.message_event.clear()
+            if not self._message:
+                self._waiter = self._protocol.loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            self._message = False
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
         body, self.body = bytes(self.body), bytearray()
@@ -339,7 +355,7 @@ class FastCycle:
             if self._length:
                 raise RuntimeError("response content shorter than Content-Length")
             self.response_complete = True
-            self.message_event.set()
+            self.set()
             if not self.keep_alive:
                 protocol.transport.close()
             self.on_response()
