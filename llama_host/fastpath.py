@@ -198,6 +198,11 @@ class FastPath:
             if ((kind is Reply or kind is Response) and isinstance(content, bytes) and status is not None
                     and status >= 200 and status not in (204, 304) and not response.cookies
                     and response.background is None):
+                # the server's own send, which nothing wraps (a browser's Origin adds CORS headers): one call
+                whole = getattr(getattr(send, "__self__", None), "send_whole", None)
+                if whole is not None and not response.headers:
+                    await whole(status, _with_charset(str(response.media_type)), content)
+                    return
                 await send(_head(response, status, len(content)))
                 await send({"type": "http.response.body", "body": content, "more_body": False})
                 return

@@ -290,6 +290,33 @@ class FastCycle:
         body, self.body = bytes(self.body), bytearray()
         return {"type": "http.request", "body": body, "more_body": self.more_body}
 
+    async def send_whole(self, status: int, content_type: bytes, body: bytes) -> None:
+        """A whole reply with a content type and nothing else of its own, in one write: what :meth:`send` writes
+        for its two messages, without making and reading them (:class:`llama_host.fastpath.FastPath` calls it for
+        its replies in bytes when nothing wraps ``send``)."""
+        protocol = self._protocol
+        if protocol.flow.write_paused and not self.disconnected:
+            await protocol.flow.drain()
+        if self.disconnected:
+            return
+        if self._started:
+            raise RuntimeError("expected 'http.response.start', got a whole reply")
+        if HEADER_VALUE_RE.search(content_type):
+            raise RuntimeError("invalid HTTP header name or value")  # nothing written: the caller may answer 500
+        content = [STATUS_LINE[status]]
+        for name, value in protocol.server_state.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        content += (b"content-type: ", content_type, b"\r\ncontent-length: ", b"%d" % len(body),
+                    b"\r\n\r\n" if self.keep_alive else b"\r\nconnection: close\r\n\r\n", body)
+        self._started = True
+        self._continue = False
+        protocol.transport.write(b"".join(content))
+        self.response_complete = True
+        self.set()
+        if not self.keep_alive:
+            protocol.transport.close()
+        self.on_response()
+
     async def send(self, message: Any) -> None:
         protocol = self._protocol
         if protocol.flow.write_paused and not self.disconnected:

@@ -131,6 +131,67 @@ def test_a_whole_reply_is_written_in_one_piece(host: RunningHost, cycles: list[s
     assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(data)
 
 
+def test_the_whole_reply_write_is_the_asgi_messages_write(host: RunningHost, cycles: list[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """FastPath hands a reply in bytes to ``send_whole`` (one call, no messages): the head it writes is the one the
+    two ASGI messages write, for a kept connection and for one the client closes."""
+    writes: list[bytes] = []
+
+    class Recording:
+        def __init__(self, transport: Any) -> None:
+            self._transport = transport
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._transport, name)
+
+        def write(self, data: bytes) -> None:
+            writes.append(bytes(data))
+            self._transport.write(data)
+
+    made = serve_module.LimitedHttpToolsProtocol.connection_made
+    monkeypatch.setattr(serve_module.LimitedHttpToolsProtocol, "connection_made",
+                        lambda self, transport: made(self, Recording(transport)))
+    whole_calls: list[int] = []
+    original = serve_module.FastCycle.send_whole
+
+    async def counted(self: Any, status: int, content_type: bytes, body: bytes) -> None:
+        whole_calls.append(status)
+        await original(self, status, content_type, body)
+
+    def heads(with_whole: bool) -> list[bytes]:
+        writes.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            if with_whole:
+                patch.setattr(serve_module.FastCycle, "send_whole", counted)
+            else:
+                patch.delattr(serve_module.FastCycle, "send_whole")
+            with connect(host) as sock:
+                replies = Replies(sock)
+                for close in (False, True):
+                    sock.sendall(request(json.dumps(CHAT).encode(), headers={"Connection": "close"} if close else {}))
+                    assert replies.next()[0].status == 200
+        assert len(writes) == 2
+        return [b"\r\n".join(line for line in w.partition(b"\r\n\r\n")[0].split(b"\r\n")
+                              if not line.startswith(b"date: ")) for w in writes]
+
+    assert heads(with_whole=True) == heads(with_whole=False)
+    assert whole_calls == [200, 200] and cycles == ["/v1/chat/completions"] * 4
+
+
+def test_a_whole_reply_type_that_would_break_the_head_is_a_plain_500(host: RunningHost, cycles: list[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    async def injecting(self: FastPath, entry: Any, scope: Any, receive: Any, send: Any) -> None:
+        await send.__self__.send_whole(200, b"application/json\r\nset-cookie: b", b"{}")
+
+    monkeypatch.setattr(FastPath, "serve", injecting)
+    with connect(host) as sock:
+        sock.sendall(request(json.dumps(CHAT).encode()))
+        replies = Replies(sock)
+        response, data = replies.next()
+        assert (response.status, data) == (500, b"Internal Server Error") and response.getheader("set-cookie") is None
+    assert cycles == ["/v1/chat/completions"]
+
+
 @pytest.mark.parametrize("expect", ["100-continue", "100-Continue "])  # a token: any case, trailing space dropped
 def test_expect_100_continue(host: RunningHost, cycles: list[str], expect: str) -> None:
     body = json.dumps(CHAT).encode()
