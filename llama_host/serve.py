@@ -271,6 +271,15 @@ class FastCycle:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def whole_body(self) -> bytes | None:
+        """The request's body, if all of it has come and no ``100 Continue`` is owed; else ``None`` (read it with
+        :meth:`receive`). :func:`llama_host.fastpath.read_body` takes it so, without a message per read."""
+        if self.more_body or self._continue or self.disconnected or self.response_complete:
+            return None
+        body, self.body = bytes(self.body), bytearray()
+        self._message = False
+        return body
+
     async def receive(self) -> Any:
         transport = self._protocol.transport
         if self._continue and not transport.is_closing():
