@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 NAME = "metrics"
 #: Least seconds between two samples, even when load/unload events ask for one sooner.
 MIN_SAMPLE_GAP = 0.1
-_RUNNER_EVENTS = (ModelLoaded, ModelUnloaded, ModelFailed)
+_RUNNER_EVENTS = frozenset((ModelLoaded, ModelUnloaded, ModelFailed))
 
 
 def db_path(host: Host, settings: Settings) -> Path | None:
@@ -62,7 +62,7 @@ class MetricsPlugin:
             self._loop.call_soon_threadsafe(self.track, event)
             return
         self.recorder.record(event)
-        if self._wake is not None and isinstance(event, _RUNNER_EVENTS):
+        if self._wake is not None and type(event) in _RUNNER_EVENTS:
             self._wake.set()  # sample the new (or gone) runner now, not seconds later
 
     @contextlib.asynccontextmanager
