@@ -411,8 +411,8 @@ def protocol_class(limits: LimitSettings) -> type[LimitedHttpToolsProtocol]:
 #: The cyclic collector's thresholds while the host serves (Python's defaults: 700, 10, 10). A relayed request makes
 #: no cyclic garbage, but the requests in flight hold a few hundred young objects between them: at 700 a young
 #: collection came every ~150 requests and a full one (every object of the process: 33–46 ms with the loop stopped)
-#: every 10,000–15,000. At 10,000 none came in 30,000 relayed requests at concurrency 32: −8% instructions per
-#: request, +4–5% requests/s (bench/README.md, "The hot path, fifth pass").
+#: every 10,000–15,000. At 10,000 none came in 30,000 relayed requests at concurrency 32: −7% instructions per
+#: request, +4% requests/s (bench/README.md, "The hot path, fifth pass").
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
