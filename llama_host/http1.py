@@ -254,6 +254,7 @@ class Pool:
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._targets: dict[str, tuple[tuple[str, int], str, str]] = {}
+        self._heads: dict[tuple[object, ...], bytes] = {}  # request line and fields, by method, server, path, fields
         self._open: set[_Connection] = set()
         self._counts: dict[tuple[str, int], int] = {}  # connections open or opening, per server
         self._writes: list[tuple[asyncio.Transport, bytes]] = []  # requests of this turn of the loop, not sent yet
@@ -276,15 +277,21 @@ class Pool:
         """Send one request on an idle connection to ``base_url`` (or a new one, always when ``fresh``; at most
         ``limit`` connections to that server) and wait for the answer's head."""
         key, prefix, host_header = self._target(base_url)
-        fields = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        if (" " in path or _UNSAFE.search(path) or "\0" in fields
-                or fields.count("\n") != len(headers) or fields.count("\r") != len(headers)):
-            raise ValueError(f"refused: the path or a header of a request to {base_url} has a line break or space")
-        length = f"Content-Length: {len(body) if body else 0}\r\n" if body is not None or method in (
-            "POST", "PUT", "PATCH") else ""
-        data = f"{method} {prefix}{path} HTTP/1.1\r\nHost: {host_header}\r\n{fields}{length}\r\n".encode("latin-1")
-        if body:
-            data += body
+        head_key = (method, base_url, path, *headers.items())
+        head = self._heads.get(head_key)
+        if head is None:  # a request line and fields not sent before: checked and encoded once
+            fields = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            if (" " in path or _UNSAFE.search(path) or "\0" in fields
+                    or fields.count("\n") != len(headers) or fields.count("\r") != len(headers)):
+                raise ValueError(f"refused: the path or a header of a request to {base_url} has a line break or space")
+            head = f"{method} {prefix}{path} HTTP/1.1\r\nHost: {host_header}\r\n{fields}".encode("latin-1")
+            if len(self._heads) >= 4096:  # paths and runners come and go
+                self._heads.clear()
+            self._heads[head_key] = head
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            data = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body) if body else 0, body or b"")
+        else:
+            data = head + b"\r\n"
         conn = None if fresh else self._acquire(key)
         while conn is None:
             if limit is None or self._counts.get(key, 0) < limit:

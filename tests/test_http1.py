@@ -74,6 +74,40 @@ async def test_keep_alive_connections_are_reused_and_the_request_is_sent_whole()
         await pool.close()
 
 
+async def test_a_request_head_is_encoded_once_and_each_request_keeps_its_own_length_and_fields():
+    """The request line and fields are checked and encoded once per method, server, path and fields; each request
+    still gets its own Content-Length and body, and other fields make a new head."""
+    bodies: list[bytes] = []
+
+    async def handler(reader, writer):
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            server.requests.append(head)
+            length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")]
+            bodies.append(await reader.readexactly(length[0]) if length else b"")
+            writer.write(answer(b"ok"))
+
+    pool = http1.Pool()
+    async with Server(handler) as server:
+        sent = [("POST", b'{"a":1}', {"X-Key": "k"}), ("POST", b'{"bb":22}', {"X-Key": "k"}), ("GET", None, {"X-Key": "k"}),
+                ("POST", b"{}", {"X-Key": "other"}), ("POST", b"", {"X-Key": "k"})]
+        for method, body, headers in sent:
+            r = await pool.request(method, server.url, "/v1/x", body, headers)
+            assert await r.read() == b"ok"
+            r.close()
+        with pytest.raises(ValueError):  # a bad field is refused after a good one to the same path too
+            await pool.request("POST", server.url, "/v1/x", b"{}", {"X-Key": "k\r\nX-Injected: 1"})
+        heads = [h.decode() for h in server.requests]
+        assert bodies == [b'{"a":1}', b'{"bb":22}', b"", b"{}", b""]
+        assert ["Content-Length: 7\r\n" in heads[0], "Content-Length: 9\r\n" in heads[1],
+                "Content-Length" not in heads[2], "Content-Length: 2\r\n" in heads[3],
+                "Content-Length: 0\r\n" in heads[4]] == [True] * 5
+        assert heads[2].startswith("GET /v1/x HTTP/1.1\r\n") and "X-Key: other\r\n" in heads[3]
+        assert all("X-Key: k\r\n" in heads[i] for i in (0, 1, 2, 4)) and len(server.requests) == 5
+        await pool.close()
+
+
 async def test_an_answer_with_connection_close_is_not_reused():
     async def handler(reader, writer):
         await server.head(reader)
