@@ -84,8 +84,6 @@ def _observers(impls: Sequence[pluggy.HookImpl], traced: bool) -> list[tuple[str
         f, names = impl.function, tuple(impl.argnames)
         if names == ("host", "event"):
             return f
-        if names == ("event",):
-            return lambda host, event: f(event)
         return lambda host, event: f(**{n: host if n == "host" else event for n in names})
 
     return [(i.plugin_name, call(i)) for i in reversed(impls)]

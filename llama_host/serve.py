@@ -320,11 +320,7 @@ class FastCycle:
         self._started = True
         self._continue = False
         protocol.transport.write(b"".join(content))
-        self.response_complete = True
-        self.set()
-        if not self.keep_alive:
-            protocol.transport.close()
-        self.on_response()
+        self._complete()
 
     async def send(self, message: Any) -> None:
         protocol = self._protocol
@@ -390,11 +386,15 @@ class FastCycle:
         if not more:
             if self._length:
                 raise RuntimeError("response content shorter than Content-Length")
-            self.response_complete = True
-            self.set()
-            if not self.keep_alive:
-                protocol.transport.close()
-            self.on_response()
+            self._complete()
+
+    def _complete(self) -> None:
+        """The reply's last byte is written: wake a pending :meth:`receive`, close or keep the connection."""
+        self.response_complete = True
+        self.set()
+        if not self.keep_alive:
+            self._protocol.transport.close()
+        self.on_response()
 
 
 def _nothing() -> None:
