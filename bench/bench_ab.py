@@ -42,6 +42,7 @@ from common import (  # noqa: E402
     host_python_info,
     machine_line,
     median,
+    ratio_summary,
     plugin_flags,
     stop_process,
     workdir,
@@ -148,6 +149,9 @@ async def main_async(args: argparse.Namespace) -> int:
                       f"vs direct {ratios}{cpu_text}; client / fake CPU us per {unit[:-1]}: "
                       f"{median([c for c, _ in others[(label, side)]]):.0f} / "
                       f"{median([f for _, f in others[(label, side)]]):.0f} (medians)")
+                if side != "direct":
+                    print(f"{label} {side} vs direct, per round: "
+                          + ratio_summary([r / d for (r, _), d in zip(runs, direct, strict=True)], args.target))
             if FLOOR in meters:
                 floor = [c for _, c in results[(label, FLOOR)]]
                 for side in hosts:
@@ -170,6 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stream-concurrency", type=int, default=8)
     p.add_argument("--floor", action="store_true",
                    help="also run bench_floor.py's bare relay as a side: each host's CPU as a multiple of its CPU")
+    p.add_argument("--target", type=float, default=0.7, help="count the rounds at or above this ratio to direct")
     p.add_argument("--keep", action="store_true")
     return p.parse_args(argv)
 

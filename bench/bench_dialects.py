@@ -125,7 +125,7 @@ async def main_async(args: argparse.Namespace) -> int:
         port = free_port()
         upstream = subprocess.Popen([sys.executable, str(BENCH_DIR / "fake_upstream.py"), "--port", str(port),
                                      "--model", MODEL], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=(tmp / "upstream.log").open("wb"))
+                                    stderr=(tmp / "upstream.log").open("wb"), start_new_session=True)
         try:
             wait_http(f"http://127.0.0.1:{port}/health", 60, upstream)
             site = {"scheduler": {"max_loaded": 1, "ttl": 0},

@@ -123,7 +123,8 @@ def serve(kind: str, loop: str, upstream: str, port: int) -> None:
 def start_relay(kind: str, loop: str, upstream: str, stack: contextlib.ExitStack) -> tuple[str, Cpu]:
     """One bare relay process (stopped with ``stack``): its URL and its CPU meter."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, loop, upstream, str(port)])
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, loop, upstream, str(port)],
+                            start_new_session=True)
     stack.callback(stop_process, proc)
     wait_http(f"http://127.0.0.1:{port}/health", 30, proc)  # relayed to the fake's /health
     return f"http://127.0.0.1:{port}", Cpu(proc.pid)

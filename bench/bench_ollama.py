@@ -42,7 +42,8 @@ PROMPT = [{"role": "user", "content": "Tell me a long story."}]
 def start_fake(folder: Path) -> tuple[subprocess.Popen, str]:
     port_file = folder / "fake.port"
     proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("fake_upstream.py")), "--port", "0",
-                             "--port-file", str(port_file)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                             "--port-file", str(port_file)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     deadline = time.monotonic() + 30
     while not port_file.exists():
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -46,6 +46,7 @@ from common import (  # noqa: E402
     llama_server_binary,
     machine_line,
     plugin_flags,
+    ratio_summary,
     stop_process,
     tiny_model,
     wait_http,
@@ -167,16 +168,21 @@ def report(w: Workload, paths: list[Target], results: dict[str, list[tuple[Run, 
         return run.eps if w.stream else run.rps
 
     unit = "events/s" if w.stream else "req/s"
-    base = _median([rate(r) for r, _ in results[paths[0].name]])
+    base = [rate(r) for r, _ in results[paths[0].name]]
     print(f"-- {w.label}: {w.n} requests at concurrency {w.concurrency}"
-          f"{f', {w.max_tokens} tokens each' if w.stream else ''} (median of {len(results[paths[0].name])} rounds)")
+          f"{f', {w.max_tokens} tokens each' if w.stream else ''} (medians of {len(base)} rounds; × "
+          f"{paths[0].name}: the median of each round's ratio, the paths of a round being measured back to back)")
     for p in paths:
         runs = results[p.name]
         value = _median([rate(r) for r, _ in runs])
+        ratio = _median([rate(r) / b for (r, _), b in zip(runs, base, strict=True) if b])
         cpu = _median([c / max(len(r.latencies), 1) for r, c in runs]) * 1e6
         cpu_text = f" | proxy CPU {cpu:,.0f} us/request" if p.proc is not None and p.name != paths[0].name else ""
-        print(f"   {p.name:<11} {value:>10,.0f} {unit} = {value / base if base else 0:.2f}x {paths[0].name}"
+        print(f"   {p.name:<11} {value:>10,.0f} {unit} = {ratio:.2f}x {paths[0].name}"
               f" | p50 {_median([r.p(50) for r, _ in runs]) * 1e3:.2f} ms{cpu_text}")
+        if p.name != paths[0].name and len(runs) > 2:
+            print(f"   {'':<11} × {paths[0].name} per round: "
+                  + ratio_summary([rate(r) / b for (r, _), b in zip(runs, base, strict=True) if b]))
 
 
 def _median(values: list[float]) -> float:

@@ -306,7 +306,7 @@ def start_upstream(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Pope
         model = args.model or tiny_model(tmp / "tiny.gguf")
         cmd = llama_server_argv(llama_server_binary(args.llama_server), model, port, MODEL, args.ctx_size, args.threads)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=(tmp / "upstream.log").open("wb"))
+                            stderr=(tmp / "upstream.log").open("wb"), start_new_session=True)
     wait_http(f"http://127.0.0.1:{port}/health", 60, proc)
     return proc, f"http://127.0.0.1:{port}"
 

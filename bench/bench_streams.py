@@ -119,7 +119,8 @@ class TracedHost(HostProcess):
         env = {**os.environ, **self.env, "LLAMA_HOST_TRACEMALLOC_DIR": str(self.workdir)}
         self.proc = subprocess.Popen([sys.executable, str(BENCH_DIR / "host_tracemalloc.py"), "serve", "--config",
                                       str(self.config)], stdin=subprocess.DEVNULL, stdout=self._stderr,
-                                     stderr=subprocess.STDOUT, cwd=str(self.workdir), env=env)
+                                     stderr=subprocess.STDOUT, cwd=str(self.workdir), env=env,
+                                     start_new_session=True)
         self._ps = psutil.Process(self.proc.pid)
         wait_http(self.url + "/api/v1/health", timeout, self.proc)
         return self
@@ -166,7 +167,8 @@ async def run_one(args: argparse.Namespace, n: int, tmp: Path) -> dict:
         import subprocess
 
         upstream = subprocess.Popen([*fake, "--port", str(port)], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=(tmp / "upstream.log").open("wb"))
+                                    stdout=subprocess.DEVNULL, stderr=(tmp / "upstream.log").open("wb"),
+                                    start_new_session=True)
         wait_http(f"http://127.0.0.1:{port}/health", 30, upstream)
         model = {"runtime": "remote", "url": f"http://127.0.0.1:{port}"}
     else:

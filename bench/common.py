@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import os
 import platform
+import random
 import signal
 import socket
 import subprocess
@@ -62,6 +63,23 @@ def percentile(values: list[float], q: float) -> float:
 
 def median(values: Iterable[float]) -> float:
     return percentile(list(values), 50)
+
+
+def median_interval(values: list[float], level: float = 0.9, draws: int = 2000) -> tuple[float, float]:
+    """A bootstrap interval of the median of ``values`` (the rounds of a run): where the median of another run of as
+    many rounds would likely fall, on a machine whose speed drifts between rounds (seeded: the same values give the
+    same interval)."""
+    rng = random.Random(0)
+    medians = sorted(median(rng.choices(values, k=len(values))) for _ in range(draws))
+    tail = (1 - level) / 2
+    return medians[int(tail * draws)], medians[min(int((1 - tail) * draws), draws - 1)]
+
+
+def ratio_summary(ratios: list[float], target: float | None = None) -> str:
+    """``median 0.74 (90% interval 0.70–0.77; 14 of 20 rounds ≥ 0.70)`` for the per-round ratios of a run."""
+    lo, hi = median_interval(ratios)
+    above = f"; {sum(r >= target for r in ratios)} of {len(ratios)} rounds ≥ {target:.2f}" if target else ""
+    return f"median {median(ratios):.3f} (90% interval of the median {lo:.3f}–{hi:.3f}{above})"
 
 
 def ms(seconds: float) -> str:
@@ -146,7 +164,12 @@ def plugin_flags(wanted: Iterable[str], *, all_plugins: bool = False, metrics: b
 
 
 class HostProcess:
-    """``llama-host serve --config site.yaml`` in a subprocess; ``url``, ``pid``, ``rss()``, ``cpu_seconds()``."""
+    """``llama-host serve --config site.yaml`` in a subprocess; ``url``, ``pid``, ``rss()``, ``cpu_seconds()``.
+
+    Like every server the benchmarks start (the fake upstream, bare llama-server, the peers), it runs in a session of
+    its own, as a separately started service does and as the host starts its runners: with the kernel's autogroups
+    on (``/proc/sys/kernel/sched_autogroup_enabled``) the CPU is shared between sessions first, so a server in the
+    benchmark's own session would share its client's share (bench/README.md, "Sessions")."""
 
     def __init__(self, site: dict[str, Any], workdir: Path, pythonpath: str | None = None,
                  env: dict[str, str] | None = None, prefix: Iterable[str] = ()) -> None:
@@ -175,7 +198,7 @@ class HostProcess:
         self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "llama_host.cli", "serve", "--config",
                                       str(self.config)],
                                      stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=subprocess.STDOUT,
-                                     cwd=str(self.workdir), env=env)
+                                     cwd=str(self.workdir), env=env, start_new_session=True)
         self._ps = psutil.Process(self.proc.pid)
         try:
             wait_http(self.url + "/api/v1/health", timeout, self.proc)
