@@ -9,7 +9,8 @@ request or per event); the summary gives every run's value per side, then the me
 what the host makes the others spend (more wakeups, less batching) counts too.
 
 A variant is ``NAME`` or ``NAME:key=value,key=value``: dotted site keys (``event_loop=asyncio``,
-``plugins.metrics.enabled=false``; values read as YAML) and ``pythonpath=DIR`` (run that host from a patched copy).
+``plugins.metrics.enabled=false``; values read as YAML), ``pythonpath=DIR`` (run that host from a patched copy) and
+``python=PATH`` (run it on another interpreter: a venv's python with llama-host installed).
 
 Run: ``.venv/bin/python bench/bench_ab.py --variant asyncio:event_loop=asyncio --variant uvloop:event_loop=uvloop``
 (``--workload nonstream`` / ``stream`` / ``both``, ``--rounds``, ``-n``, ``--concurrency``). ``--floor`` adds
@@ -25,7 +26,7 @@ import asyncio
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import psutil
@@ -51,17 +52,27 @@ from common import (  # noqa: E402
 FLOOR = "floor"  # the side of ``--floor``
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, Any], str | None]:
+class Variant(NamedTuple):
+    name: str
+    overrides: dict[str, Any]  # dotted site keys
+    pythonpath: str | None  # a patched copy of llama_host
+    python: str  # the interpreter the host runs on (a venv's python with llama-host installed)
+
+
+def parse_variant(text: str) -> Variant:
     name, _, rest = text.partition(":")
     overrides: dict[str, Any] = {}
     pythonpath = None
+    python = sys.executable
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         if key == "pythonpath":
             pythonpath = value
+        elif key == "python":
+            python = value
         else:
             overrides[key] = yaml.safe_load(value)
-    return name, overrides, pythonpath
+    return Variant(name, overrides, pythonpath, python)
 
 
 def apply_overrides(site: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -82,14 +93,15 @@ async def main_async(args: argparse.Namespace) -> int:
         stack.callback(stop_process, upstream)
         hosts: dict[str, HostProcess] = {}
         for text in args.variant:
-            name, overrides, pythonpath = parse_variant(text)
+            name, overrides, pythonpath, python = parse_variant(text)
             site = {"scheduler": {"max_loaded": 1, "ttl": 0},
                     "plugins": plugin_flags(CORE_PLUGINS, metrics=True),
                     "models": {MODEL: {"runtime": "remote", "url": upstream_url}}}
             (tmp / name).mkdir()
-            host = HostProcess(apply_overrides(site, overrides), tmp / name, pythonpath)
+            host = HostProcess(apply_overrides(site, overrides), tmp / name, pythonpath, python=python)
             hosts[name] = stack.enter_context(host)
-            print(f"variant {name}: {overrides or 'defaults'} — {host_python_info(pythonpath)} — pid {host.pid}")
+            print(f"variant {name}: {overrides or 'defaults'} — {host_python_info(pythonpath, python)} — "
+                  f"pid {host.pid}")
         async with aiohttp.ClientSession() as s:
             for host in hosts.values():
                 async with s.post(f"{host.url}/api/v1/models/{MODEL}/load") as r:

@@ -11,7 +11,7 @@ instruction (cache misses); what it changes: valgrind runs the host ~50x slower 
 requests wait per turn of the event loop than at full speed. It ranks variants; CPU seconds (bench_ab.py) still say
 what a request costs.
 
-A variant is ``NAME`` or ``NAME:key=value,...`` as in bench_ab.py (site keys, ``pythonpath=DIR``). Run:
+A variant is ``NAME`` or ``NAME:key=value,...`` as in bench_ab.py (site keys, ``pythonpath=DIR``, ``python=PATH``). Run:
 ``.venv/bin/python bench/bench_instructions.py --variant before:pythonpath=/work/wt/base --variant now``
 (needs ``valgrind``: Debian's package).
 """
@@ -71,14 +71,15 @@ async def main_async(args: argparse.Namespace) -> int:
         counts: dict[str, list[float]] = {}
         for i in range(args.rounds):
             for text in args.variant if i % 2 == 0 else reversed(args.variant):
-                name, overrides, pythonpath = parse_variant(text)
+                name, overrides, pythonpath, python = parse_variant(text)
                 folder = tmp / f"{name}-{i}"
                 folder.mkdir()
                 out = folder / "callgrind.out"
                 site = {"scheduler": {"max_loaded": 1, "ttl": 0}, "plugins": plugin_flags(CORE_PLUGINS, metrics=True),
                         "models": {MODEL: {"runtime": "remote", "url": upstream_url}}}
                 prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-                with HostProcess(apply_overrides(site, overrides), folder, pythonpath, prefix=prefix) as host:
+                with HostProcess(apply_overrides(site, overrides), folder, pythonpath, prefix=prefix,
+                                 python=python) as host:
                     per = await count(host, out, host.url + "/v1/chat/completions", workload, args.n,
                                       args.concurrency, args.stream)
                 counts.setdefault(name, []).append(per)

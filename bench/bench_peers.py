@@ -45,8 +45,8 @@ from common import (  # noqa: E402
     llama_server_argv,
     llama_server_binary,
     machine_line,
+    median_interval,
     plugin_flags,
-    ratio_summary,
     stop_process,
     tiny_model,
     wait_http,
@@ -181,8 +181,8 @@ def report(w: Workload, paths: list[Target], results: dict[str, list[tuple[Run, 
         print(f"   {p.name:<11} {value:>10,.0f} {unit} = {ratio:.2f}x {paths[0].name}"
               f" | p50 {_median([r.p(50) for r, _ in runs]) * 1e3:.2f} ms{cpu_text}")
         if p.name != paths[0].name and len(runs) > 2:
-            print(f"   {'':<11} × {paths[0].name} per round: "
-                  + ratio_summary([rate(r) / b for (r, _), b in zip(runs, base, strict=True) if b]))
+            lo, hi = median_interval([rate(r) / b for (r, _), b in zip(runs, base, strict=True) if b])
+            print(f"   {'':<11} (90% interval of the median ratio: {lo:.2f}–{hi:.2f})")
 
 
 def _median(values: list[float]) -> float:

@@ -128,9 +128,9 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
         proc.wait()
 
 
-def host_python_info(pythonpath: str | None = None) -> str:
-    """Where the host's ``llama_host`` is imported from, and its HTTP stack (uvicorn's ``http="auto"`` picks httptools
-    when it is installed; the event loop is the policy's)."""
+def host_python_info(pythonpath: str | None = None, python: str = sys.executable) -> str:
+    """The host's interpreter, where its ``llama_host`` is imported from, and its HTTP stack (uvicorn's
+    ``http="auto"`` picks httptools when it is installed; the event loop is the policy's)."""
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
@@ -140,9 +140,11 @@ def host_python_info(pythonpath: str | None = None) -> str:
         "loop = type(asyncio.get_event_loop_policy()).__module__.split('.')[0]",
         "where = llama_host.__file__.rsplit('/', 2)[0]",
         "v = m.version",
-        "print(f'llama_host from {where}; uvicorn {v(\"uvicorn\")} (http: {http}, loop: {loop}); '",
+        "import platform",
+        "print(f'python {platform.python_version()}; llama_host from {where}; '",
+        "      f'uvicorn {v(\"uvicorn\")} (http: {http}, loop: {loop}); '",
         "      f'litestar {v(\"litestar\")}; aiohttp {v(\"aiohttp\")}')"])
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", check=False)
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, cwd="/", check=False)
     return (out.stdout or out.stderr).strip()
 
 
@@ -172,10 +174,12 @@ class HostProcess:
     benchmark's own session would share its client's share (bench/README.md, "Sessions")."""
 
     def __init__(self, site: dict[str, Any], workdir: Path, pythonpath: str | None = None,
-                 env: dict[str, str] | None = None, prefix: Iterable[str] = ()) -> None:
+                 env: dict[str, str] | None = None, prefix: Iterable[str] = (),
+                 python: str = sys.executable) -> None:
         self.site = dict(site)
         self.pythonpath = pythonpath
         self.prefix = list(prefix)  # a command the host runs under (valgrind ...)
+        self.python = python
         self.env = dict(env or {})
         self.site.setdefault("host", "127.0.0.1")
         self.site.setdefault("port", free_port())
@@ -195,7 +199,7 @@ class HostProcess:
         if self.pythonpath:  # e.g. a patched copy of llama_host to compare against the checkout
             env["PYTHONPATH"] = self.pythonpath + os.pathsep + env.get("PYTHONPATH", "")
         # cwd is the work folder, so ``-m`` imports the installed llama_host (or the one on ``pythonpath``)
-        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "llama_host.cli", "serve", "--config",
+        self.proc = subprocess.Popen([*self.prefix, self.python, "-m", "llama_host.cli", "serve", "--config",
                                       str(self.config)],
                                      stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=subprocess.STDOUT,
                                      cwd=str(self.workdir), env=env, start_new_session=True)
