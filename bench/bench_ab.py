@@ -43,8 +43,8 @@ from common import (  # noqa: E402
     host_python_info,
     machine_line,
     median,
-    ratio_summary,
     plugin_flags,
+    ratio_summary,
     stop_process,
     workdir,
 )

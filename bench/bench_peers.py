@@ -175,13 +175,14 @@ def report(w: Workload, paths: list[Target], results: dict[str, list[tuple[Run, 
     for p in paths:
         runs = results[p.name]
         value = _median([rate(r) for r, _ in runs])
-        ratio = _median([rate(r) / b for (r, _), b in zip(runs, base, strict=True) if b])
+        ratios = [rate(r) / b for (r, _), b in zip(runs, base, strict=True) if b]
+        ratio = _median(ratios)
         cpu = _median([c / max(len(r.latencies), 1) for r, c in runs]) * 1e6
         cpu_text = f" | proxy CPU {cpu:,.0f} us/request" if p.proc is not None and p.name != paths[0].name else ""
         print(f"   {p.name:<11} {value:>10,.0f} {unit} = {ratio:.2f}x {paths[0].name}"
               f" | p50 {_median([r.p(50) for r, _ in runs]) * 1e3:.2f} ms{cpu_text}")
         if p.name != paths[0].name and len(runs) > 2:
-            lo, hi = median_interval([rate(r) / b for (r, _), b in zip(runs, base, strict=True) if b])
+            lo, hi = median_interval(ratios)
             print(f"   {'':<11} (90% interval of the median ratio: {lo:.2f}–{hi:.2f})")
 
 

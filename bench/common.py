@@ -76,7 +76,8 @@ def median_interval(values: list[float], level: float = 0.9, draws: int = 2000) 
 
 
 def ratio_summary(ratios: list[float], target: float | None = None) -> str:
-    """``median 0.74 (90% interval 0.70–0.77; 14 of 20 rounds ≥ 0.70)`` for the per-round ratios of a run."""
+    """``median 0.740 (90% interval of the median 0.700–0.770; 14 of 20 rounds ≥ 0.70)`` for the per-round ratios
+    of a run."""
     lo, hi = median_interval(ratios)
     above = f"; {sum(r >= target for r in ratios)} of {len(ratios)} rounds ≥ {target:.2f}" if target else ""
     return f"median {median(ratios):.3f} (90% interval of the median {lo:.3f}–{hi:.3f}{above})"
