@@ -290,8 +290,8 @@ class Recorder:
             series.prompt_tokens += event.prompt_tokens
         if event.completion_tokens:
             series.completion_tokens += event.completion_tokens
-        tps = event.tokens_per_second
-        if tps is None and event.completion_tokens and event.predicted_ms:
+        tps = event.tokens_per_second  # llama-server's own figure; else worked out from the counts
+        if tps is None:
             tps = tokens_per_second(event)
         if tps is not None:
             hist = series.tokens_per_second
