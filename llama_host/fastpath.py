@@ -76,13 +76,20 @@ def api_key_accepted(headers: Any, encoded: list[bytes]) -> bool:
     return any(hmac.compare_digest(token, k) for k in encoded)
 
 
+def whole_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body if the server has all of it already (``FastCycle.whole_body``), without a coroutine;
+    RequestEntityTooLarge past ``limit``; ``None``: read it with :func:`read_body`."""
+    whole = getattr(getattr(receive, "__self__", None), "whole_body", None)
+    body: bytes | None = whole() if whole is not None else None
+    if body is not None and len(body) > limit:
+        raise RequestEntityTooLarge
+    return body
+
+
 async def read_body(scope: Any, receive: Receive, limit: int) -> bytes:
     """The whole request body, or RequestEntityTooLarge past ``limit`` (announced or received)."""
-    whole = getattr(getattr(receive, "__self__", None), "whole_body", None)  # the server's own, with all of it
-    body: bytes | None = whole() if whole is not None else None
+    body = whole_body(receive, limit)
     if body is not None:
-        if len(body) > limit:
-            raise RequestEntityTooLarge
         return body
     for name, value in scope["headers"]:
         if name == b"content-length":
@@ -197,7 +204,8 @@ class FastPath:
             if keys is not None and not public and keys.encoded and not api_key_accepted(scope["headers"],
                                                                                           keys.encoded):
                 raise NotAuthorizedException("invalid or missing API key (send 'Authorization: Bearer <key>')")
-            response = await handler(host, await read_body(scope, receive, limit))
+            body = whole_body(receive, limit)
+            response = await handler(host, body if body is not None else await read_body(scope, receive, limit))
             scope[_STARTED] = True
             content, status = response.content, response.status_code
             kind = type(response)

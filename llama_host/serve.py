@@ -273,7 +273,7 @@ class FastCycle:
 
     def whole_body(self) -> bytes | None:
         """The request's body, if all of it has come and no ``100 Continue`` is owed; else ``None`` (read it with
-        :meth:`receive`). :func:`llama_host.fastpath.read_body` takes it so, without a message per read."""
+        :meth:`receive`). :func:`llama_host.fastpath.whole_body` takes it so, without a message per read."""
         if self.more_body or self._continue or self.disconnected or self.response_complete:
             return None
         body, self.body = bytes(self.body), bytearray()

@@ -5,7 +5,7 @@ Served on the main port and, as Ollama and LM Studio do, on every other API port
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
@@ -15,7 +15,7 @@ from litestar.params import FromPath
 from llama_host import Host, HostDep, Surface, hookimpl
 from llama_host.bodies import decode_json
 from llama_host.errors import BadRequest, HostError, ModelNotFound
-from llama_host.fastpath import FastRoute
+from llama_host.fastpath import FastHandler, FastRoute
 from llama_host.openai_errors import OPENAI_EXCEPTION_HANDLERS, error_event
 from llama_host.openapi import json_body
 from llama_host.progress import loading_text, openai_loading_event
@@ -125,9 +125,9 @@ class Passthrough(Exchange):
         self.method, self.check_status = method, check_status
         self._content_type = content_type or "application/json"
 
-    async def send(self, host: Host, lease: Lease) -> Upstream:
-        return await host.relay.open(lease, self.method, self.path, body=self._body,
-                                     headers={"Content-Type": self._content_type})
+    def send(self, host: Host, lease: Lease) -> Coroutine[Any, Any, Upstream]:  # the relay's, not one more
+        return host.relay.open(lease, self.method, self.path, body=self._body,
+                               headers={"Content-Type": self._content_type})
 
     def error(self, exc: HostError) -> bytes:
         return error_event(exc)
@@ -141,7 +141,10 @@ async def relay(request: Request, host: HostDep, path: str, endpoint: str, *, em
     return await relay_body(host, await request.body(), path, endpoint, embeddings=embeddings)
 
 
-async def relay_body(host: Host, body: bytes, path: str, endpoint: str, *, embeddings: bool = False) -> Response:
+def relay_body(host: Host, body: bytes, path: str, endpoint: str, *,
+               embeddings: bool = False) -> Coroutine[Any, Any, Response]:
+    """The request's checks, then :func:`run`'s coroutine for the caller to await (one coroutine less per request
+    than awaiting it here); a bad body raises before anything is awaited."""
     obj = decode_json(body, minimums=COUNTS)
     if not isinstance(obj, dict):
         raise BadRequest("the request body must be a JSON object")
@@ -151,12 +154,23 @@ async def relay_body(host: Host, body: bytes, path: str, endpoint: str, *, embed
     spec = host.scheduler.get(requested, NAME)
     if embeddings:  # a chat model embeds through its embedding runner (llama_host.variants), as in Ollama
         spec = for_embeddings(host.scheduler, spec)
-    return await run(host, Passthrough(spec.name, endpoint, path, body, stream=obj.get("stream") is True))
+    return run(host, Passthrough(spec.name, endpoint, path, body, stream=obj.get("stream") is True))
 
 
 @hookimpl
 def config_schema() -> dict[str, Any]:
     return msgspec.json.schema(Settings)
+
+
+def _fast_handler(path: str, endpoint: str) -> FastHandler:
+    """:func:`relay_body` for one fast route (a closure, not a ``functools.partial`` with keywords: those merge a
+    dict of keywords on each call)."""
+    embeddings = endpoint == "embeddings"
+
+    def handler(host: Host, body: bytes) -> Coroutine[Any, Any, Response]:
+        return relay_body(host, body, path, endpoint, embeddings=embeddings)
+
+    return handler
 
 
 @hookimpl
@@ -169,8 +183,7 @@ def register_surfaces(host: HostDep) -> list[Surface]:
     if settings.native_routes:
         handlers.append(type("NativeController", (native_controller(Passthrough, run),),
                              {"request_max_body_size": settings.max_body_bytes}))
-    fast = {path: FastRoute(functools.partial(relay_body, path=path, endpoint=endpoint,
-                                              embeddings=endpoint == "embeddings"), settings.max_body_bytes)
+    fast = {path: FastRoute(_fast_handler(path, endpoint), settings.max_body_bytes)
             for path, endpoint in FAST_ROUTES.items()} if settings.fast_path else {}
     return [Surface(name=NAME, port=settings.port or host.site.port, route_handlers=handlers,
                     exception_handlers=OPENAI_EXCEPTION_HANDLERS, on_api_ports=settings.on_api_ports,
