@@ -20,7 +20,7 @@ import msgspec
 from llama_host import http1
 from llama_host.errors import RunnerCrashed, UpstreamError
 from llama_host.filters import apply_filters
-from llama_host.types import ModelSpec, RequestFinished, RequestStarted
+from llama_host.types import ModelSpec, RequestFinished, RequestStarted, Runner
 
 if TYPE_CHECKING:
     from llama_host.host import Host
@@ -212,14 +212,10 @@ class Relay:
             raise RuntimeError("the relay is not running (use it inside Host.running())")
         return self._session
 
-    async def _send(self, method: str, url: str, path: str, payload: Any, headers: Mapping[str, str], model: str,
-                    fresh: bool, limit: int | None = None) -> Upstream:
-        """One attempt: through the lean client where it can (a whole body, plain http; on a new connection when
-        ``fresh``), else through aiohttp, whose errors are told apart as the lean client's are
+    async def _send(self, method: str, url: str, path: str, payload: Any, headers: Mapping[str, str],
+                    model: str) -> Upstream:
+        """One attempt through aiohttp, whose errors are told apart as the lean client's are
         (:mod:`llama_host.http1`)."""
-        if (payload is None or isinstance(payload, bytes)) and method != "HEAD" and http1.supports(url):
-            return LeanUpstream(await self._pool.request(method, url, path, payload, headers, fresh=fresh,
-                                                         limit=limit), model)
         try:
             return Upstream(await self.session.request(method, url + path, data=payload, headers=headers), model)
         except aiohttp.ClientConnectorError as exc:
@@ -230,6 +226,12 @@ class Relay:
             raise http1.Reset(str(exc)) from None
         except aiohttp.ClientError as exc:
             raise http1.ProtocolError(str(exc)) from None
+
+    async def _died(self, runner: Runner, within: float, maybe_read: bool) -> bool:
+        """Whether ``runner`` has exited (waiting up to ``within`` seconds) in a way that shows it could not have
+        read the request: by itself before it could, or killed from outside (SIGKILL) when it may have."""
+        code = await self.host.scheduler.runner_exit_status(runner, within)
+        return code is not None and (not maybe_read or code == -signal.SIGKILL)
 
     async def open(self, lease: Lease, method: str, path: str, *, json: Any = None, body: bytes | None = None,
                    headers: Mapping[str, str] | None = None, data: Any = None) -> Upstream:
@@ -245,7 +247,7 @@ class Relay:
         A runner that closed the connection after the request went out and then ended by itself (an abort, a
         segfault) may have been crashed by this very request: it is not sent to a new runner, its error is the
         answer (the next request gets a new runner). A body that is a stream (``data``) is never sent twice."""
-        hdrs = dict(headers or {})
+        hdrs: Mapping[str, str] = headers or {}
         if (lease.model.system or lease.model.defaults) and method == "POST":  # a variant (create/copy)
             json, body = _model_defaults(lease.model, path, json, body)
         if lease.model.filters is not None and method == "POST":  # models.<name>.filters
@@ -253,7 +255,7 @@ class Relay:
         upstream_model = lease.runner.upstream_model
         if json is not None:
             body = _encode({**json, "model": upstream_model} if upstream_model and isinstance(json, dict) else json)
-            hdrs["Content-Type"] = "application/json"
+            hdrs = {**hdrs, "Content-Type": "application/json"}
         elif upstream_model and body:
             body = with_model(body, upstream_model)
         payload = body if body is not None else data
@@ -261,29 +263,30 @@ class Relay:
         if open_upstream is not None:  # the runner picks its server itself (see types.Runner)
             return await open_upstream(self.session, method, path, data=payload, headers=hdrs)
         retryable = body is not None or payload is None
+        # through the lean client where it can (a whole body, plain http), else through aiohttp
+        lean = (payload is None or isinstance(payload, bytes)) and method != "HEAD"
         scheduler = self.host.scheduler
         fresh_connection = new_runner = retryable
         maybe_read = False  # the runner may have read the request before it went away
         while True:
             runner = lease.runner
-
-            async def died(within: float) -> bool:
-                code = await scheduler.runner_exit_status(runner, within)
-                return code is not None and (not maybe_read or code == -signal.SIGKILL)
-
+            url = runner.base_url
+            sent = {**runner.headers, **hdrs} if runner.headers else hdrs
             try:
-                return await self._send(method, runner.base_url, path, payload, {**runner.headers, **hdrs},
-                                        lease.model.name, fresh=retryable and not fresh_connection,
-                                        limit=getattr(runner, "max_connections", None))
+                if lean and http1.supports(url):
+                    return LeanUpstream(await self._pool.request(
+                        method, url, path, payload, sent, fresh=retryable and not fresh_connection,
+                        limit=getattr(runner, "max_connections", None)), lease.model.name)
+                return await self._send(method, url, path, payload, sent, lease.model.name)
             except http1.ConnectFailed as exc:  # nothing listens: the runner is gone
-                if new_runner and runner.local and (not maybe_read or await died(1.0)):
+                if new_runner and runner.local and (not maybe_read or await self._died(runner, 1.0, maybe_read)):
                     new_runner = False
                     await scheduler.reacquire(lease, f"refused a connection ({exc.os_error})")
                     continue
                 error: Exception = exc
             except http1.Disconnected as exc:  # closed once the request was out
                 maybe_read = True
-                if new_runner and runner.local and await died(0):
+                if new_runner and runner.local and await self._died(runner, 0, maybe_read):
                     new_runner = False
                     await scheduler.reacquire(lease, "was killed (SIGKILL)")
                     continue
@@ -292,7 +295,7 @@ class Relay:
                     continue
                 error = exc
             except http1.Reset as exc:  # reset: the request lay unread
-                if new_runner and runner.local and await died(0 if fresh_connection else 1.0):
+                if new_runner and runner.local and await self._died(runner, 0 if fresh_connection else 1.0, maybe_read):
                     new_runner = False
                     await scheduler.reacquire(lease, f"exited (connection reset: {exc})")
                     continue

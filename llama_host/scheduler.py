@@ -327,8 +327,9 @@ class Scheduler:
 
     async def acquire(self, name: str, *, ttl: float | None = None,
                       load_params: Mapping[str, Any] | None = None) -> Lease:
-        entry = self._entry(name)
-        load_params = applicable_load_params(self.runtimes.get(entry.spec.runtime), load_params)
+        entry = self.entries.get(name) or self._entry(name)  # a name, then an alias
+        if load_params:
+            load_params = applicable_load_params(self.runtimes.get(entry.spec.runtime), load_params)
         started = time.monotonic()
         self._check_alive(entry)
         ready = (entry.state == "loaded" and not entry.drainers and not entry.stale

@@ -13,7 +13,7 @@ import msgspec
 
 from llama_host import Surface, hookimpl
 
-from .plugin import NAME, MetricsPlugin, plugin_for
+from .plugin import NAME, MetricsPlugin, plugin_for, track
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -44,4 +44,4 @@ def lifespan(host: Host) -> AbstractAsyncContextManager[None]:
 
 @hookimpl
 def track_event(host: Host, event: Any) -> None:
-    plugin_for(host).track(event)
+    track(host, event)

@@ -140,3 +140,10 @@ def plugin_for(host: Host) -> MetricsPlugin:
         plugin = _instances[host] = MetricsPlugin(host)
     _last = (weakref.ref(host), plugin)
     return plugin
+
+
+def track(host: Host, event: Any) -> None:
+    """``track_event``: :meth:`MetricsPlugin.track` of ``host``'s instance (two calls per request: the last host's
+    instance taken here, without a call to :func:`plugin_for`)."""
+    last = _last
+    (last[1] if last is not None and last[0]() is host else plugin_for(host)).track(event)
