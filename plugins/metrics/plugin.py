@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llama_host import hookimpl
 from llama_host.types import ModelFailed, ModelLoaded, ModelUnloaded
 
 from .exposition import PeerCollector, registry_for
@@ -142,8 +143,9 @@ def plugin_for(host: Host) -> MetricsPlugin:
     return plugin
 
 
+@hookimpl(specname="track_event")
 def track(host: Host, event: Any) -> None:
-    """``track_event``: :meth:`MetricsPlugin.track` of ``host``'s instance (two calls per request: the last host's
-    instance taken here, without a call to :func:`plugin_for`)."""
+    """The ``track_event`` implementation (the package exports it under that name): :meth:`MetricsPlugin.track` of
+    ``host``'s instance, the last host's taken here without a call to :func:`plugin_for` (two events per request)."""
     last = _last
     (last[1] if last is not None and last[0]() is host else plugin_for(host)).track(event)
