@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     chat_body,
     free_port,
     host_python_info,
+    keep_freed_memory,
     llama_server_argv,
     llama_server_binary,
     llama_server_params,
@@ -141,6 +142,7 @@ async def _stream_worker(session: aiohttp.ClientSession, url: str, body: bytes, 
 
 async def measure(url: str, body: bytes, n: int, concurrency: int, *, stream: bool, warmup: int,
                   host: HostProcess | None = None) -> Run:
+    keep_freed_memory()
     connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
         worker = _stream_worker if stream else _nonstream_worker
@@ -165,6 +167,7 @@ async def measure_alternating(direct_url: str, relay_url: str, body: bytes, n: i
                               host: HostProcess) -> tuple[Run, Run]:
     """Concurrency 1, one request direct then one relayed, ``n`` times each: bursts of noise from other processes on
     the machine hit both sides alike. A side's wall time is the sum of its own request times."""
+    keep_freed_memory()
     worker = _stream_worker if stream else _nonstream_worker
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout) as ds, \
