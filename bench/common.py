@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import os
 import platform
 import random
@@ -166,19 +167,14 @@ def plugin_flags(wanted: Iterable[str], *, all_plugins: bool = False, metrics: b
     return section
 
 
-_MALLOC_KEPT = False
-
-
+@functools.cache
 def keep_freed_memory() -> None:
-    """Make glibc keep the memory this process frees, instead of giving the top of the heap back to the kernel and
-    faulting it in again (``mallopt``: ``M_TRIM_THRESHOLD`` 256 MB, ``M_TOP_PAD`` 64 MB). The load generator
-    calls it (``bench_relay.measure``). With glibc's defaults, the benchmark's aiohttp client took ~2.4 page faults
-    per request at c=32 and 92–100 µs of CPU; with this, 0.4 and 73–77 µs. The direct rate is this client's, so
-    its speed moved every ratio (bench/README.md, "The hot path, sixth pass"). Servers are left as they are."""
-    global _MALLOC_KEPT
-    if _MALLOC_KEPT:
-        return
-    _MALLOC_KEPT = True
+    """Make glibc serve large blocks from the heap and keep what this process frees (``mallopt``: mmap threshold
+    4 MiB, trim threshold 256 MiB, top pad 64 MiB). The load generator calls it (``bench_relay.measure``): asyncio
+    reads each socket into a 256 KiB buffer, over glibc's default mmap threshold, so the benchmark's aiohttp client
+    took ~2.4 page faults per request (43,200 for 18,200 requests) and 90–150 µs of CPU each, against 73–83 µs
+    without the faults. The direct rate is this client's, so its speed moved every ratio (bench/README.md, "The hot
+    path, sixth pass"). Servers are left as they are."""
     import ctypes
 
     try:
@@ -186,7 +182,7 @@ def keep_freed_memory() -> None:
     except (OSError, AttributeError):  # not glibc
         return
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # malloc.h
-    mallopt(m_mmap_threshold, 4 << 20)  # asyncio reads into 256 KiB buffers: from the heap, not a mmap each
+    mallopt(m_mmap_threshold, 4 << 20)
     mallopt(m_trim_threshold, 256 << 20)
     mallopt(m_top_pad, 64 << 20)
 

@@ -87,10 +87,8 @@ def whole_body(receive: Receive, limit: int) -> bytes | None:
 
 
 async def read_body(scope: Any, receive: Receive, limit: int) -> bytes:
-    """The whole request body, or RequestEntityTooLarge past ``limit`` (announced or received)."""
-    body = whole_body(receive, limit)
-    if body is not None:
-        return body
+    """The request body through ``receive`` (when :func:`whole_body` had none), or RequestEntityTooLarge past
+    ``limit`` (announced or received)."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
