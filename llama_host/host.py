@@ -24,7 +24,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 
-from llama_host import __version__
+from llama_host import __version__, reaper
 from llama_host.config import SiteConfig, load_site, plugin_settings, redact
 from llama_host.errors import ConfigError, PluginError
 from llama_host.fastpath import FastPath
@@ -366,6 +366,7 @@ class Host:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Host]:
         """Shared resources for the host's life: the relay, discovery, plugin lifespans; runners stop at the end."""
+        reaper.start()  # before the first runner, whose start would otherwise wait for it
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.relay)
             stack.push_async_callback(self.scheduler.shutdown)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -19,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llama_host import http1
+from llama_host import http1, reaper
 from llama_host.errors import RunnerStartError
 from llama_host.types import RunnerBase
 
@@ -47,18 +44,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-# setpriv (util-linux) sets PR_SET_PDEATHSIG and then execs the runner: without a preexec_fn, subprocess can vfork
-# instead of fork()ing the whole host, which takes ~4 ms with the event loop blocked (bench/bench_coldstart.py).
-SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL when the host dies, even by SIGKILL (Linux)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent already died between fork and prctl
-            os._exit(1)
 
 
 def redact_argv(argv: Sequence[str]) -> list[str]:
@@ -244,6 +229,7 @@ class _Process:
     def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
         self._popen = popen
         self.pid = popen.pid
+        reaper.watch(popen.pid)  # it dies with the host, however the host ends
         self.ended = asyncio.Event()
         self.stdout = asyncio.StreamReader(limit=2**16, loop=loop)
         self._output: asyncio.BaseTransport | None = None
@@ -255,6 +241,7 @@ class _Process:
 
     def _wait(self, loop: asyncio.AbstractEventLoop) -> None:
         self._popen.wait()
+        reaper.forget(self.pid)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             loop.call_soon_threadsafe(self.ended.set)
 
@@ -320,16 +307,9 @@ class ProcessRunner(RunnerBase):
         env = {**os.environ, **self._env}
         self._note("starting: " + " ".join(redact_argv(argv)))
         loop = asyncio.get_running_loop()
-        spawn = argv
-        if SETPRIV:
-            if not shutil.which(argv[0]):  # the error a direct spawn gives (setpriv would exit 127 instead)
-                raise RunnerStartError(f"model '{self.model.name}': cannot start {argv[0]}: not found or not "
-                                       f"executable")
-            spawn = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         try:
-            popen = subprocess.Popen(spawn, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True,
-                                     preexec_fn=None if SETPRIV else _die_with_parent)
+            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True)
         except OSError as exc:
             raise RunnerStartError(f"model '{self.model.name}': cannot start {argv[0]}: "
                                    f"{exc.strerror or exc}") from None
@@ -359,15 +339,16 @@ class ProcessRunner(RunnerBase):
                                log_tail=self.logs.tail())
 
     async def _poll_health(self) -> None:
-        """Poll every 5 ms for the first half second (a small model is ready in ~30 ms; a late poll adds to the first
+        """Poll every 5 ms for the first half second (a small model is ready in ~20 ms; a late poll adds to the first
         request), then back off for slow loads; one kept connection. A runner's output often says its state changed
-        (llama-server writes "server is listening" as it becomes ready), so a poll also follows each output, at most
-        one per millisecond."""
+        (llama-server writes "model loaded" as it becomes ready), so output also brings the next poll forward, to
+        1 ms after the last one began at the earliest (bench/README.md, "Cold start, seventh pass")."""
         delay = 0.005
         fast_until = time.monotonic() + 0.5
         pool = http1.Pool()
         try:
             while True:
+                began = time.monotonic()
                 try:
                     async with asyncio.timeout(5):
                         r = await pool.request("GET", self.base_url, self._health_path, None, self.headers)
@@ -381,8 +362,8 @@ class ProcessRunner(RunnerBase):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._spoke.wait()
-                        await asyncio.sleep(0.001)
-                if time.monotonic() > fast_until:
+                        await asyncio.sleep(max(0.0, began + 0.001 - time.monotonic()))
+                if began > fast_until:
                     delay = min(delay * 1.3, 0.25)
         finally:
             await pool.close()

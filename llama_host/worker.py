@@ -15,8 +15,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from llama_host import reaper
 from llama_host.binaries import cache_dir, find_binary
-from llama_host.process import SETPRIV, _die_with_parent
 
 log = logging.getLogger("llama_host.worker")
 RESTART_DELAYS = (0.5, 1, 2, 5, 10, 30)  # seconds before restart n (the last one repeats)
@@ -98,16 +98,15 @@ class WorkerSupervisor:
 
     async def _run_once(self, stop: asyncio.Event) -> int | None:
         argv = self.argv
-        spawn = [SETPRIV, "--pdeathsig", "KILL", "--", *argv] if SETPRIV else argv
         log.info("starting: %s", " ".join(argv))
         try:
             proc = await asyncio.create_subprocess_exec(
-                *spawn, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                preexec_fn=None if SETPRIV else _die_with_parent)
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             log.error("cannot start %s: %s", argv[0], exc.strerror or exc)
             return None
+        reaper.watch(proc.pid)  # it dies with the worker, however the worker ends
         self._proc = proc
         reader = asyncio.create_task(self._relay_output(proc))
         ended = asyncio.create_task(proc.wait())
@@ -120,6 +119,7 @@ class WorkerSupervisor:
             stopping.cancel()
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # nothing of the worker outlives it
+            reaper.forget(proc.pid)
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(reader, 1.0)
         return proc.returncode

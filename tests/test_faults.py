@@ -561,10 +561,7 @@ def test_sigkill_of_the_host_leaves_no_runner(tmp_path, model, fake_bin):
         assert pid == starts(tmp_path, "tiny")[0] and not gone(pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        wait_until(lambda: gone(pid), f"runner {pid} to die with its host (PR_SET_PDEATHSIG)", timeout=10)
+        wait_until(lambda: gone(pid), f"runner {pid} to die with its host (llama_host.reaper)", timeout=10)
     assert fake_processes(fake_bin) == []
 
-
-if sys.platform != "linux":  # PR_SET_PDEATHSIG is Linux-only
-    test_sigkill_of_the_host_leaves_no_runner = pytest.mark.skip("Linux only")(test_sigkill_of_the_host_leaves_no_runner)
 
