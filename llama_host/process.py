@@ -35,6 +35,10 @@ LOG_FILE_BYTES = 10 * 2**20  # then the file rotates, as the host's own log does
 LOG_FILE_BACKUPS = 3
 #: During a long burst of dropped lines, a summary at least this often (seconds); else one when the burst ends.
 DROP_SUMMARY_EVERY = 10.0
+#: Lines that come while the log file is idle are gathered this long (seconds), then written as one batch: a runner's
+#: start writes ~100 lines in ~20 ms, which were ~10 batches, each a worker thread's turn and an open (~1 ms of a cold
+#: start on two cores: bench/README.md, "Cold start, seventh pass").
+WRITE_AFTER = 0.05
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -101,8 +105,9 @@ class RunnerLogFile:
     """One runner's rotating log file, written off the event loop, in bounded memory.
 
     Lines wait in a buffer of at most :data:`PENDING_LOG_BYTES` while one batch is written in a worker thread (one
-    write under way at a time). A runner that logs faster than the disk takes it never makes the host grow or blocks
-    the runner: what does not fit is dropped and counted, and one summary line per burst says how much.
+    write under way at a time; after a quiet spell, :data:`WRITE_AFTER` after the first line). A runner that logs
+    faster than the disk takes it never makes the host grow or blocks the runner: what does not fit is dropped and
+    counted, and one summary line per burst says how much.
     """
 
     def __init__(self, path: Path, model: str, buffer: LogBuffer, *, max_pending: int | None = None,
@@ -116,6 +121,7 @@ class RunnerLogFile:
         self._pending: list[str] = []
         self._pending_bytes = 0
         self._writing: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._burst = 0  # lines dropped since the last summary
         self._burst_since = 0.0
         self._failed = False
@@ -129,9 +135,13 @@ class RunnerLogFile:
             return
         self._pending.append(f"{stamp} {line}\n")
         self._pending_bytes += size
-        self._kick()
+        if self._writing is None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(WRITE_AFTER, self._kick)
 
     def _kick(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._writing is not None:
             return
         if self._burst and (not self._pending or time.monotonic() - self._burst_since >= DROP_SUMMARY_EVERY):
@@ -325,7 +335,7 @@ class ProcessRunner(RunnerBase):
 
     async def _spawn_and_wait(self, deadline: float) -> None:
         argv = self.argv
-        env = {**os.environ, **self._env}
+        env = {**os.environ, **self._env} if self._env else None  # None: the host's own, not converted again
         self._note("starting: " + " ".join(redact_argv(argv)))
         loop = asyncio.get_running_loop()
         try:
@@ -487,6 +497,9 @@ class ProcessRunner(RunnerBase):
         self._kill_leftovers()
         await self._drain()
         self._note(f"stopped (exit code {proc.returncode})")
+        if self._log_file is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._log_file.flush(), 2.0)
 
     def _kill_leftovers(self) -> None:
         """The runner's process has ended: its own children (same process group) must not outlive it. The group id
