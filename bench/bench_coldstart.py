@@ -9,7 +9,8 @@ non-streaming chat request (``max_tokens: 1``):
   sending the request to the host to the complete reply (the host starts llama-server, waits until it is healthy and
   relays the request).
 
-Iterations alternate bare and host so that machine noise hits both alike. Target (issue 3): ≤ 25 ms added (median).
+Iterations alternate bare and host so that machine noise hits both alike. Target (issue 21): ≤ 10 ms added (median;
+issue 3 asked ≤ 25 ms).
 
 Run: ``.venv/bin/python bench/bench_coldstart.py -n 20``.
 """
@@ -43,7 +44,7 @@ from common import (  # noqa: E402
 )
 
 CORE_PLUGINS = ("openai_api", "llama_server")
-TARGET_MS = 25.0
+TARGET_MS = 10.0
 
 
 def host_site(binary: str, models: dict[str, Path], ctx_size: int, *, metrics: bool | None,
