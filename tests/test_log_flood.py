@@ -179,6 +179,38 @@ async def test_a_long_burst_is_summed_up_every_few_seconds(tmp_path, monkeypatch
     assert kept + sum(told) == sent
 
 
+async def test_lines_that_come_while_the_file_is_idle_are_written_in_one_batch(tmp_path, monkeypatch):
+    batches: list[str] = []
+    real_write = RunnerLogFile._write
+
+    def counted_write(self, text):
+        batches.append(text)
+        real_write(self, text)
+
+    monkeypatch.setattr(RunnerLogFile, "_write", counted_write)
+    file = RunnerLogFile(tmp_path / "m.log", "m", LogBuffer())
+    for i in range(3):  # a runner's start: lines in quick succession
+        file.add(f"line {i}", "stamp")
+        await asyncio.sleep(0)
+    while not batches:  # the timer (process.WRITE_AFTER) writes them, with nobody calling flush
+        await asyncio.sleep(0.01)
+    await file.flush()
+    assert batches == ["stamp line 0\nstamp line 1\nstamp line 2\n"]
+    assert (tmp_path / "m.log").read_text() == batches[0]
+
+
+def test_a_stopped_runner_s_last_line_is_in_its_file_when_the_unload_returns(tmp_path):
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    model = {"path": str(gguf), "binary": str(fake.write_wrapper(tmp_path))}
+    with serve_host({"models": {"m": model}}, ["openai_api", "llama_server"], log_dir=tmp_path / "logs") as rh, \
+            rh.client(timeout=30) as http:
+        assert http.post("/api/v1/models/m/load").status_code == 200
+        assert http.post("/api/v1/models/m/unload").status_code == 200
+        lines = (tmp_path / "logs" / "runners" / "m.log").read_text().splitlines()
+        assert "stopped (exit code" in lines[-1], lines[-3:]
+
+
 def test_runner_lines_over_the_limit_are_cut(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     gguf = tmp_path / "fake.gguf"
