@@ -8,6 +8,7 @@ them, prints the pids and waits to be killed with SIGKILL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -119,3 +120,22 @@ def test_the_reaper_outlives_signals_sent_to_a_whole_group():
         host.kill()
         host.wait(10)
         wait_until(lambda: all(gone(p) for p in pids), "the runner to die with the host", timeout=10)
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "thread"])
+async def test_a_runner_s_end_is_seen_and_the_reaper_forgets_it(monkeypatch, pidfd):
+    from llama_host import process, reaper
+
+    if not pidfd:
+        monkeypatch.setattr(process, "_pidfd", lambda pid: None)
+    elif not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfd here (Linux 5.3+)")
+    popen = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"], stdout=subprocess.PIPE,
+                             start_new_session=True)
+    try:
+        proc = process._Process(popen, asyncio.get_running_loop())
+        assert popen.pid in reaper._REAPER._pids or proc.ended.is_set()
+        await asyncio.wait_for(proc.ended.wait(), 30)
+        assert proc.returncode == 3 and popen.pid not in reaper._REAPER._pids
+    finally:
+        popen.stdout.close()
