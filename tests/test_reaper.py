@@ -1,7 +1,8 @@
 """The runner reaper (llama_host.reaper): runners, and what they start in their process group, die with the host
-however the host ends; a runner the host has forgotten is left alone; a reaper that died is replaced.
+however the host ends; a runner the host has forgotten is left alone; a reaper that died is replaced; a runner's end
+is seen and forgotten.
 
-Each test runs a stand-in host: a Python process that starts "runners" (each a Python process in a session of its
+The tests that kill a host run a stand-in host: a Python process that starts "runners" (each a Python process in a session of its
 own that starts a child of its own, like a ``command`` runner's helper) the way ``ProcessRunner`` does, registers
 them, prints the pids and waits to be killed with SIGKILL.
 """
