@@ -48,8 +48,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-
-
 def redact_argv(argv: Sequence[str]) -> list[str]:
     """``argv`` with the values of :data:`SECRET_FLAGS` (``--api-key KEY``, ``--api-key=KEY``) replaced by ``***``."""
     out: list[str] = []
