@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import psutil
 import pytest
 
 from llama_host.binaries import find_binary
@@ -217,6 +218,14 @@ def tiny_site(model: Path, binary: str, **overrides: Any) -> dict[str, Any]:
         else:
             site[key] = value
     return site
+
+
+def gone(pid: int) -> bool:
+    """True when process ``pid`` no longer runs (a zombie left to a non-reaping init counts as gone)."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
 
 
 def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 30) -> Any:

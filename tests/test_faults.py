@@ -29,7 +29,7 @@ import yaml
 import fake_llama_server as fake
 from llama_host.errors import QueueTimeout
 from llama_host.process import free_port
-from llama_host.testing import EventRecorder, serve_host, wait_until
+from llama_host.testing import EventRecorder, gone, serve_host, wait_until
 
 PLUGINS = ["openai_api", "llama_server"]
 HELLO = [{"role": "user", "content": "hello"}]
@@ -39,14 +39,6 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 
 Recorder = EventRecorder  # the test kit's (llama_host.testing)
-
-
-def gone(pid: int) -> bool:
-    """True when the process no longer runs (a zombie left to a non-reaping init counts as gone)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def fake_processes(wrapper: Path) -> list[psutil.Process]:

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from llama_host import hookimpl
-from llama_host.testing import serve_host, tiny_site
+from llama_host.testing import gone, serve_host, tiny_site
 
 pytestmark = pytest.mark.real
 PLUGINS = ["openai_api", "llama_server"]
@@ -88,7 +88,7 @@ def test_first_request_starts_the_runner(tiny_model, llama_server_bin, tmp_path)
         assert any("print_timing" in line for line in logs), logs[-5:]
         wait_for((tmp_path / "runners" / "tiny.log").exists, what="the runner's log file")  # written by a thread
         pid = after["pid"]
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert gone(pid)
 
 
 def test_concurrent_requests_share_one_process(tiny_model, llama_server_bin, tmp_path):

@@ -20,7 +20,7 @@ import sys
 import psutil
 import pytest
 
-from llama_host.testing import wait_until
+from llama_host.testing import gone, wait_until
 
 HOST = r"""
 import json, subprocess, sys, time
@@ -45,13 +45,6 @@ time.sleep(0.5)  # each runner has started its child
 print(json.dumps({"runners": [p.pid for p in runners], "reaper": reaper._REAPER._proc.pid}), flush=True)
 time.sleep(120)
 """
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def family(pid: int) -> list[int]:

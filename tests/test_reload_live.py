@@ -32,7 +32,7 @@ import yaml
 
 from llama_host import hookimpl
 from llama_host.process import free_port
-from llama_host.testing import EventRecorder, RunningHost, serve_host, wait_until, write_site
+from llama_host.testing import EventRecorder, RunningHost, gone, serve_host, wait_until, write_site
 
 PLUGINS = ["openai_api", "llama_server", "remote_runtime"]
 HELLO = [{"role": "user", "content": "hello"}]
@@ -172,7 +172,7 @@ def test_models_added_removed_and_changed_live(tmp_path, model):
         state = c.get("/api/v1/models/a").json()
         assert (state["pinned"], state["priority"], state["aliases"]) == (True, 5, ["first"])
         assert c.get("/api/v1/models/b").status_code == 404
-        wait_until(lambda: not psutil.pid_exists(pid_b) or psutil.Process(pid_b).status() == psutil.STATUS_ZOMBIE,
+        wait_until(lambda: gone(pid_b),
                    "the removed model's runner to stop")
         assert chat(c, "c")["choices"]
 
@@ -233,7 +233,7 @@ def test_a_removed_model_finishes_its_in_flight_requests(tmp_path, model):
             pause.unlink()
             done.result(30)
         assert b"[DONE]" in b"".join(chunks)
-        wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        wait_until(lambda: gone(pid),
                    "the removed model's runner to stop")
 
 
