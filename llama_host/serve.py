@@ -229,7 +229,7 @@ class FastCycle:
         self.more_body = True
         # uvicorn's protocol calls ``message_event.set()`` when body bytes come or the connection goes: the cycle is
         # that event itself (:meth:`set`), instead of an asyncio.Event per request
-        self.message_event = self
+        self.message_event: FastCycle | _Ended = self
         self._message = False
         self._waiter: asyncio.Future[None] | None = None
         self.disconnected = self.response_complete = self._started = self._chunked = False
@@ -258,7 +258,10 @@ class FastCycle:
                 protocol.logger.error("ASGI callable returned without completing response.")
                 protocol.transport.close()
         finally:
+            # nothing waits on the cycle now: it stops being its own event, or it would stay in a reference cycle
+            # (left to the collector: every ~1,200 requests a young collection of ~10,000 objects)
             self.on_response = _nothing
+            self.message_event = _ENDED
 
     async def _internal_error(self) -> None:
         await self.send({"type": "http.response.start", "status": 500, "headers": [
@@ -399,6 +402,17 @@ class FastCycle:
 
 def _nothing() -> None:
     pass
+
+
+class _Ended:
+    """The ``message_event`` of a :class:`FastCycle` whose run has ended: ``set()`` does nothing."""
+
+    __slots__ = ()
+
+    set = staticmethod(_nothing)
+
+
+_ENDED = _Ended()
 
 
 def protocol_class(limits: LimitSettings) -> type[LimitedHttpToolsProtocol]:

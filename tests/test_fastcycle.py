@@ -5,6 +5,7 @@ Litestar routes in tests/test_fastpath.py; here: that the HTTP around them holds
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 from collections.abc import Iterator
@@ -281,3 +282,24 @@ def test_other_routes_and_methods_take_uvicorns_cycle(host: RunningHost, cycles:
         response, data = replies.next()
         assert response.status == 200 and json.loads(data)["object"] == "chat.completion"
     assert cycles == []
+
+
+def test_a_served_cycle_leaves_no_garbage_for_the_collector(host: RunningHost, cycles: list[str]) -> None:
+    """Each request's cycle (with its scope and headers) is freed as soon as the next request replaces it, not left in a
+    reference cycle for the collector: at c=32 that was a young collection every ~1,200 requests."""
+    body = json.dumps(CHAT).encode()
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable is kept in gc.garbage instead of freed
+    try:
+        with connect(host) as sock:
+            replies = Replies(sock)
+            for _ in range(5):
+                sock.sendall(request(body))
+                assert replies.next()[0].status == 200
+            gc.collect()  # before the connection closes: its last cycle goes with the connection
+            left = [o for o in gc.garbage if isinstance(o, serve_module.FastCycle)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert cycles == ["/v1/chat/completions"] * 5
+    assert left == []
