@@ -31,6 +31,10 @@ _UNSAFE = re.compile(r"[\r\n\0]")
 HIGH_WATER = 256 * 1024
 #: an idle pooled connection older than this is closed when the pool is next used
 IDLE_TIMEOUT = 30.0
+#: after :meth:`Response.done`, what a connection may still read of the body's end (a stream's last chunk framing)
+#: before it goes back to the pool; past either it is closed instead
+DRAIN_SECONDS = 1.0
+DRAIN_BYTES = 64 * 1024
 CONNECT_TIMEOUT = 10.0
 
 
@@ -135,6 +139,19 @@ class Response:
             self._closed = True
             self._conn.response_closed(self._eof and self._error is None)
 
+    def done(self) -> None:
+        """The answer is over for the caller though its body has not ended yet (a stream's ``[DONE]`` came before
+        the chunked body's last chunk): the connection reads that end and goes back to the pool, instead of being
+        closed (and a new one made for the next request). More than :data:`DRAIN_BYTES` or no end within
+        :data:`DRAIN_SECONDS`: it is closed. At the body's end already, or after an error: :meth:`close`."""
+        if self._eof or self._closed:
+            self.close()
+            return
+        self._closed = True
+        self._parts = []
+        self._size = 0
+        self._conn.drain()
+
 
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: one request at a time."""
@@ -154,6 +171,8 @@ class _Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.gone: asyncio.Future[None] = self.loop.create_future()  # done once the connection is lost
         self._until_eof = False  # the answer has neither a length nor chunks: its body ends with the connection
+        self._draining: asyncio.TimerHandle | None = None  # reading the end of a body no one reads (drain)
+        self._drained = 0
 
     # asyncio protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -174,6 +193,9 @@ class _Connection(asyncio.Protocol):
         return self.gone.done()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._draining is not None:
+            self._draining.cancel()
+            self._draining = None
         if not self.gone.done():
             self.gone.set_result(None)
         self._pool.forget(self)
@@ -204,7 +226,11 @@ class _Connection(asyncio.Protocol):
             self._head.set_result(self._response)
 
     def on_body(self, body: bytes) -> None:
-        if self._response is not None:
+        if self._draining is not None:
+            self._drained += len(body)
+            if self._drained > DRAIN_BYTES:
+                self._close()
+        elif self._response is not None:
             self._response._feed(body)
 
     def on_message_complete(self) -> None:
@@ -212,6 +238,11 @@ class _Connection(asyncio.Protocol):
             return
         self._complete = True
         self._keep_alive = self._parser.should_keep_alive()
+        if self._draining is not None:
+            self._draining.cancel()
+            self._draining = None
+            self.response_closed(True)
+            return
         self._response._finish()
 
     # used by the pool and the response
@@ -232,6 +263,14 @@ class _Connection(asyncio.Protocol):
         if self._paused and self.transport is not None and not self.closed:
             self._paused = False
             self.transport.resume_reading()
+
+    def drain(self) -> None:
+        """Read the rest of the answer unread (:meth:`Response.done`), then back to the pool."""
+        if self.closed:
+            return
+        self._drained = 0
+        self._draining = self.loop.call_later(DRAIN_SECONDS, self._close)
+        self.resume()
 
     def response_closed(self, whole: bool) -> None:
         if whole and self._keep_alive and not self.closed:

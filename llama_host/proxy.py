@@ -98,6 +98,11 @@ class Upstream:
         else:
             r.close()
 
+    def finished(self) -> None:
+        """The runner's answer is over for the host (a stream's ``[DONE]``) though its body may not have ended:
+        close it, keeping the connection where the client can (:meth:`llama_host.http1.Response.done`)."""
+        self.close()
+
     async def __aenter__(self) -> Upstream:
         return self
 
@@ -119,6 +124,9 @@ class LeanUpstream(Upstream):
 
     def close(self) -> None:
         self._r.close()
+
+    def finished(self) -> None:
+        self._r.done()
 
 
 class RequestMeter:

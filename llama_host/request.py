@@ -515,6 +515,7 @@ class ModelCall:
                     raise parser.error
                 if parser.done:
                     await chunks.aclose()  # stop reading here: no finalizer task for the rest of the body
+                    up.finished()  # its connection reads the body's end by itself and goes back to the pool
                     break
                 if out:
                     yield out

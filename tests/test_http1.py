@@ -155,6 +155,51 @@ async def test_chunked_stream_arrives_as_it_is_sent_and_a_length_less_body_ends_
         await pool.close()
 
 
+@pytest.mark.parametrize("end", ["comes", "never comes", "too long"])
+async def test_done_before_the_body_ends_keeps_the_connection_once_the_end_comes(end: str,
+                                                                               monkeypatch: pytest.MonkeyPatch):
+    """A stream's ``[DONE]`` can arrive before the chunked body's last chunk: ``done()`` then lets the connection read
+    that end and go back to the pool. An end that does not come in time, or more than a little body before it,
+    closes the connection instead."""
+    monkeypatch.setattr(http1, "DRAIN_SECONDS", 0.3)
+    go = asyncio.Event()
+
+    async def handler(reader, writer):
+        while True:
+            head = await server.head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"e\r\ndata: [DONE]\n\n\r\n")
+            await writer.drain()
+            if b"/first" not in head:
+                writer.write(b"0\r\n\r\n")
+                continue
+            await go.wait()
+            if end == "too long":
+                writer.write(b"%x\r\n%s\r\n" % (http1.DRAIN_BYTES + 1, b"x" * (http1.DRAIN_BYTES + 1)))
+            if end != "never comes":
+                writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    pool = http1.Pool()
+    async with Server(handler) as server:
+        r = await pool.request("POST", server.url, "/first", b"{}", {})
+        chunks = r.chunks()
+        assert await anext(chunks) == b"data: [DONE]\n\n"
+        await chunks.aclose()
+        r.done()
+        if end == "never comes":
+            await asyncio.sleep(0.6)  # past DRAIN_SECONDS
+        go.set()
+        await asyncio.sleep(0.1)
+        r = await pool.request("POST", server.url, "/second", b"{}", {})
+        assert await r.read() == b"data: [DONE]\n\n"
+        r.close()
+        assert server.connections == (1 if end == "comes" else 2)
+        if end != "comes":  # the first connection was closed, not left draining
+            await asyncio.wait_for(server.closed.wait(), 5)
+        await pool.close()
+
+
 async def test_an_interim_answer_is_skipped():
     async def handler(reader, writer):
         await server.head(reader)
