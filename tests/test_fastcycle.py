@@ -284,10 +284,14 @@ def test_other_routes_and_methods_take_uvicorns_cycle(host: RunningHost, cycles:
     assert cycles == []
 
 
-def test_a_served_cycle_leaves_no_garbage_for_the_collector(host: RunningHost, cycles: list[str]) -> None:
-    """Each request's cycle (with its scope and headers) is freed as soon as the next request replaces it, not left in a
-    reference cycle for the collector: at c=32 that was a young collection every ~1,200 requests."""
+def test_a_served_request_leaves_no_garbage_for_the_collector(host: RunningHost, cycles: list[str]) -> None:
+    """A relayed request's objects (its cycle, scope, headers, the runner's answer) are freed by reference counting
+    as soon as they are done with, none left in a reference cycle for the collector: at c=32 a FastCycle that was its
+    own event made a young collection every ~1,200 requests, ~3 ms with the loop stopped each time."""
     body = json.dumps(CHAT).encode()
+    with connect(host) as sock:  # the model's start (its health polls) is not what is measured
+        sock.sendall(request(body, headers={"Connection": "close"}))
+        assert Replies(sock).next()[0].status == 200
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable is kept in gc.garbage instead of freed
     try:
@@ -297,9 +301,9 @@ def test_a_served_cycle_leaves_no_garbage_for_the_collector(host: RunningHost, c
                 sock.sendall(request(body))
                 assert replies.next()[0].status == 200
             gc.collect()  # before the connection closes: its last cycle goes with the connection
-            left = [o for o in gc.garbage if isinstance(o, serve_module.FastCycle)]
+            left = [type(o).__qualname__ for o in gc.garbage]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
-    assert cycles == ["/v1/chat/completions"] * 5
+    assert cycles == ["/v1/chat/completions"] * 6
     assert left == []
