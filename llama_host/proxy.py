@@ -99,8 +99,8 @@ class Upstream:
             r.close()
 
     def finished(self) -> None:
-        """The runner's answer is over for the host (a stream's ``[DONE]``) though its body may not have ended:
-        close it, keeping the connection where the client can (:meth:`llama_host.http1.Response.done`)."""
+        """The runner's answer is over for the host (a stream's ``[DONE]``) though its body may not have ended: close
+        it. The lean client keeps the connection for the next request (:meth:`llama_host.http1.Response.done`)."""
         self.close()
 
     async def __aenter__(self) -> Upstream:
