@@ -32,6 +32,7 @@ from llama_host.hookspecs import hookimpl
 from llama_host.plugins import (
     PluginInfo,
     enabled_flags,
+    live_hookimpls,
     make_plugin_manager,
     per_plugin,
     plugin_schemas,
@@ -126,6 +127,7 @@ class Host:
         if self.hooks_traced:
             trace_hooks(pm)
         self._track_event = pm.hook.track_event
+        self._track_impls = live_hookimpls(self._track_event)
         self._observed: list[pluggy.HookImpl] | None = None  # the implementations ``_observers`` was made from
         self._observers: list[tuple[str, Observer]] | None = None
         self.runtimes = self._collect_runtimes()
@@ -239,9 +241,9 @@ class Host:
         (~13k instructions each, bench/README.md "The hot path, fourth pass"), and each failing observer is logged
         on its own while the others still get the event. With a wrapper among them, or hooks traced, it is one
         pluggy call, which ends at the first exception."""
-        impls = self._track_event.get_hookimpls()
+        impls = self._track_impls if self._track_impls is not None else self._track_event.get_hookimpls()
         if impls != self._observed:  # a plugin came or went: take the implementations again
-            self._observed = impls
+            self._observed = list(impls)
             self._observers = _observers(impls, traced=self.hooks_traced)
         if self._observers is None:
             try:

@@ -39,6 +39,7 @@ from llama_host.placement import (
     idle_seconds,
     plan,
 )
+from llama_host.plugins import live_hookimpls
 from llama_host.process import LogBuffer
 from llama_host.reload import model_diff, runner_changed
 from llama_host.types import (
@@ -184,6 +185,7 @@ class Scheduler:
         self.host = host
         self.settings = settings
         self.runtimes = runtimes
+        self._resolvers = live_hookimpls(host.pm.hook.resolve_model)
         self.memory_budget, self.limits = _limits(settings)
         self.entries: dict[str, Entry] = {}
         #: models gone from the catalogue whose runner still stops (after its in-flight requests)
@@ -305,7 +307,7 @@ class Scheduler:
 
     def resolve(self, requested: str, surface: str = "") -> ModelSpec | None:
         hook = self.host.pm.hook.resolve_model
-        impls = hook.get_hookimpls()
+        impls = self._resolvers if self._resolvers is not None else hook.get_hookimpls()
         if len(impls) == 1 and impls[0].plugin_name == CORE_RESOLVER and not self.host.hooks_traced:
             # no plugin resolves names: the core's answer, without a pluggy call per request (~16k instructions)
             return self.default_resolve(requested)
