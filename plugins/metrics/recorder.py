@@ -166,18 +166,18 @@ class EventHub:
         self.buffer = buffer
         self.dropped = 0
         self._queues: set[asyncio.Queue[tuple[str, Any]]] = set()
-
-    @property
-    def clients(self) -> int:
-        return len(self._queues)
+        #: subscribed clients: an attribute, not a property (read for every event, two per request)
+        self.clients = 0
 
     def subscribe(self) -> asyncio.Queue[tuple[str, Any]]:
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(self.buffer)
         self._queues.add(queue)
+        self.clients = len(self._queues)
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[tuple[str, Any]]) -> None:
         self._queues.discard(queue)
+        self.clients = len(self._queues)
 
     def publish(self, kind: str, payload: Any) -> None:
         for queue in self._queues:
@@ -193,6 +193,7 @@ class EventHub:
                 queue.get_nowait()
             queue.put_nowait(self.CLOSED)
         self._queues.clear()
+        self.clients = 0
 
 
 class Recorder:
