@@ -71,7 +71,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     max_header_bytes = 64 * 2**10
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._refused = self._partial = False
+        self._refused = self._partial = self._small_read = False
         self._pending: int | None = None
         handler = getattr(self.app, "asgi_handler", None)
         self._fast: FastPath | None = handler if isinstance(handler, FastPath) else None
@@ -92,7 +92,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn's own, with a 431 (instead of its 400 and warning) when a header limit stopped the parser.
         if self._refused:
             return
-        self._idle_deadline.drop()  # not idle
+        self._idle_deadline.when = None  # not idle (``drop()`` without a call)
+        # a request whose line and headers begin and end in this read has no more header bytes than the read
+        self._small_read = not self._partial and len(data) <= self.max_header_bytes
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -147,8 +149,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._partial = False
-        self._header_deadline.drop()
-        if self._over_header_limits():
+        self._header_deadline.when = None  # ``drop()`` without a call
+        if len(self.headers) > self.max_headers if self._small_read else self._over_header_limits():
             self._refused = True
             raise ValueError("header limit")  # stops the parser: data_received answers 431
         if b"expect" in map(itemgetter(0), self.headers):
