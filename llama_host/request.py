@@ -65,17 +65,22 @@ class _Metered(msgspec.Struct):
 _decode_metered = msgspec.json.Decoder(_Metered).decode
 
 
-def _metered(data: bytes) -> Any:
-    """The parts of a JSON reply that :meth:`RequestMeter.observe` reads. Measured (msgspec 0.23): an embeddings
-    reply of 8 × 768 floats (125 KB) 189 → 78 µs; a short chat reply is decoded whole, which is a little faster."""
-    if len(data) < 4096:
-        return _decode_any(data)
+def _observe_reply(meter: RequestMeter, data: bytes) -> None:
+    """Give ``meter`` the usage, timings and stop reason of a JSON reply: msgspec reads those fields and passes over
+    every other (the text, the embedding vectors) without building it. Measured (msgspec 0.23): an embeddings reply of
+    8 × 768 floats (125 KB) 189 → 78 µs, a short chat reply 1.5 → 1.0 µs."""
     try:
         m = _decode_metered(data)
     except msgspec.ValidationError:  # JSON of another shape: read it whole
-        return _decode_any(data)
-    return {"usage": m.usage, "timings": m.timings,
-            "choices": [{"finish_reason": c.finish_reason} for c in m.choices or ()]}
+        meter.observe(_decode_any(data))
+        return
+    if isinstance(m.usage, dict):
+        meter.usage = m.usage
+    if isinstance(m.timings, dict):
+        meter.timings = m.timings
+    for choice in m.choices or ():
+        if choice.finish_reason:
+            meter.stop_reason = choice.finish_reason
 
 
 class BadUpstreamEvent(HostError):
@@ -438,7 +443,7 @@ class ModelCall:
                 if ex.raw:
                     if up.content_type == "application/json" and up.status < 400:
                         try:
-                            self.meter.observe(_metered(data))
+                            _observe_reply(self.meter, data)
                         except msgspec.DecodeError:
                             pass
                     self.end(up.status, None if up.status < 400 else data[:300].decode("utf-8", "replace"))

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from llama_host.errors import UpstreamError
-from llama_host.request import BadUpstreamEvent, SSEParser, _metered
+from llama_host.proxy import RequestMeter
+from llama_host.request import BadUpstreamEvent, SSEParser, _observe_reply
 
 
 def parse(*reads: bytes) -> tuple[list, SSEParser]:
@@ -103,18 +104,31 @@ def test_a_read_of_plain_events_then_an_error_keeps_the_plain_ones():
     assert isinstance(parser.error, BadUpstreamEvent)
 
 
+def _facts(reply: object) -> tuple[object, object, object]:
+    """What a meter takes from ``reply`` (JSON) through ``_observe_reply``, and through ``observe`` of the decoded
+    value: the two must agree."""
+    out = []
+    for feed in (lambda m: _observe_reply(m, json.dumps(reply).encode()), lambda m: m.observe(reply)):
+        meter = RequestMeter.__new__(RequestMeter)  # its facts only: no host, no events
+        meter.usage, meter.timings, meter.stop_reason = {}, {}, None
+        feed(meter)
+        out.append((meter.usage, meter.timings, meter.stop_reason))
+    assert out[0] == out[1]
+    return out[0]
+
+
 @pytest.mark.parametrize("size", [10, 5000], ids=["short", "long"])
-def test_a_whole_reply_gives_the_meter_the_same_facts_short_or_long(size):
+def test_a_whole_reply_gives_the_meter_its_usage_timings_and_stop_reason(size):
     reply = {"id": "x", "object": "chat.completion", "choices": [
         {"index": 0, "message": {"role": "assistant", "content": "w" * size}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 7}, "timings": {"predicted_per_second": 12.5}}
-    facts = _metered(json.dumps(reply).encode())
-    assert facts["usage"] == reply["usage"] and facts["timings"] == reply["timings"]
-    assert [c["finish_reason"] for c in facts["choices"]] == ["stop"]
+    assert _facts(reply) == (reply["usage"], reply["timings"], "stop")
     embeddings = {"data": [{"embedding": [0.5] * (size // 4 + 1), "index": i} for i in range(3)],
                   "usage": {"prompt_tokens": 9, "total_tokens": 9}}
-    assert _metered(json.dumps(embeddings).encode())["usage"] == embeddings["usage"]
+    assert _facts(embeddings) == (embeddings["usage"], {}, None)
     odd = [1, 2, 3] * size  # JSON, but not an object: nothing to meter, no error
-    assert _metered(json.dumps(odd).encode()) == odd
+    assert _facts(odd) == ({}, {}, None)
     odd_choices = {"choices": ["not an object"] * size, "usage": {"prompt_tokens": 1}}
-    assert _metered(json.dumps(odd_choices).encode())["usage"] == {"prompt_tokens": 1}
+    assert _facts(odd_choices) == ({"prompt_tokens": 1}, {}, None)
+    odd_fields = {"choices": [{"finish_reason": None}, {"finish_reason": "length"}], "usage": 3, "timings": []}
+    assert _facts(odd_fields) == ({}, {}, "length")
