@@ -18,6 +18,7 @@ Every other method and path, and the OpenAPI document (the Litestar route stays 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ async def read_body(scope: Any, receive: Receive, limit: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+@functools.lru_cache(maxsize=64)  # once per reply, of a few media types
 def _with_charset(media_type: str) -> bytes:
     if media_type.startswith("text/") and "charset" not in media_type:
         media_type += "; charset=utf-8"

@@ -16,6 +16,7 @@ a lost connection is an error of the response's body (:class:`Reset` or :class:`
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections import deque
 from collections.abc import AsyncGenerator, Mapping
@@ -58,6 +59,7 @@ class ProtocolError(ConnectionError):
     """The server's bytes are not HTTP/1.1."""
 
 
+@functools.lru_cache(maxsize=256)  # asked once per request, of a few runner addresses
 def supports(base_url: str) -> bool:
     """Whether this client can reach ``base_url``: plain http, without credentials in the URL (aiohttp sends those as
     Basic auth)."""
@@ -87,13 +89,15 @@ class Response:
         self._size += len(data)
         if self._size > HIGH_WATER:
             self._conn.pause()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def _finish(self, error: BaseException | None = None) -> None:
         if not self._eof:
             self._eof = True
             self._error = error
-            self._wake()
+            if self._waiter is not None:
+                self._wake()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -255,12 +259,12 @@ class _Connection(asyncio.Protocol):
         return self._head
 
     def pause(self) -> None:
-        if not self._paused and self.transport is not None and not self.closed:
+        if not self._paused and self.transport is not None and not self.gone.done():
             self._paused = True
             self.transport.pause_reading()
 
     def resume(self) -> None:
-        if self._paused and self.transport is not None and not self.closed:
+        if self._paused and self.transport is not None and not self.gone.done():
             self._paused = False
             self.transport.resume_reading()
 
@@ -273,7 +277,7 @@ class _Connection(asyncio.Protocol):
         self.resume()
 
     def response_closed(self, whole: bool) -> None:
-        if whole and self._keep_alive and not self.closed:
+        if whole and self._keep_alive and not self.gone.done():
             self.resume()
             self._head = self._response = None
             self._pool.release(self)
@@ -281,7 +285,7 @@ class _Connection(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.gone.done():
             self.transport.close()
 
 
@@ -370,7 +374,7 @@ class Pool:
             idle.pop(0)._close()
         while idle:
             conn = idle.pop()
-            if not conn.closed:
+            if not conn.gone.done():
                 return conn
         return None
 
