@@ -44,10 +44,7 @@ class Upstream:
         #: The media type, lower case, without parameters (aiohttp's own parses the parameters into a dict that
         #: each response keeps: ~0.9 KB per open stream).
         self.content_type = raw.partition(";")[0].strip().lower() if raw else "application/octet-stream"
-
-    @property
-    def is_sse(self) -> bool:
-        return self.content_type == "text/event-stream"
+        self.is_sse = self.content_type == "text/event-stream"
 
     def _crashed(self, exc: BaseException | None) -> RunnerCrashed:
         return RunnerCrashed(f"model '{self._model}': the runner went away mid-response ({type(exc).__name__})")

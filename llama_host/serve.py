@@ -396,7 +396,10 @@ class FastCycle:
     def _complete(self) -> None:
         """The reply's last byte is written: wake a pending :meth:`receive`, close or keep the connection."""
         self.response_complete = True
-        self.set()
+        if self._waiter is not None:
+            self.set()
+        else:
+            self._message = True
         if not self.keep_alive:
             self._protocol.transport.close()
         self.on_response()
