@@ -15,7 +15,6 @@ import signal
 import socket
 from collections.abc import Callable, Iterator
 from itertools import chain
-from operator import itemgetter
 from typing import Any
 
 import httptools
@@ -136,9 +135,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._pending = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # uvicorn's own (0.55) without its per-field work (the limits; ``Expect`` once the headers are complete).
+        # uvicorn's own (0.55) without its per-field limits (checked once per read and when the headers are complete).
         # llhttp keeps trailing whitespace, which RFC 9110 excludes from the value.
-        self.headers.append((name.lower(), value.rstrip(b" \t")))
+        name = name.lower()
+        value = value.rstrip(b" \t")
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
         self._pending = None
 
     def _over_header_limits(self) -> bool:
@@ -153,8 +156,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.headers) > self.max_headers if self._small_read else self._over_header_limits():
             self._refused = True
             raise ValueError("header limit")  # stops the parser: data_received answers 431
-        if b"expect" in map(itemgetter(0), self.headers):
-            self.expect_100_continue = any(n == b"expect" and v.lower() == b"100-continue" for n, v in self.headers)
         route = self._fast_routes.get(self.url) if self._fast_routes else None
         if (route is None or self.parser.get_method() != b"POST" or self.parser.get_http_version() != "1.1"
                 or self.parser.should_upgrade() or (self.cycle is not None and not self.cycle.response_complete)):
