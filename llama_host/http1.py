@@ -115,7 +115,8 @@ class Response:
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         self._parts = []
         self._size = 0
-        self._conn.resume()
+        if self._conn._paused:
+            self._conn.resume()
         return data
 
     async def read(self) -> bytes:
@@ -278,7 +279,8 @@ class _Connection(asyncio.Protocol):
 
     def response_closed(self, whole: bool) -> None:
         if whole and self._keep_alive and not self.gone.done():
-            self.resume()
+            if self._paused:
+                self.resume()
             self._head = self._response = None
             self._pool.release(self)
         else:
@@ -433,7 +435,8 @@ class Pool:
     def release(self, conn: _Connection) -> None:
         conn.idle_since = conn.loop.time()
         self._idle.setdefault(conn.key, []).append(conn)
-        self._wake(conn.key)
+        if self._waiters:
+            self._wake(conn.key)
 
     def forget(self, conn: _Connection) -> None:
         if conn in self._open:

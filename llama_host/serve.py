@@ -228,7 +228,9 @@ class FastCycle:
     def __init__(self, protocol: LimitedHttpToolsProtocol, route: Route, keep_alive: bool) -> None:
         self._protocol, self._route = protocol, route
         self.scope = protocol.scope  # the protocol's moves on to a pipelined request's
-        self.body = bytearray()
+        # bytes, not uvicorn's bytearray: the parser's ``body += data`` then keeps a body that comes in one read as it
+        # is (``b"" + data`` is ``data``), and it is handed over without a copy (reading pauses past 64 KB buffered)
+        self.body = b""
         self.more_body = True
         # uvicorn's protocol calls ``message_event.set()`` when body bytes come or the connection goes: the cycle is
         # that event itself (:meth:`set`), instead of an asyncio.Event per request
@@ -282,7 +284,7 @@ class FastCycle:
         :meth:`receive`). :func:`llama_host.fastpath.whole_body` takes it so, without a message per read."""
         if self.more_body or self._continue or self.disconnected or self.response_complete:
             return None
-        body, self.body = bytes(self.body), bytearray()
+        body, self.body = self.body, b""
         self._message = False
         return body
 
@@ -302,7 +304,7 @@ class FastCycle:
             self._message = False
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
-        body, self.body = bytes(self.body), bytearray()
+        body, self.body = self.body, b""
         return {"type": "http.request", "body": body, "more_body": self.more_body}
 
     async def send_whole(self, status: int, content_type: bytes, body: bytes) -> None:
