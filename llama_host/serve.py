@@ -72,6 +72,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._refused = self._partial = self._small_read = False
         self._pending: int | None = None
+        # uvicorn's default fields (the server's Date) as the head's lines, made again when uvicorn makes a new list
+        self._default_headers: list[tuple[bytes, bytes]] | None = None
+        self._default_lines = b""
         handler = getattr(self.app, "asgi_handler", None)
         self._fast: FastPath | None = handler if isinstance(handler, FastPath) else None
         self._fast_routes = self._fast.routes if self._fast is not None else {}
@@ -318,16 +321,20 @@ class FastCycle:
             return
         if self._started:
             raise RuntimeError("expected 'http.response.start', got a whole reply")
-        if HEADER_VALUE_RE.search(content_type):
-            raise RuntimeError("invalid HTTP header name or value")  # nothing written: the caller may answer 500
-        content = [STATUS_LINE[status]]
-        for name, value in protocol.server_state.default_headers:
-            content += (name, b": ", value, b"\r\n")
-        content += (b"content-type: ", content_type, b"\r\ncontent-length: ", b"%d" % len(body),
-                    b"\r\n\r\n" if self.keep_alive else b"\r\nconnection: close\r\n\r\n", body)
+        if content_type not in _FIELD_VALUES_CHECKED:
+            if HEADER_VALUE_RE.search(content_type):
+                raise RuntimeError("invalid HTTP header name or value")  # nothing written: the caller may answer 500
+            if len(_FIELD_VALUES_CHECKED) < 64:
+                _FIELD_VALUES_CHECKED.add(content_type)
+        defaults = protocol.server_state.default_headers
+        if defaults is not protocol._default_headers:  # uvicorn makes a new list each second (the Date)
+            protocol._default_headers = defaults
+            protocol._default_lines = b"".join(b"%s: %s\r\n" % field for field in defaults)
         self._started = True
         self._continue = False
-        protocol.transport.write(b"".join(content))
+        protocol.transport.write(b"".join((
+            STATUS_LINE[status], protocol._default_lines, b"content-type: ", content_type, b"\r\ncontent-length: ",
+            b"%d" % len(body), b"\r\n\r\n" if self.keep_alive else b"\r\nconnection: close\r\n\r\n", body)))
         self._complete()
 
     async def send(self, message: Any) -> None:
@@ -406,6 +413,10 @@ class FastCycle:
         if not self.keep_alive:
             self._protocol.transport.close()
         self.on_response()
+
+
+#: content types :meth:`FastCycle.send_whole` has checked (a few: those of the surfaces' replies)
+_FIELD_VALUES_CHECKED: set[bytes] = set()
 
 
 def _nothing() -> None:
