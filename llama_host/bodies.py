@@ -20,11 +20,13 @@ from llama_host.errors import BadRequest
 MAX_DEPTH = 64
 
 T = TypeVar("T")
-#: digits to b"9", every other byte to b" ": a run of 20 digits is then a plain substring search (a regular expression
-#: for it tries a match at every byte: ~12x slower, 2 ms for a 100 KB chat)
-_DIGITS = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+#: digits to b"9", ``[`` and ``{`` to b"[", every other byte to b" ": one pass, then the openings are counted and a run
+#: of 20 digits is a plain substring search (a regular expression for it tries a match at every byte: ~12x slower,
+#: 2 ms for a 100 KB chat)
+_SCAN = bytes(0x39 if 0x30 <= b <= 0x39 else 0x5B if b in b"[{" else 0x20 for b in range(256))
 _LONG_RUN = b"9" * 20
 _INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
+_NUMBERS = frozenset((int, float))
 _decode_any = msgspec.json.Decoder().decode
 
 
@@ -55,10 +57,11 @@ def decode_json(raw: bytes, type: Any = None, *, minimums: Mapping[str, int] | N
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest(f"the request body is nested more than {MAX_DEPTH} levels deep") from None
-    deep = raw.count(b"[") + raw.count(b"{") > MAX_DEPTH  # only then can the value be too deep
+    scan = raw.translate(_SCAN)
+    deep = scan.count(b"[") > MAX_DEPTH  # only then can the value be too deep
     # only a run of 20 digits can be an integer out of range (msgspec keeps big ints). ``find``, not ``in``: on
     # bytes, ``in`` first tries the needle as an int and raises and clears a TypeError inside (~1.9k instructions)
-    huge = raw.translate(_DIGITS).find(_LONG_RUN) != -1
+    huge = scan.find(_LONG_RUN) != -1
     if deep or huge:  # most bodies skip the walk
         _check_tree(value if type is None else msgspec.to_builtins(value))
     if minimums:
@@ -95,5 +98,5 @@ def _check_minimums(value: Any, minimums: Mapping[str, int]) -> None:
                 number = _field(number, part)
                 if number is None:
                     break
-        if number is not None and type(number) is not bool and isinstance(number, int | float) and number < least:
+        if number is not None and type(number) in _NUMBERS and number < least:  # a JSON number (not a bool)
             raise BadRequest(f"'{key}' must be at least {least} (got {number})", param=key)
