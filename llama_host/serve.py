@@ -125,7 +125,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # The header limits are checked when the headers are complete and after each read that ends before: not per
     # field (a read holds at most a few hundred KB, so the list stays bounded). What the parser buffers of a field
-    # not complete yet is counted by the reads in which no field completed (``_pending``; ``None``: one did).
+    # not complete yet is counted by the reads in which no field completed (``_pending``; ``None``: one did). A head
+    # that begins and ends in one read no longer than ``max_header_bytes`` has only its fields counted
+    # (``_small_read``).
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
